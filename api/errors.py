@@ -1,0 +1,46 @@
+"""Every error leaves the API as ``{"error": {"code", "message", "details"}}``: never HTML, never a bare 500."""
+
+import logging
+
+import redis
+from flask import Flask, jsonify
+from kombu.exceptions import OperationalError as BrokerUnavailable
+from werkzeug.exceptions import HTTPException
+
+from shared.errors import LookalikeError
+
+log = logging.getLogger(__name__)
+
+# Werkzeug's own HTTP errors (routing, body size, ...) mapped onto catalogue codes.
+HTTP_STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}
+
+
+def error_response(error: LookalikeError):
+    response = jsonify({"error": error.to_dict()})
+    response.status_code = error.http_status
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(LookalikeError)
+    def handle_lookalike_error(error: LookalikeError):
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    def handle_http_exception(error: HTTPException):
+        code = HTTP_STATUS_CODES.get(error.code or 400, "bad_request")
+        response = error_response(LookalikeError(code, error.description or error.name))
+        response.status_code = error.code or 400
+        return response
+
+    @app.errorhandler(redis.exceptions.ConnectionError)
+    @app.errorhandler(redis.exceptions.TimeoutError)
+    @app.errorhandler(BrokerUnavailable)
+    def handle_store_unavailable(error: Exception):
+        log.warning("Redis unavailable: %s", error)
+        return error_response(LookalikeError("store_unavailable", "The store is unavailable; retry shortly."))
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(error: Exception):
+        log.exception("unhandled error")
+        return error_response(LookalikeError("internal_error", "An unexpected error occurred."))

@@ -1,0 +1,59 @@
+"""The error catalogue: every error code the API or a task can report, with its HTTP status.
+
+Errors travel as ``{"error": {"code", "message", "details"}}`` in HTTP answers and as the
+``error`` field of a failed task. Codes are stable: callers branch on them.
+"""
+
+from typing import Any
+
+# code -> HTTP status. A code used anywhere must be listed here (tests check it).
+CATALOGUE: dict[str, int] = {
+    # Request shape (400): the request cannot be parsed as the endpoint expects.
+    "image_missing": 400,
+    "image_empty": 400,
+    "invalid_collection_name": 400,
+    "invalid_image_id": 400,
+    "invalid_metadata": 400,
+    "invalid_k": 400,
+    "invalid_wait": 400,
+    "bad_request": 400,
+    # Not found (404).
+    "not_found": 404,
+    "task_not_found": 404,
+    "image_not_found": 404,
+    "collection_not_found": 404,
+    "method_not_allowed": 405,
+    # Conflicts with stored state (409).
+    "descriptor_mismatch": 409,
+    # Size limits (413) and media type (415).
+    "upload_too_large": 413,
+    "unsupported_media_type": 415,
+    # Well-formed but unacceptable values (422).
+    "image_too_many_pixels": 422,
+    "image_undecodable": 422,
+    "upload_expired": 422,
+    # The service cannot answer now (503).
+    "store_unavailable": 503,
+    "not_ready": 503,
+    # A bug: never expected in normal operation.
+    "internal_error": 500,
+}
+
+
+class LookalikeError(Exception):
+    """An error with a stable code, raised anywhere and rendered by the API or a task."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None):
+        if code not in CATALOGUE:
+            raise ValueError(f"unknown error code {code!r}; add it to shared.errors.CATALOGUE")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+    @property
+    def http_status(self) -> int:
+        return CATALOGUE[self.code]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "details": self.details}

@@ -1,0 +1,44 @@
+"""Every Redis key Lookalike uses. Nothing outside this module formats a key.
+
+Layout (all under the ``lookalike:`` prefix, so Celery's own keys never collide):
+
+  lookalike:collections                  set    names of collections ever written
+  lookalike:col:{c}:vectors              hash   image id -> 512 float32, little-endian (2 KiB)
+  lookalike:col:{c}:images               hash   image id -> JSON {"metadata", "indexed_at"}
+  lookalike:col:{c}:descriptor           hash   model, dimension and weights of its vectors
+  lookalike:upload:{task_id}             string uploaded image bytes, until the worker has them
+  lookalike:task:{task_id}               hash   the task resource served by GET /v1/tasks/{id}
+  lookalike:task:{task_id}:done          pubsub channel announcing the task has finished
+  lookalike:workers                      zset   worker name -> last heartbeat (unix seconds)
+  lookalike:workers:info                 hash   worker name -> JSON of its model and weights
+"""
+
+PREFIX = "lookalike"
+
+COLLECTIONS = f"{PREFIX}:collections"
+WORKERS = f"{PREFIX}:workers"
+WORKERS_INFO = f"{PREFIX}:workers:info"
+
+
+def collection_vectors(collection: str) -> str:
+    return f"{PREFIX}:col:{collection}:vectors"
+
+
+def collection_images(collection: str) -> str:
+    return f"{PREFIX}:col:{collection}:images"
+
+
+def collection_descriptor(collection: str) -> str:
+    return f"{PREFIX}:col:{collection}:descriptor"
+
+
+def upload(task_id: str) -> str:
+    return f"{PREFIX}:upload:{task_id}"
+
+
+def task(task_id: str) -> str:
+    return f"{PREFIX}:task:{task_id}"
+
+
+def task_done_channel(task_id: str) -> str:
+    return f"{PREFIX}:task:{task_id}:done"

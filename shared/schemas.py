@@ -1,0 +1,87 @@
+"""Task names, queues and the validation rules for what callers send.
+
+The API validates with these before enqueueing; the worker trusts payloads that passed.
+docs/api.md states the same rules in words.
+"""
+
+import json
+import re
+from typing import Any
+
+from shared.errors import LookalikeError
+
+# --- Celery task names and queues ------------------------------------------------------------
+INDEX_TASK = "lookalike.index_image"
+QUERY_TASK = "lookalike.query_image"
+INDEX_QUEUE = "index"
+QUERY_QUEUE = "query"
+TASK_QUEUES = {INDEX_TASK: INDEX_QUEUE, QUERY_TASK: QUERY_QUEUE}
+TASK_KINDS = {INDEX_TASK: "index", QUERY_TASK: "query"}
+
+# --- Task states as the API shows them ------------------------------------------------------
+QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
+FINISHED_STATES = (SUCCEEDED, FAILED)
+
+# --- Caller-supplied names --------------------------------------------------------------
+COLLECTION_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+IMAGE_ID_MAX_CHARS = 256
+MAX_K = 1000
+
+
+def validate_collection_name(name: str) -> str:
+    if not COLLECTION_NAME.fullmatch(name):
+        raise LookalikeError(
+            "invalid_collection_name",
+            "Collection names are 1-64 characters of a-z, 0-9, '_' and '-', starting with a letter or digit.",
+            {"collection": name[:100]},
+        )
+    return name
+
+
+def validate_image_id(image_id: str) -> str:
+    """An image id is 1-256 printable characters that survive a round trip through a URL path.
+
+    Paths such as ``uploads/2026/cat.jpg`` are welcome. Refused: control and other
+    non-printable characters, leading or trailing whitespace, and empty, ``.`` or ``..``
+    path segments (a leading, trailing or doubled ``/``), which HTTP clients and proxies
+    rewrite, so such an image could never be fetched or deleted by its id again.
+    """
+    problem = None
+    if not 1 <= len(image_id) <= IMAGE_ID_MAX_CHARS:
+        problem = f"must be 1-{IMAGE_ID_MAX_CHARS} characters long"
+    elif not image_id.isprintable():
+        problem = "must contain only printable characters"
+    elif image_id != image_id.strip():
+        problem = "must not start or end with whitespace"
+    elif any(segment in ("", ".", "..") for segment in image_id.split("/")):
+        problem = "must not contain empty, '.' or '..' path segments"
+    if problem:
+        raise LookalikeError("invalid_image_id", f"Image id {problem}.", {"id": image_id[:IMAGE_ID_MAX_CHARS]})
+    return image_id
+
+
+def parse_metadata(raw: str | None, max_bytes: int) -> dict[str, Any]:
+    """Parse the optional ``metadata`` form field: a JSON object of at most ``max_bytes``."""
+    if raw is None or raw == "":
+        return {}
+    if len(raw.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise LookalikeError("invalid_metadata", f"Metadata is larger than {max_bytes} bytes.", {"max_bytes": max_bytes})
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise LookalikeError("invalid_metadata", f"Metadata is not valid JSON: {exc}.") from None
+    if not isinstance(value, dict):
+        raise LookalikeError("invalid_metadata", "Metadata must be a JSON object.")
+    return value
+
+
+def parse_bounded_int(raw: str | None, *, default: int, low: int, high: int, code: str, name: str) -> int:
+    """Parse an integer form or query parameter that must lie in [low, high]."""
+    if raw is None or raw == "":
+        return default
+    if not re.fullmatch(r"[0-9]{1,9}", raw.strip()):
+        raise LookalikeError(code, f"'{name}' must be a whole number from {low} to {high}.", {name: raw[:50]})
+    value = int(raw)
+    if not low <= value <= high:
+        raise LookalikeError(code, f"'{name}' must be from {low} to {high}.", {name: value})
+    return value

@@ -1,0 +1,59 @@
+"""All of Lookalike's settings, read once from ``LOOKALIKE_*`` environment variables.
+
+docs/configuration.md documents each field; tests/test_compose.py checks the compose file
+against the field names here.
+"""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LOOKALIKE_", extra="ignore")
+
+    # --- Redis -----------------------------------------------------------------------
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis used as Celery broker and as the store of vectors, metadata and "
+        "tasks. `make run` starts an embedded Redis when this is not set.",
+    )
+    data_dir: Path = Field(Path(".data"), description="Where the embedded Redis of `make run` keeps its files.")
+    embedded_redis_port: int = Field(6380, description="Port of the embedded Redis started by `make run`.")
+
+    # --- HTTP API ----------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address `make run` binds the API to.")
+    port: int = Field(8000, description="Port of the API.")
+    max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Largest accepted image upload.")
+    max_pixels: int = Field(50_000_000, gt=0, description="Largest accepted width × height, read from the image header.")
+    max_metadata_bytes: int = Field(16 * 1024, gt=0, description="Largest accepted `metadata` JSON document.")
+    default_k: int = Field(10, ge=1, le=1000, description="Matches returned by a query that gives no `k`.")
+    max_wait_seconds: int = Field(30, ge=0, description="Largest `?wait=` accepted by GET /v1/tasks/{id}.")
+
+    # --- Storage lifetimes ---------------------------------------------------------------------
+    upload_ttl_seconds: int = Field(
+        6 * 3600, gt=0, description="How long uploaded bytes wait in Redis for a worker before they expire."
+    )
+    task_ttl_seconds: int = Field(24 * 3600, gt=0, description="How long task records (and query results) are kept.")
+
+    # --- Worker and model --------------------------------------------------------------------
+    weights: str = Field(
+        "imagenet",
+        description="`imagenet` (Keras download and cache), a path to a weights file, or `random` "
+        "(seeded; tests and offline smoke runs only).",
+    )
+    seed: int = Field(0, description="Seed of the `random` weights.")
+    worker_threads: int = Field(4, ge=1, description="Tasks one worker process runs at once.")
+    heartbeat_seconds: int = Field(10, ge=1, description="How often a worker announces itself for /readyz.")
+
+    @property
+    def uses_random_weights(self) -> bool:
+        return self.weights == "random"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()

@@ -1,0 +1,69 @@
+"""VGG16 feature extraction: decoded pixels in, L2-normalised 512-d float32 vectors out."""
+
+import threading
+
+import numpy as np
+
+from shared.store import Descriptor
+from worker.weights import WeightsSource
+
+INPUT_SIZE = 224
+DIMENSION = 512
+# Max pooling of the last conv block (MAC, Tolias et al. 2016): a 512-d global descriptor
+# that keeps the strongest response of every filter.
+POOLING = "max"
+MODEL_NAME = f"vgg16-notop-{POOLING}pool-{INPUT_SIZE}"
+
+
+def resize_for_model(pixels_bgr: np.ndarray) -> np.ndarray:
+    """Squash to 224x224, with area averaging when shrinking (no aliasing) and bilinear when enlarging."""
+    height, width = pixels_bgr.shape[:2]
+    import cv2
+
+    shrinking = height * width > INPUT_SIZE * INPUT_SIZE
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(pixels_bgr, (INPUT_SIZE, INPUT_SIZE), interpolation=interpolation)
+
+
+class FeatureExtractor:
+    """One VGG16 graph for the life of the process; safe to call from several threads."""
+
+    def __init__(self, weights: WeightsSource, seed: int = 0):
+        import keras
+        import tensorflow as tf
+
+        self.weights = weights
+        if weights.is_random:
+            keras.utils.set_random_seed(seed)
+        self.model = keras.applications.VGG16(
+            include_top=False, weights=None, input_shape=(INPUT_SIZE, INPUT_SIZE, 3), pooling=POOLING
+        )
+        if weights.path is not None:
+            self.model.load_weights(str(weights.path))
+        self._preprocess_input = keras.applications.vgg16.preprocess_input
+        # Called directly in a traced graph: model.predict's per-call set-up dominates small
+        # batches. One signature with a free batch axis, so a new batch size never retraces.
+        self._forward = tf.function(
+            lambda batch: self.model(batch, training=False),
+            input_signature=[tf.TensorSpec((None, INPUT_SIZE, INPUT_SIZE, 3), tf.float32)],
+        )
+        self._model_lock = threading.Lock()
+        self.descriptor = Descriptor(model=MODEL_NAME, dimension=DIMENSION, weights=weights.label)
+
+    def preprocess(self, pixels_bgr: np.ndarray) -> np.ndarray:
+        """Decoded BGR uint8 pixels -> the float32 input Keras' VGG16 expects (BGR, ImageNet means subtracted)."""
+        rgb = resize_for_model(pixels_bgr)[..., ::-1].astype(np.float32)
+        return self._preprocess_input(rgb)  # flips RGB to BGR and subtracts the ImageNet means; no /255
+
+    def extract(self, images_bgr: list[np.ndarray]) -> np.ndarray:
+        """An (n, 512) float32 matrix of unit vectors, one row per image."""
+        batch = np.stack([self.preprocess(pixels) for pixels in images_bgr])
+        with self._model_lock:
+            features = self._forward(batch).numpy()
+        return l2_normalise(features)
+
+
+def l2_normalise(features: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    # An all-zero feature map (possible with random weights) stays zero instead of NaN.
+    return (features / np.maximum(norms, 1e-12)).astype(np.float32)

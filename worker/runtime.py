@@ -1,0 +1,83 @@
+"""What one worker process holds for its whole life: settings, the store and the model."""
+
+import logging
+import os
+import socket
+import threading
+import time
+
+from shared.settings import get_settings
+from shared.store import Store, utc_now
+from worker.extractor import FeatureExtractor
+from worker.weights import resolve_weights
+
+log = logging.getLogger(__name__)
+
+_extractor: FeatureExtractor | None = None
+_extractor_lock = threading.Lock()
+_store: Store | None = None
+
+WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+RANDOM_WEIGHTS_WARNING = (
+    "This worker uses RANDOM weights (LOOKALIKE_WEIGHTS=random): scores only show that pixels are alike, "
+    "not what images depict. For tests and offline smoke runs only."
+)
+
+
+def get_store() -> Store:
+    global _store
+    if _store is None:
+        _store = Store.from_settings(get_settings())
+    return _store
+
+
+def get_extractor() -> FeatureExtractor:
+    """The process's VGG16, built on first use in this process (never inherited through a fork)."""
+    global _extractor
+    with _extractor_lock:
+        if _extractor is None:
+            settings = get_settings()
+            source = resolve_weights(settings.weights, settings.seed)
+            started = time.monotonic()
+            _extractor = FeatureExtractor(source, seed=settings.seed)
+            log.info("VGG16 loaded with weights %s in %.1f s", source.label, time.monotonic() - started)
+            if source.is_random:
+                log.warning(RANDOM_WEIGHTS_WARNING)
+        return _extractor
+
+
+def worker_info(extractor: FeatureExtractor) -> dict:
+    """What /readyz shows about this worker."""
+    return {
+        "model": extractor.descriptor.model,
+        "dimension": extractor.descriptor.dimension,
+        "weights": extractor.descriptor.weights,
+        "random_weights": extractor.weights.is_random,
+        "pid": os.getpid(),
+        "since": utc_now(),
+    }
+
+
+class Heartbeat(threading.Thread):
+    """Announces this worker (with its loaded model) in Redis until stopped."""
+
+    def __init__(self, info: dict, interval_seconds: float):
+        super().__init__(name="lookalike-heartbeat", daemon=True)
+        self.info = info
+        self.interval = interval_seconds
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                get_store().heartbeat(WORKER_NAME, self.info)
+            except Exception:  # Redis away for a moment: try again next beat
+                log.warning("heartbeat to Redis failed", exc_info=True)
+            self.stopped.wait(self.interval)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        try:
+            get_store().remove_worker(WORKER_NAME)
+        except Exception:
+            log.warning("could not remove this worker's heartbeat", exc_info=True)

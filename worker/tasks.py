@@ -1,0 +1,89 @@
+"""The index and query tasks. Each keeps its own outcome in its task record (shared.store)."""
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from shared.errors import LookalikeError
+from shared.images import decode_image
+from shared.schemas import FAILED, FINISHED_STATES, INDEX_TASK, QUERY_TASK, SUCCEEDED
+from worker.celery_app import app
+from worker.runtime import RANDOM_WEIGHTS_WARNING, get_extractor, get_store
+from worker.search import top_k
+
+log = logging.getLogger(__name__)
+
+
+@app.task(name=INDEX_TASK)
+def index_image(task_id: str, collection: str, image_id: str, metadata: dict) -> None:
+    def index() -> dict:
+        extractor = get_extractor()
+        vector = extractor.extract([_load_upload(task_id)])[0]
+        replaced = get_store().save_image(collection, image_id, vector, metadata, extractor.descriptor)
+        return {"collection": collection, "image_id": image_id, "replaced": replaced} | _model_labels()
+
+    _run(task_id, index)
+
+
+@app.task(name=QUERY_TASK)
+def query_image(task_id: str, collection: str, k: int) -> None:
+    def query() -> dict:
+        extractor = get_extractor()
+        vector = extractor.extract([_load_upload(task_id)])[0]
+        store = get_store()
+        info = store.collection_info(collection)
+        descriptor = extractor.descriptor
+        if info and info["model"] is not None and (info["model"], info["weights"]) != (descriptor.model, descriptor.weights):
+            raise LookalikeError(
+                "descriptor_mismatch",
+                "This collection was indexed with another model or weights than this worker uses; "
+                "its scores would mean nothing.",
+                {"collection": {"model": info["model"], "weights": info["weights"]}, "worker": descriptor.to_mapping()},
+            )
+        ids, matrix = store.load_collection(collection, descriptor.dimension)
+        rows, scores = top_k(matrix, vector, k)
+        best_ids = [ids[row] for row in rows]
+        metadata = store.get_metadata(collection, best_ids)
+        matches = [
+            {"id": image_id, "score": round(float(score), 6), "metadata": meta}
+            for image_id, score, meta in zip(best_ids, scores, metadata)
+            if meta is not None  # deleted between reading vectors and metadata
+        ]
+        return {"matches": matches} | _model_labels()
+
+    _run(task_id, query)
+
+
+def _run(task_id: str, work: Callable[[], dict[str, Any]]) -> None:
+    """Run one task's work and record its outcome; a failure stays inside its own task."""
+    store = get_store()
+    record = store.get_task(task_id)
+    if record is not None and record["state"] in FINISHED_STATES:
+        log.info("task %s already %s; redelivery ignored", task_id, record["state"])
+        return
+    store.mark_running(task_id)
+    try:
+        result = work()
+    except LookalikeError as exc:
+        store.finish_task(task_id, FAILED, error=exc.to_dict())
+    except Exception:
+        log.exception("task %s failed unexpectedly", task_id)
+        error = LookalikeError("internal_error", "The worker failed unexpectedly; see its log.", {"task_id": task_id})
+        store.finish_task(task_id, FAILED, error=error.to_dict())
+    else:
+        store.finish_task(task_id, SUCCEEDED, result=result)
+
+
+def _load_upload(task_id: str):
+    data = get_store().get_upload(task_id)
+    if data is None:
+        raise LookalikeError("upload_expired", "The uploaded image expired before a worker took the task; submit it again.")
+    return decode_image(data)
+
+
+def _model_labels() -> dict:
+    descriptor = get_extractor().descriptor
+    labels = {"model": descriptor.model, "weights": descriptor.weights}
+    if get_extractor().weights.is_random:
+        labels["warning"] = RANDOM_WEIGHTS_WARNING
+    return labels

@@ -42,3 +42,7 @@ def task(task_id: str) -> str:
 
 def task_done_channel(task_id: str) -> str:
     return f"{PREFIX}:task:{task_id}:done"
+
+
+# Matches every key above; for tools and tests that look at the whole store.
+ALL_KEYS_PATTERN = f"{PREFIX}:*"

@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     embedded_redis_port: int = Field(6380, description="Port of the embedded Redis started by `make run`.")
 
     # --- HTTP API ----------------------------------------------------------------------
-    host: str = Field("127.0.0.1", description="Address `make run` binds the API to.")
+    host: str = Field("127.0.0.1", description="Address the API listens on (0.0.0.0 in containers).")
     port: int = Field(8000, description="Port of the API.")
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Largest accepted image upload.")
     max_pixels: int = Field(50_000_000, gt=0, description="Largest accepted width × height, read from the image header.")

@@ -39,12 +39,12 @@ class WeightsSource:
         return self.kind == "random"
 
 
-def resolve_weights(setting: str, seed: int, *, imagenet_url: str = IMAGENET_NOTOP_URL) -> WeightsSource:
+def resolve_weights(setting: str, seed: int) -> WeightsSource:
     """Turn ``LOOKALIKE_WEIGHTS`` into a file on disk (downloading ImageNet weights once)."""
     if setting == "random":
         return WeightsSource("random", None, f"random(seed={seed})")
     if setting == "imagenet":
-        return WeightsSource("imagenet", ensure_imagenet_weights(imagenet_url), "imagenet")
+        return WeightsSource("imagenet", ensure_imagenet_weights(), "imagenet")
     path = Path(setting).expanduser()
     if not path.is_file():
         raise WeightsUnavailable(
@@ -53,13 +53,18 @@ def resolve_weights(setting: str, seed: int, *, imagenet_url: str = IMAGENET_NOT
     return WeightsSource("file", path.resolve(), f"file:{path.name}#sha256:{_sha256(path)[:12]}")
 
 
-def ensure_imagenet_weights(url: str = IMAGENET_NOTOP_URL) -> Path:
-    """The cached ImageNet file, fetched with Keras' own downloader (checksum verified) if absent."""
+def ensure_imagenet_weights(url: str = IMAGENET_NOTOP_URL, cache_dir: Path | None = None) -> Path:
+    """The cached ImageNet file, fetched with Keras' own downloader (checksum verified) if absent.
+
+    ``cache_dir`` defaults to Keras' own ($KERAS_HOME, else ~/.keras).
+    """
     import keras  # deferred: only the worker needs Keras, and only here and in the extractor
 
     try:
         return Path(
-            keras.utils.get_file(IMAGENET_NOTOP_FILE, url, cache_subdir="models", file_hash=IMAGENET_NOTOP_MD5)
+            keras.utils.get_file(
+                IMAGENET_NOTOP_FILE, url, cache_dir=cache_dir, cache_subdir="models", file_hash=IMAGENET_NOTOP_MD5
+            )
         )
     except Exception as exc:  # get_file raises several types for network, HTTP and checksum failures
         raise WeightsUnavailable(f"Cannot fetch the ImageNet weights ({exc}). {HOW_TO_SUPPLY}") from exc

@@ -1,0 +1,182 @@
+"""Fixtures that start the real parts: a private redis-server, a Celery worker subprocess with
+VGG16 (random seeded weights), and the API under gunicorn, each on a free port."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+
+from shared import keys
+from shared.embedded_redis import EmbeddedRedis, free_port
+from shared.settings import Settings
+from shared.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).parent / "data"
+# Small enough that the upload-limit tests send little; every test image is far below it.
+TEST_MAX_UPLOAD_BYTES = 1_000_000
+STARTUP_TIMEOUT_SECONDS = 180
+
+
+def natural_images() -> dict[str, bytes]:
+    """The committed test photographs (see tests/data/make_images.py), by name."""
+    return {path.stem: path.read_bytes() for path in sorted(DATA.glob("*.jpg"))}
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis"), free_port()) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_client(redis_server) -> redis.Redis:
+    return redis.Redis.from_url(redis_server.url)
+
+
+@pytest.fixture(scope="session")
+def service_env(redis_server) -> dict[str, str]:
+    """Environment of the worker and API subprocesses."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("LOOKALIKE_")}
+    env.update(
+        LOOKALIKE_REDIS_URL=redis_server.url,
+        LOOKALIKE_WEIGHTS="random",
+        LOOKALIKE_SEED="0",
+        LOOKALIKE_WORKER_THREADS="2",
+        LOOKALIKE_HEARTBEAT_SECONDS="1",
+        LOOKALIKE_MAX_UPLOAD_BYTES=str(TEST_MAX_UPLOAD_BYTES),
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def store(service_env) -> Store:
+    return Store.from_settings(Settings(redis_url=service_env["LOOKALIKE_REDIS_URL"]))
+
+
+class ManagedProcess:
+    """A subprocess whose output goes to a log file that failures can show."""
+
+    def __init__(self, name: str, command: list[str], env: dict, log_dir: Path):
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self.log = self.log_path.open("wb")
+        self.process = subprocess.Popen(command, env=env, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_until(self, ready, what: str) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+        while not ready():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode} before {what}:\n{self.output()[-5000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: no {what} after {STARTUP_TIMEOUT_SECONDS} s:\n{self.output()[-5000:]}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def worker(service_env, store, tmp_path_factory):
+    """One real worker process (`python -m worker`), ready once its heartbeat is in Redis."""
+    process = ManagedProcess("worker", [sys.executable, "-m", "worker"], service_env, tmp_path_factory.mktemp("worker"))
+    try:
+        process.wait_until(lambda: store.live_workers(max_age_seconds=3), "heartbeat with a loaded model")
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def api_url(service_env, tmp_path_factory) -> str:
+    """The real API under gunicorn on a free port."""
+    port = free_port()
+    env = service_env | {"LOOKALIKE_HOST": "127.0.0.1", "LOOKALIKE_PORT": str(port), "WEB_CONCURRENCY": "1"}
+    command = [sys.executable, "-m", "gunicorn", "--config", "python:api.gunicorn_conf", "api.wsgi:app"]
+    process = ManagedProcess("api", command, env, tmp_path_factory.mktemp("api"))
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return requests.get(f"{url}/healthz", timeout=1).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    try:
+        process.wait_until(healthy, "answer on /healthz")
+        yield url
+    finally:
+        process.stop()
+
+
+class ApiClient:
+    """Thin helpers over HTTP calls, so tests read as what a caller does."""
+
+    def __init__(self, base_url: str):
+        self.base_url = base_url
+        self.http = requests.Session()
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def index(self, collection: str, image: bytes, image_id: str | None = None, metadata: dict | None = None):
+        form = {}
+        if image_id is not None:
+            form["id"] = image_id
+        if metadata is not None:
+            form["metadata"] = json.dumps(metadata)
+        return self.http.post(self.url(f"/v1/collections/{collection}/images"), files={"image": ("image.jpg", image)}, data=form)
+
+    def query(self, collection: str, image: bytes, k: int | None = None):
+        form = {} if k is None else {"k": str(k)}
+        return self.http.post(self.url(f"/v1/collections/{collection}/queries"), files={"image": ("query.jpg", image)}, data=form)
+
+    def wait(self, submitted: requests.Response, timeout: float = 60) -> dict:
+        """Poll a submitted task until it finishes; return the task resource."""
+        assert submitted.status_code == 202, submitted.text
+        deadline = time.monotonic() + timeout
+        while True:
+            task = self.http.get(self.base_url + submitted.json()["status_url"], params={"wait": 10}).json()
+            if task["state"] in ("succeeded", "failed") or time.monotonic() > deadline:
+                return task
+
+    def query_ids(self, collection: str, image: bytes, k: int = 10) -> list[str]:
+        task = self.wait(self.query(collection, image, k))
+        assert task["state"] == "succeeded", task
+        return [match["id"] for match in task["result"]["matches"]]
+
+
+@pytest.fixture(scope="session")
+def api(api_url, worker) -> ApiClient:
+    """The API with a ready worker behind it."""
+    return ApiClient(api_url)
+
+
+@pytest.fixture
+def collection() -> str:
+    """A fresh collection name, so tests sharing the session's Redis never see each other's images."""
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+def store_snapshot(client: redis.Redis) -> dict[bytes, bytes]:
+    """Every Lookalike record (not worker heartbeats) with its serialised value, to prove nothing changed."""
+    heartbeats = {keys.WORKERS.encode(), keys.WORKERS_INFO.encode()}
+    return {key: client.dump(key) for key in client.scan_iter(keys.ALL_KEYS_PATTERN) if key not in heartbeats}

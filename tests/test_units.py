@@ -1,0 +1,91 @@
+"""Pure functions: validation rules, vector encoding, top-k, and the error catalogue."""
+
+import ast
+
+import numpy as np
+import pytest
+
+from shared.errors import CATALOGUE, LookalikeError
+from shared.schemas import parse_bounded_int, parse_metadata, validate_collection_name, validate_image_id
+from shared.store import decode_vectors, encode_vector
+from tests.conftest import REPO
+from worker.search import top_k
+
+
+@pytest.mark.parametrize("image_id", ["a", "uploads/2026/11/cat.jpg", "ID with spaces", "ünïcødé/写真.png", "x" * 256, "a.b/c..d/...", "50%?#&="])
+def test_valid_image_ids(image_id):
+    assert validate_image_id(image_id) == image_id
+
+
+@pytest.mark.parametrize("image_id", ["", "x" * 257, "tab\tin", "new\nline", " lead", "trail ", "/abs", "end/", "a//b", "./a", "a/../b", "..", "\x00"])
+def test_invalid_image_ids(image_id):
+    with pytest.raises(LookalikeError) as failure:
+        validate_image_id(image_id)
+    assert failure.value.code == "invalid_image_id"
+
+
+@pytest.mark.parametrize("name, ok", [("a", True), ("photos_2026-11", True), ("9lives", True), ("x" * 64, True),
+                                      ("", False), ("_a", False), ("-a", False), ("A", False), ("a.b", False), ("x" * 65, False)])
+def test_collection_names(name, ok):
+    if ok:
+        assert validate_collection_name(name) == name
+    else:
+        with pytest.raises(LookalikeError):
+            validate_collection_name(name)
+
+
+def test_metadata_parsing():
+    assert parse_metadata(None, 100) == {} and parse_metadata("", 100) == {}
+    assert parse_metadata('{"tenant": "42", "n": [1, 2]}', 100) == {"tenant": "42", "n": [1, 2]}
+    for bad in ("[]", "3", "null", "{", '{"a": 1}' + " " * 100):
+        with pytest.raises(LookalikeError):
+            parse_metadata(bad, 100)
+
+
+def test_bounded_int_parsing():
+    parse = lambda raw: parse_bounded_int(raw, default=10, low=1, high=1000, code="invalid_k", name="k")  # noqa: E731
+    assert parse(None) == 10 and parse("") == 10 and parse("1") == 1 and parse("1000") == 1000 and parse(" 7 ") == 7
+    for bad in ("0", "1001", "-1", "1.5", "x", "1e3", "9" * 20):
+        with pytest.raises(LookalikeError):
+            parse(bad)
+
+
+def test_vectors_round_trip_as_little_endian_float32():
+    vectors = np.random.default_rng(0).standard_normal((3, 512)).astype(np.float32)
+    blobs = [encode_vector(v) for v in vectors]
+    assert all(len(blob) == 2048 for blob in blobs)
+    assert blobs[0][:4] == vectors[0, 0].astype("<f4").tobytes()
+    np.testing.assert_array_equal(decode_vectors(blobs, 512), vectors)
+    assert decode_vectors([], 512).shape == (0, 512)
+
+
+def test_top_k_matches_a_full_sort():
+    rng = np.random.default_rng(1)
+    matrix = rng.standard_normal((1000, 16)).astype(np.float32)
+    query = rng.standard_normal(16).astype(np.float32)
+    rows, scores = top_k(matrix, query, 10)
+    expected = np.argsort(-(matrix @ query))[:10]
+    np.testing.assert_array_equal(rows, expected)
+    np.testing.assert_allclose(scores, (matrix @ query)[expected])
+    assert len(top_k(matrix, query, 5000)[0]) == 1000
+    assert len(top_k(matrix[:0], query, 10)[0]) == 0
+
+
+def test_every_error_code_raised_in_the_code_is_in_the_catalogue():
+    used = set()
+    for path in [*REPO.glob("api/*.py"), *REPO.glob("worker/*.py"), *REPO.glob("shared/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "LookalikeError" and node.args:
+                if isinstance(node.args[0], ast.Constant):
+                    used.add(node.args[0].value)
+    assert used and used <= set(CATALOGUE), sorted(used - set(CATALOGUE))
+    with pytest.raises(ValueError):
+        LookalikeError("no_such_code", "x")
+
+
+def test_api_never_imports_tensorflow():
+    import subprocess
+    import sys
+
+    code = "import sys, api.wsgi; sys.exit(any(m.split('.')[0] in ('tensorflow', 'keras') for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0

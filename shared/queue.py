@@ -3,7 +3,7 @@ worker registers the task functions on it. Importing it never imports TensorFlow
 
 from celery import Celery
 
-from shared.schemas import INDEX_QUEUE, QUERY_QUEUE, TASK_QUEUES
+from shared.schemas import INDEX_QUEUE, TASK_QUEUES
 from shared.settings import Settings
 
 
@@ -18,7 +18,6 @@ def make_celery(settings: Settings) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         task_routes={name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
-        task_queues=None,
         task_default_queue=INDEX_QUEUE,
         # A task is acknowledged only after it finished, and one process takes no more
         # tasks than it has threads: a crashed worker's tasks go back to the queue.
@@ -32,8 +31,4 @@ def make_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )
-    app.conf.task_create_missing_queues = True
     return app
-
-
-QUEUES = (INDEX_QUEUE, QUERY_QUEUE)

@@ -2,6 +2,7 @@
 
 import threading
 
+import cv2
 import numpy as np
 
 from shared.store import Descriptor
@@ -18,8 +19,6 @@ MODEL_NAME = f"vgg16-notop-{POOLING}pool-{INPUT_SIZE}"
 def resize_for_model(pixels_bgr: np.ndarray) -> np.ndarray:
     """Squash to 224x224, with area averaging when shrinking (no aliasing) and bilinear when enlarging."""
     height, width = pixels_bgr.shape[:2]
-    import cv2
-
     shrinking = height * width > INPUT_SIZE * INPUT_SIZE
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
     return cv2.resize(pixels_bgr, (INPUT_SIZE, INPUT_SIZE), interpolation=interpolation)

@@ -82,8 +82,9 @@ def _load_upload(task_id: str):
 
 
 def _model_labels() -> dict:
-    descriptor = get_extractor().descriptor
-    labels = {"model": descriptor.model, "weights": descriptor.weights}
-    if get_extractor().weights.is_random:
+    """What produced a result; random weights are labelled loudly."""
+    extractor = get_extractor()
+    labels = {"model": extractor.descriptor.model, "weights": extractor.descriptor.weights}
+    if extractor.weights.is_random:
         labels["warning"] = RANDOM_WEIGHTS_WARNING
     return labels

@@ -8,14 +8,12 @@ from shared.queue import make_celery
 from shared.settings import Settings, get_settings
 from shared.store import Store
 
-# Room for the multipart envelope and the form fields around the image itself.
-FORM_OVERHEAD_BYTES = 256 * 1024
-
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + settings.max_metadata_bytes + FORM_OVERHEAD_BYTES
+    # The default for routes that set no limit of their own (upload routes set theirs).
+    app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
     app.json.sort_keys = False
     app.extensions["lookalike"] = {
         "settings": settings,

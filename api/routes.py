@@ -1,6 +1,7 @@
 """HTTP API v1 routes. docs/api.md describes them for callers."""
 
 import uuid
+from collections import Counter
 
 from flask import Blueprint, current_app, jsonify, request, url_for
 
@@ -13,12 +14,20 @@ from shared.schemas import (
     TASK_KINDS,
     TASK_QUEUES,
     parse_bounded_int,
+    FINISHED_STATES,
+    QUEUED,
+    RUNNING,
+    parse_aligned_array,
     parse_metadata,
     validate_collection_name,
     validate_image_id,
+    validate_metadata,
 )
+from shared.store import utc_now
 
 blueprint = Blueprint("api", __name__)
+
+FORM_OVERHEAD_BYTES = 256 * 1024
 
 
 def _context() -> dict:
@@ -31,28 +40,88 @@ def _context() -> dict:
 @blueprint.post("/v1/collections/<collection>/images")
 def index_image(collection: str):
     settings = _context()["settings"]
+    request.max_content_length = _single_upload_request_limit(settings)
     collection = validate_collection_name(collection)
     image_id = validate_image_id(request.form["id"]) if "id" in request.form else uuid.uuid4().hex
     metadata = parse_metadata(request.form.get("metadata"), settings.max_metadata_bytes)
-    upload = _read_image_upload()
-    task_id = _submit(INDEX_TASK, upload, {"collection": collection, "image_id": image_id},
-                      {"collection": collection, "image_id": image_id, "metadata": metadata})
-    return _accepted({"task_id": task_id, "image_id": image_id}, task_id)
+    upload = _read_image(request.files.get("image"))
+    [task_id] = _enqueue_index(collection, [(image_id, metadata, upload)])
+    return _accepted({"task_id": task_id, "image_id": image_id}, url_for("api.get_task", task_id=task_id))
 
 
 @blueprint.post("/v1/collections/<collection>/queries")
 def query_image(collection: str):
     settings = _context()["settings"]
+    request.max_content_length = _single_upload_request_limit(settings)
     collection = validate_collection_name(collection)
     k = parse_bounded_int(request.form.get("k"), default=settings.default_k, low=1, high=MAX_K, code="invalid_k", name="k")
-    upload = _read_image_upload()
-    task_id = _submit(QUERY_TASK, upload, {"collection": collection, "k": k}, {"collection": collection, "k": k})
-    return _accepted({"task_id": task_id}, task_id)
+    upload = _read_image(request.files.get("image"))
+    fields = {"collection": collection, "k": k}
+    [task_id] = _enqueue(QUERY_TASK, [(fields, fields, upload)])
+    return _accepted({"task_id": task_id}, url_for("api.get_task", task_id=task_id))
 
 
-def _read_image_upload() -> bytes:
+@blueprint.post("/v1/collections/<collection>/batches")
+def index_batch(collection: str):
+    """Bulk upload: many ``image`` parts, optional aligned ``ids`` and ``metadata`` JSON arrays.
+
+    Each image becomes its own index task. A bad item is reported with its error code and
+    does not sink the others; only a malformed request as a whole is refused.
+    """
     settings = _context()["settings"]
-    file = request.files.get("image")
+    request.max_content_length = settings.max_batch_bytes
+    request.max_form_memory_size = settings.max_batch_files * settings.max_metadata_bytes + FORM_OVERHEAD_BYTES
+    collection = validate_collection_name(collection)
+    files = request.files.getlist("image")
+    if not files:
+        raise LookalikeError("image_missing", "Send the images as multipart/form-data file fields named 'image'.")
+    if len(files) > settings.max_batch_files:
+        raise LookalikeError("batch_too_large", f"At most {settings.max_batch_files} images per batch.",
+                             {"max_files": settings.max_batch_files, "received": len(files)})
+    ids = parse_aligned_array(request.form.get("ids"), len(files), code="invalid_ids", name="ids")
+    metadata = parse_aligned_array(request.form.get("metadata"), len(files), code="invalid_metadata", name="metadata")
+
+    items: list[dict] = []
+    accepted: list[tuple[int, tuple[str, dict, bytes]]] = []
+    seen_ids: set[str] = set()
+    for position, file in enumerate(files):
+        image_id = ids[position] if ids else uuid.uuid4().hex
+        try:
+            if not isinstance(image_id, str):
+                raise LookalikeError("invalid_image_id", "Image ids must be strings.")
+            validate_image_id(image_id)
+            if image_id in seen_ids:
+                raise LookalikeError("duplicate_image_id", "This id appears earlier in the same batch.")
+            image_metadata = validate_metadata(metadata[position], settings.max_metadata_bytes) if metadata else {}
+            upload = _read_image(file)
+        except LookalikeError as error:
+            items.append({"image_id": image_id if isinstance(image_id, str) else None, "task_id": None,
+                          "error": error.to_dict()})
+            continue
+        seen_ids.add(image_id)
+        items.append({"image_id": image_id, "task_id": None})
+        accepted.append((position, (image_id, image_metadata, upload)))
+    if not accepted:
+        raise LookalikeError("no_valid_images", "No image in the batch could be accepted.", {"items": items})
+
+    task_ids = _enqueue_index(collection, [item for _, item in accepted])
+    for (position, _), task_id in zip(accepted, task_ids):
+        items[position]["task_id"] = task_id
+    batch_id = uuid.uuid4().hex
+    _context()["store"].save_batch(batch_id, {"batch_id": batch_id, "collection": collection,
+                                              "submitted_at": utc_now(), "items": items})
+    body = {"batch_id": batch_id, "accepted": len(accepted), "rejected": len(items) - len(accepted), "tasks": items}
+    return _accepted(body, url_for("api.get_batch", batch_id=batch_id))
+
+
+def _single_upload_request_limit(settings) -> int:
+    # Room for the multipart envelope and the form fields around the image itself.
+    return settings.max_upload_bytes + settings.max_metadata_bytes + FORM_OVERHEAD_BYTES
+
+
+def _read_image(file) -> bytes:
+    """An uploaded file's bytes once its size, format and dimensions pass the cheap checks."""
+    settings = _context()["settings"]
     if file is None:
         raise LookalikeError(
             "image_missing",
@@ -69,21 +138,37 @@ def _read_image_upload() -> bytes:
     return data
 
 
-def _submit(task_name: str, upload: bytes, record_fields: dict, task_kwargs: dict) -> str:
-    """Store the upload and a queued task record, then enqueue; undo the records if enqueueing fails."""
+def _enqueue_index(collection: str, images: list[tuple[str, dict, bytes]]) -> list[str]:
+    """One index task per ``(image_id, metadata, upload)``."""
+    return _enqueue(INDEX_TASK, [
+        ({"collection": collection, "image_id": image_id},
+         {"collection": collection, "image_id": image_id, "metadata": metadata}, upload)
+        for image_id, metadata, upload in images
+    ])
+
+
+def _enqueue(task_name: str, submissions: list[tuple[dict, dict, bytes]]) -> list[str]:
+    """Store uploads and queued task records, then enqueue; each is ``(record fields, task kwargs, upload)``.
+
+    Records come first so that a worker never takes a task whose record is missing; a
+    task that could not be enqueued has its records removed again.
+    """
     store, celery = _context()["store"], _context()["celery"]
-    task_id = uuid.uuid4().hex
-    store.submit(task_id, TASK_KINDS[task_name], record_fields, upload)
+    task_ids = [uuid.uuid4().hex for _ in submissions]
+    store.submit([(task_id, TASK_KINDS[task_name], fields, upload)
+                  for task_id, (fields, _, upload) in zip(task_ids, submissions)])
+    sent = 0
     try:
-        celery.send_task(task_name, kwargs={"task_id": task_id, **task_kwargs}, task_id=task_id, queue=TASK_QUEUES[task_name])
+        for task_id, (_, kwargs, _) in zip(task_ids, submissions):
+            celery.send_task(task_name, kwargs={"task_id": task_id, **kwargs}, task_id=task_id, queue=TASK_QUEUES[task_name])
+            sent += 1
     except Exception:
-        store.discard_submission(task_id)
+        store.discard_submissions(task_ids[sent:])
         raise
-    return task_id
+    return task_ids
 
 
-def _accepted(body: dict, task_id: str):
-    status_url = url_for("api.get_task", task_id=task_id)
+def _accepted(body: dict, status_url: str):
     response = jsonify({**body, "status_url": status_url})
     response.status_code = 202
     response.headers["Location"] = status_url
@@ -118,6 +203,36 @@ def _task_resource(record: dict) -> dict:
     }
     resource.update({name: record[name] for name in ("collection", "image_id", "k") if name in record})
     return resource
+
+
+@blueprint.get("/v1/batches/<batch_id>")
+def get_batch(batch_id: str):
+    """Progress of a bulk upload: counts per state and each item's state."""
+    store = _context()["store"]
+    batch = store.get_batch(batch_id)
+    if batch is None:
+        raise LookalikeError("batch_not_found", "No such batch; batch records expire with their tasks.",
+                             {"batch_id": batch_id[:100]})
+    task_ids = [item["task_id"] for item in batch["items"] if item["task_id"]]
+    outcomes = dict(zip(task_ids, store.task_outcomes(task_ids)))
+    items, counts = [], Counter()
+    for item in batch["items"]:
+        if item["task_id"] is None:
+            state, error = "rejected", item["error"]
+        else:
+            state, error = outcomes[item["task_id"]]
+            state = state or "expired"
+        counts[state] += 1
+        items.append({"image_id": item["image_id"], "task_id": item["task_id"], "state": state, "error": error})
+    return jsonify({
+        "batch_id": batch_id,
+        "collection": batch["collection"],
+        "submitted_at": batch["submitted_at"],
+        "total": len(items),
+        "counts": {state: counts[state] for state in (QUEUED, RUNNING, *FINISHED_STATES, "rejected", "expired")},
+        "finished": counts[QUEUED] + counts[RUNNING] == 0,
+        "items": items,
+    })
 
 
 @blueprint.get("/v1/collections/<collection>/images/<path:image_id>")

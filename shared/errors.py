@@ -16,22 +16,27 @@ CATALOGUE: dict[str, int] = {
     "invalid_metadata": 400,
     "invalid_k": 400,
     "invalid_wait": 400,
+    "invalid_ids": 400,
+    "duplicate_image_id": 400,
     "bad_request": 400,
     # Not found (404).
     "not_found": 404,
     "task_not_found": 404,
     "image_not_found": 404,
     "collection_not_found": 404,
+    "batch_not_found": 404,
     "method_not_allowed": 405,
     # Conflicts with stored state (409).
     "descriptor_mismatch": 409,
     # Size limits (413) and media type (415).
     "upload_too_large": 413,
+    "batch_too_large": 413,
     "unsupported_media_type": 415,
     # Well-formed but unacceptable values (422).
     "image_too_many_pixels": 422,
     "image_undecodable": 422,
     "upload_expired": 422,
+    "no_valid_images": 422,
     # The service cannot answer now (503).
     "store_unavailable": 503,
     "not_ready": 503,

@@ -9,6 +9,7 @@ Layout (all under the ``lookalike:`` prefix, so Celery's own keys never collide)
   lookalike:upload:{task_id}             string uploaded image bytes, until the worker has them
   lookalike:task:{task_id}               hash   the task resource served by GET /v1/tasks/{id}
   lookalike:task:{task_id}:done          pubsub channel announcing the task has finished
+  lookalike:batch:{batch_id}             string JSON: a bulk upload's collection and items
   lookalike:workers                      zset   worker name -> last heartbeat (unix seconds)
   lookalike:workers:info                 hash   worker name -> JSON of its model and weights
 """
@@ -42,6 +43,10 @@ def task(task_id: str) -> str:
 
 def task_done_channel(task_id: str) -> str:
     return f"{PREFIX}:task:{task_id}:done"
+
+
+def batch(batch_id: str) -> str:
+    return f"{PREFIX}:batch:{batch_id}"
 
 
 # Matches every key above; for tools and tests that look at the whole store.

@@ -66,13 +66,34 @@ def parse_metadata(raw: str | None, max_bytes: int) -> dict[str, Any]:
         return {}
     if len(raw.encode("utf-8", "surrogatepass")) > max_bytes:
         raise LookalikeError("invalid_metadata", f"Metadata is larger than {max_bytes} bytes.", {"max_bytes": max_bytes})
-    try:
-        value = json.loads(raw)
-    except ValueError as exc:
-        raise LookalikeError("invalid_metadata", f"Metadata is not valid JSON: {exc}.") from None
+    return validate_metadata(_parse_json(raw, "invalid_metadata", "metadata"), max_bytes)
+
+
+def validate_metadata(value: Any, max_bytes: int) -> dict[str, Any]:
+    """One image's metadata: a JSON object whose encoding is at most ``max_bytes``."""
     if not isinstance(value, dict):
         raise LookalikeError("invalid_metadata", "Metadata must be a JSON object.")
+    if len(json.dumps(value).encode()) > max_bytes:
+        raise LookalikeError("invalid_metadata", f"Metadata is larger than {max_bytes} bytes.", {"max_bytes": max_bytes})
     return value
+
+
+def parse_aligned_array(raw: str | None, length: int, *, code: str, name: str) -> list[Any] | None:
+    """An optional JSON array field with exactly one entry per uploaded file (bulk uploads)."""
+    if raw is None or raw == "":
+        return None
+    value = _parse_json(raw, code, name)
+    if not isinstance(value, list) or len(value) != length:
+        raise LookalikeError(code, f"'{name}' must be a JSON array with one entry per image ({length}).",
+                             {"expected_length": length, "received_length": len(value) if isinstance(value, list) else None})
+    return value
+
+
+def _parse_json(raw: str, code: str, name: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise LookalikeError(code, f"'{name}' is not valid JSON: {exc}.") from None
 
 
 def parse_bounded_int(raw: str | None, *, default: int, low: int, high: int, code: str, name: str) -> int:

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     max_metadata_bytes: int = Field(16 * 1024, gt=0, description="Largest accepted `metadata` JSON document.")
     default_k: int = Field(10, ge=1, le=1000, description="Matches returned by a query that gives no `k`.")
     max_wait_seconds: int = Field(30, ge=0, description="Largest `?wait=` accepted by GET /v1/tasks/{id}.")
+    max_batch_files: int = Field(256, ge=1, description="Most images in one bulk upload (POST .../batches).")
+    max_batch_bytes: int = Field(256 * 1024 * 1024, gt=0, description="Largest accepted bulk upload request.")
 
     # --- Storage lifetimes ---------------------------------------------------------------------
     upload_ttl_seconds: int = Field(
@@ -45,7 +47,16 @@ class Settings(BaseSettings):
         "(seeded; tests and offline smoke runs only).",
     )
     seed: int = Field(0, description="Seed of the `random` weights.")
-    worker_threads: int = Field(4, ge=1, description="Tasks one worker process runs at once.")
+    worker_threads: int = Field(
+        32, ge=1, description="Tasks one worker process holds at once; at least `LOOKALIKE_MAX_BATCH` lets a full batch gather."
+    )
+    max_batch: int = Field(32, ge=1, le=256, description="Most images in one forward pass.")
+    batch_wait_ms: float = Field(
+        5.0, ge=0, description="How long a forward pass waits after its first image for more to join it."
+    )
+    mixed_precision: bool = Field(
+        False, description="float16 compute (float32 weights and vectors); for GPUs with tensor cores."
+    )
     heartbeat_seconds: int = Field(10, ge=1, description="How often a worker announces itself for /readyz.")
 
     @property

@@ -65,19 +65,41 @@ class Store:
 
     # --- Tasks and uploads ---------------------------------------------------------------------
 
-    def submit(self, task_id: str, kind: str, fields: dict[str, Any], upload: bytes) -> dict[str, Any]:
-        """Store the upload and a queued task record together; returns the record."""
-        record = {"task_id": task_id, "kind": kind, "state": QUEUED, "submitted_at": utc_now(), **fields}
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(keys.upload(task_id), upload, ex=self.upload_ttl)
-        pipe.hset(keys.task(task_id), mapping=_encode_fields(record))
-        pipe.expire(keys.task(task_id), self.task_ttl)
-        pipe.execute()
-        return record
+    def submit(self, submissions: list[tuple[str, str, dict[str, Any], bytes]]) -> None:
+        """Store uploads and their queued task records, all in one transaction.
 
-    def discard_submission(self, task_id: str) -> None:
-        """Undo :meth:`submit` when the task could not be enqueued."""
-        self.redis.delete(keys.upload(task_id), keys.task(task_id))
+        Each submission is ``(task_id, kind, record fields, upload bytes)``.
+        """
+        submitted_at = utc_now()
+        pipe = self.redis.pipeline(transaction=True)
+        for task_id, kind, fields, upload in submissions:
+            record = {"task_id": task_id, "kind": kind, "state": QUEUED, "submitted_at": submitted_at, **fields}
+            pipe.set(keys.upload(task_id), upload, ex=self.upload_ttl)
+            pipe.hset(keys.task(task_id), mapping=_encode_fields(record))
+            pipe.expire(keys.task(task_id), self.task_ttl)
+        pipe.execute()
+
+    def discard_submissions(self, task_ids: list[str]) -> None:
+        """Undo :meth:`submit` for tasks that could not be enqueued."""
+        if task_ids:
+            self.redis.delete(*(key for task_id in task_ids for key in (keys.upload(task_id), keys.task(task_id))))
+
+    def save_batch(self, batch_id: str, record: dict[str, Any]) -> None:
+        self.redis.set(keys.batch(batch_id), json.dumps(record), ex=self.task_ttl)
+
+    def get_batch(self, batch_id: str) -> dict[str, Any] | None:
+        raw = self.redis.get(keys.batch(batch_id))
+        return None if raw is None else json.loads(raw)
+
+    def task_outcomes(self, task_ids: list[str]) -> list[tuple[str | None, dict | None]]:
+        """``(state, error)`` of each task, in order; ``(None, None)`` for an expired record."""
+        pipe = self.redis.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.hmget(keys.task(task_id), ["state", "error"])
+        return [
+            (None, None) if state is None else (json.loads(state), json.loads(error) if error else None)
+            for state, error in pipe.execute()
+        ]
 
     def get_upload(self, task_id: str) -> bytes | None:
         return self.redis.get(keys.upload(task_id))

@@ -49,7 +49,11 @@ def service_env(redis_server) -> dict[str, str]:
         LOOKALIKE_REDIS_URL=redis_server.url,
         LOOKALIKE_WEIGHTS="random",
         LOOKALIKE_SEED="0",
-        LOOKALIKE_WORKER_THREADS="2",
+        # Batches gather for 50 ms so that concurrent tasks visibly share forward passes.
+        LOOKALIKE_WORKER_THREADS="8",
+        LOOKALIKE_MAX_BATCH="8",
+        LOOKALIKE_BATCH_WAIT_MS="50",
+        LOOKALIKE_MAX_BATCH_FILES="16",
         LOOKALIKE_HEARTBEAT_SECONDS="1",
         LOOKALIKE_MAX_UPLOAD_BYTES=str(TEST_MAX_UPLOAD_BYTES),
         TF_CPP_MIN_LOG_LEVEL="2",

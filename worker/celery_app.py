@@ -8,7 +8,7 @@ from celery import signals
 
 from shared.queue import make_celery
 from shared.settings import get_settings
-from worker.runtime import Heartbeat, get_extractor, worker_info
+from worker.runtime import Heartbeat, get_extractor
 
 app = make_celery(get_settings())
 app.conf.include = ["worker.tasks"]
@@ -20,7 +20,7 @@ _heartbeat: Heartbeat | None = None
 def start_heartbeat(**_) -> None:
     """Announce readiness once the consumer runs; the model is loaded first if it is not yet."""
     global _heartbeat
-    _heartbeat = Heartbeat(worker_info(get_extractor()), get_settings().heartbeat_seconds)
+    _heartbeat = Heartbeat(get_extractor(), get_settings().heartbeat_seconds)
     _heartbeat.start()
 
 

@@ -1,12 +1,15 @@
 """VGG16 feature extraction: decoded pixels in, L2-normalised 512-d float32 vectors out."""
 
-import threading
+import logging
 
 import cv2
 import numpy as np
 
 from shared.store import Descriptor
+from worker.batcher import INDEX_PRIORITY, DynamicBatcher
 from worker.weights import WeightsSource
+
+log = logging.getLogger(__name__)
 
 INPUT_SIZE = 224
 DIMENSION = 512
@@ -24,29 +27,56 @@ def resize_for_model(pixels_bgr: np.ndarray) -> np.ndarray:
     return cv2.resize(pixels_bgr, (INPUT_SIZE, INPUT_SIZE), interpolation=interpolation)
 
 
-class FeatureExtractor:
-    """One VGG16 graph for the life of the process; safe to call from several threads."""
+def enable_gpu_memory_growth() -> None:
+    """Let TensorFlow take GPU memory as it needs it instead of all at once."""
+    import tensorflow as tf
 
-    def __init__(self, weights: WeightsSource, seed: int = 0):
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # the GPU was initialised already (a second extractor in one process)
+            pass
+
+
+class FeatureExtractor:
+    """One VGG16 graph for the life of the process, fed by a dynamic batcher; thread-safe."""
+
+    def __init__(
+        self,
+        weights: WeightsSource,
+        seed: int = 0,
+        *,
+        max_batch: int = 32,
+        batch_wait_seconds: float = 0.005,
+        mixed_precision: bool = False,
+    ):
         import keras
         import tensorflow as tf
 
+        enable_gpu_memory_growth()
         self.weights = weights
+        self.mixed_precision = mixed_precision
         if weights.is_random:
             keras.utils.set_random_seed(seed)
-        self.model = keras.applications.VGG16(
-            include_top=False, weights=None, input_shape=(INPUT_SIZE, INPUT_SIZE, 3), pooling=POOLING
-        )
+        previous_policy = keras.mixed_precision.global_policy()
+        # float16 compute with float32 variables (so float32 weight files load as they are).
+        keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
+        try:
+            self.model = keras.applications.VGG16(
+                include_top=False, weights=None, input_shape=(INPUT_SIZE, INPUT_SIZE, 3), pooling=POOLING
+            )
+        finally:
+            keras.mixed_precision.set_global_policy(previous_policy)
         if weights.path is not None:
             self.model.load_weights(str(weights.path))
         self._preprocess_input = keras.applications.vgg16.preprocess_input
         # Called directly in a traced graph: model.predict's per-call set-up dominates small
         # batches. One signature with a free batch axis, so a new batch size never retraces.
         self._forward = tf.function(
-            lambda batch: self.model(batch, training=False),
+            lambda batch: tf.cast(self.model(batch, training=False), tf.float32),
             input_signature=[tf.TensorSpec((None, INPUT_SIZE, INPUT_SIZE, 3), tf.float32)],
         )
-        self._model_lock = threading.Lock()
+        self.batcher = DynamicBatcher(self.forward, max_batch, batch_wait_seconds)
         self.descriptor = Descriptor(model=MODEL_NAME, dimension=DIMENSION, weights=weights.label)
 
     def preprocess(self, pixels_bgr: np.ndarray) -> np.ndarray:
@@ -54,12 +84,13 @@ class FeatureExtractor:
         rgb = resize_for_model(pixels_bgr)[..., ::-1].astype(np.float32)
         return self._preprocess_input(rgb)  # flips RGB to BGR and subtracts the ImageNet means; no /255
 
-    def extract(self, images_bgr: list[np.ndarray]) -> np.ndarray:
-        """An (n, 512) float32 matrix of unit vectors, one row per image."""
-        batch = np.stack([self.preprocess(pixels) for pixels in images_bgr])
-        with self._model_lock:
-            features = self._forward(batch).numpy()
-        return l2_normalise(features)
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """One forward pass over preprocessed inputs -> unit vectors. Only the batcher's thread calls it."""
+        return l2_normalise(self._forward(batch).numpy())
+
+    def extract(self, images_bgr: list[np.ndarray], priority: int = INDEX_PRIORITY) -> np.ndarray:
+        """An (n, 512) float32 matrix of unit vectors, one row per image; passes shared with other callers."""
+        return self.batcher.run_all([self.preprocess(pixels) for pixels in images_bgr], priority)
 
 
 def l2_normalise(features: np.ndarray) -> np.ndarray:

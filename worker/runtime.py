@@ -39,38 +39,49 @@ def get_extractor() -> FeatureExtractor:
             settings = get_settings()
             source = resolve_weights(settings.weights, settings.seed)
             started = time.monotonic()
-            _extractor = FeatureExtractor(source, seed=settings.seed)
+            _extractor = FeatureExtractor(
+                source,
+                seed=settings.seed,
+                max_batch=settings.max_batch,
+                batch_wait_seconds=settings.batch_wait_ms / 1000,
+                mixed_precision=settings.mixed_precision,
+            )
             log.info("VGG16 loaded with weights %s in %.1f s", source.label, time.monotonic() - started)
             if source.is_random:
                 log.warning(RANDOM_WEIGHTS_WARNING)
         return _extractor
 
 
-def worker_info(extractor: FeatureExtractor) -> dict:
-    """What /readyz shows about this worker."""
-    return {
-        "model": extractor.descriptor.model,
-        "dimension": extractor.descriptor.dimension,
-        "weights": extractor.descriptor.weights,
-        "random_weights": extractor.weights.is_random,
-        "pid": os.getpid(),
-        "since": utc_now(),
-    }
-
-
 class Heartbeat(threading.Thread):
-    """Announces this worker (with its loaded model) in Redis until stopped."""
+    """Announces this worker (its model, weights and batch sizes so far) in Redis until stopped."""
 
-    def __init__(self, info: dict, interval_seconds: float):
+    def __init__(self, extractor: FeatureExtractor, interval_seconds: float):
         super().__init__(name="lookalike-heartbeat", daemon=True)
-        self.info = info
+        self.extractor = extractor
+        self.since = utc_now()
         self.interval = interval_seconds
         self.stopped = threading.Event()
+
+    def info(self) -> dict:
+        """What /readyz shows about this worker."""
+        extractor = self.extractor
+        return {
+            "model": extractor.descriptor.model,
+            "dimension": extractor.descriptor.dimension,
+            "weights": extractor.descriptor.weights,
+            "random_weights": extractor.weights.is_random,
+            "mixed_precision": extractor.mixed_precision,
+            "max_batch": extractor.batcher.max_batch,
+            # forward passes by number of images in them, since this worker started
+            "batch_sizes": {str(size): count for size, count in extractor.batcher.batch_sizes().items()},
+            "pid": os.getpid(),
+            "since": self.since,
+        }
 
     def run(self) -> None:
         while not self.stopped.is_set():
             try:
-                get_store().heartbeat(WORKER_NAME, self.info)
+                get_store().heartbeat(WORKER_NAME, self.info())
             except Exception:  # Redis away for a moment: try again next beat
                 log.warning("heartbeat to Redis failed", exc_info=True)
             self.stopped.wait(self.interval)

@@ -7,6 +7,7 @@ from typing import Any
 from shared.errors import LookalikeError
 from shared.images import decode_image
 from shared.schemas import FAILED, FINISHED_STATES, INDEX_TASK, QUERY_TASK, SUCCEEDED
+from worker.batcher import QUERY_PRIORITY
 from worker.celery_app import app
 from worker.runtime import RANDOM_WEIGHTS_WARNING, get_extractor, get_store
 from worker.search import top_k
@@ -29,7 +30,7 @@ def index_image(task_id: str, collection: str, image_id: str, metadata: dict) ->
 def query_image(task_id: str, collection: str, k: int) -> None:
     def query() -> dict:
         extractor = get_extractor()
-        vector = extractor.extract([_load_upload(task_id)])[0]
+        vector = extractor.extract([_load_upload(task_id)], priority=QUERY_PRIORITY)[0]
         store = get_store()
         info = store.collection_info(collection)
         descriptor = extractor.descriptor

@@ -1,0 +1,87 @@
+"""Dynamic batching: images in flight in one worker share forward passes, as in TF Serving and Triton.
+
+Task threads decode and preprocess in parallel (OpenCV and NumPy release the GIL), then
+hand their input to :class:`DynamicBatcher` and wait. One model thread takes the first
+waiting input, gathers whatever else arrives within ``wait_seconds`` of it (at most
+``max_batch``), pads the batch to the next of a few fixed sizes and runs one forward pass.
+Each caller gets its own row back, or the exception the pass raised.
+"""
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# Lower runs first: a query waits for at most the batch already running, never behind an import.
+QUERY_PRIORITY, INDEX_PRIORITY = 0, 1
+
+
+def padded_sizes(max_batch: int) -> list[int]:
+    """Powers of two up to ``max_batch``, and ``max_batch`` itself: the shapes the model ever sees."""
+    sizes = [1 << power for power in range(max_batch.bit_length()) if 1 << power < max_batch]
+    return sizes + [max_batch]
+
+
+class DynamicBatcher:
+    def __init__(self, run_batch: Callable[[np.ndarray], np.ndarray], max_batch: int, wait_seconds: float):
+        self._run_batch = run_batch
+        self.max_batch = max_batch
+        self.wait_seconds = wait_seconds
+        self.sizes = padded_sizes(max_batch)
+        self._inbox: queue.PriorityQueue = queue.PriorityQueue()
+        self._order = itertools.count()  # FIFO among equal priorities; never compares arrays
+        self._stats_lock = threading.Lock()
+        self._batch_sizes: Counter[int] = Counter()
+        self._thread = threading.Thread(target=self._serve, name="lookalike-model", daemon=True)
+        self._thread.start()
+
+    def submit(self, model_input: np.ndarray, priority: int = INDEX_PRIORITY) -> Future:
+        result: Future = Future()
+        self._inbox.put((priority, next(self._order), model_input, result))
+        return result
+
+    def run_all(self, model_inputs: list[np.ndarray], priority: int = INDEX_PRIORITY) -> np.ndarray:
+        """Submit several inputs and wait for all their rows (they may share or span passes)."""
+        results = [self.submit(model_input, priority) for model_input in model_inputs]
+        return np.stack([result.result() for result in results])
+
+    def batch_sizes(self) -> dict[int, int]:
+        """How many forward passes ran with each number of real (unpadded) inputs."""
+        with self._stats_lock:
+            return dict(sorted(self._batch_sizes.items()))
+
+    def _serve(self) -> None:
+        while True:
+            batch = [self._inbox.get()]
+            deadline = time.monotonic() + self.wait_seconds
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._inbox.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
+            self._run(batch)
+
+    def _run(self, batch: list) -> None:
+        inputs = np.stack([item[2] for item in batch])
+        size = next(size for size in self.sizes if size >= len(batch))
+        if size > len(batch):
+            inputs = np.concatenate([inputs, np.zeros((size - len(batch), *inputs.shape[1:]), inputs.dtype)])
+        try:
+            outputs = self._run_batch(inputs)
+        except Exception as exc:  # every caller in the pass learns why; the model thread goes on
+            log.exception("forward pass of %d inputs failed", len(batch))
+            for *_, result in batch:
+                result.set_exception(exc)
+            return
+        with self._stats_lock:
+            self._batch_sizes[len(batch)] += 1
+        for row, (*_, result) in enumerate(batch):
+            result.set_result(outputs[row])

@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run test clean
+.PHONY: install run test bench clean
 
 install: $(INSTALLED)
 
@@ -26,3 +26,6 @@ test: $(INSTALLED)
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache *.egg-info
+
+bench: $(INSTALLED)
+	$(BIN)/python bench/throughput.py $(BENCH_ARGS)

@@ -6,6 +6,8 @@ Layout (all under the ``lookalike:`` prefix, so Celery's own keys never collide)
   lookalike:col:{c}:vectors              hash   image id -> 512 float32, little-endian (2 KiB)
   lookalike:col:{c}:images               hash   image id -> JSON {"metadata", "indexed_at"}
   lookalike:col:{c}:descriptor           hash   model, dimension and weights of its vectors
+  lookalike:col:{c}:changes              stream change events (put/del of an id), for search replicas
+  lookalike:col:{c}:seq                  string number of the last change event (detects trimmed gaps)
   lookalike:upload:{task_id}             string uploaded image bytes, until the worker has them
   lookalike:task:{task_id}               hash   the task resource served by GET /v1/tasks/{id}
   lookalike:task:{task_id}:done          pubsub channel announcing the task has finished
@@ -31,6 +33,14 @@ def collection_images(collection: str) -> str:
 
 def collection_descriptor(collection: str) -> str:
     return f"{PREFIX}:col:{collection}:descriptor"
+
+
+def collection_changes(collection: str) -> str:
+    return f"{PREFIX}:col:{collection}:changes"
+
+
+def collection_change_seq(collection: str) -> str:
+    return f"{PREFIX}:col:{collection}:seq"
 
 
 def upload(task_id: str) -> str:

@@ -39,6 +39,10 @@ class Settings(BaseSettings):
         6 * 3600, gt=0, description="How long uploaded bytes wait in Redis for a worker before they expire."
     )
     task_ttl_seconds: int = Field(24 * 3600, gt=0, description="How long task records (and query results) are kept.")
+    change_stream_length: int = Field(
+        100_000, ge=100,
+        description="Change events kept per collection for search replicas; a replica further behind reloads in full.",
+    )
 
     # --- Worker and model --------------------------------------------------------------------
     weights: str = Field(

@@ -47,21 +47,66 @@ class Descriptor:
     def to_mapping(self) -> dict[str, str]:
         return {"model": self.model, "dimension": str(self.dimension), "weights": self.weights}
 
-    @classmethod
-    def from_mapping(cls, mapping: dict[str, str]) -> "Descriptor":
-        return cls(model=mapping["model"], dimension=int(mapping["dimension"]), weights=mapping["weights"])
+
+@dataclass(frozen=True)
+class CollectionSnapshot:
+    ids: list[str]
+    vectors: np.ndarray  # (len(ids), dimension), rows aligned with ids
+    seq: int  # number of the last change event included
+    stream_id: str  # its id in the change stream ("0-0": none yet)
+
+
+@dataclass(frozen=True)
+class Change:
+    stream_id: str
+    seq: int
+    op: str  # "put" | "del"
+    image_id: str
+
+
+# Run atomically inside Redis: an image's records, the change counter and the change event
+# are written together or not at all. KEYS: vectors, images, seq, changes[, descriptor, collections].
+# Events carry only the id: a replica reads the current vector, so events stay small.
+SAVE_IMAGE_LUA = """
+local stored = redis.call('HMGET', KEYS[5], 'model', 'dimension', 'weights')
+if stored[1] then
+  if stored[1] ~= ARGV[6] or stored[2] ~= ARGV[7] or stored[3] ~= ARGV[8] then
+    return {'mismatch', stored[1], stored[2], stored[3]}
+  end
+else
+  redis.call('HSET', KEYS[5], 'model', ARGV[6], 'dimension', ARGV[7], 'weights', ARGV[8])
+end
+local replaced = redis.call('HEXISTS', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('SADD', KEYS[6], ARGV[5])
+local seq = redis.call('INCR', KEYS[3])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'seq', seq, 'op', 'put', 'id', ARGV[1])
+return {'ok', replaced}
+"""
+DELETE_IMAGE_LUA = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+local seq = redis.call('INCR', KEYS[3])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'seq', seq, 'op', 'del', 'id', ARGV[1])
+return 1
+"""
 
 
 class Store:
-    def __init__(self, client: redis.Redis, task_ttl_seconds: int, upload_ttl_seconds: int):
+    def __init__(self, client: redis.Redis, task_ttl_seconds: int, upload_ttl_seconds: int,
+                 change_stream_length: int = 100_000):
         self.redis = client
         self.task_ttl = task_ttl_seconds
         self.upload_ttl = upload_ttl_seconds
+        self.change_stream_length = change_stream_length
+        self._save_script = client.register_script(SAVE_IMAGE_LUA)
+        self._delete_script = client.register_script(DELETE_IMAGE_LUA)
 
     @classmethod
     def from_settings(cls, settings) -> "Store":
         client = redis.Redis.from_url(settings.redis_url, decode_responses=False, health_check_interval=30)
-        return cls(client, settings.task_ttl_seconds, settings.upload_ttl_seconds)
+        return cls(client, settings.task_ttl_seconds, settings.upload_ttl_seconds, settings.change_stream_length)
 
     # --- Tasks and uploads ---------------------------------------------------------------------
 
@@ -158,7 +203,7 @@ class Store:
     def save_image(
         self, collection: str, image_id: str, vector: np.ndarray, metadata: dict, descriptor: Descriptor
     ) -> bool:
-        """Write vector and metadata in one transaction; True when an existing image was replaced.
+        """Write vector, metadata and a change event atomically; True when an existing image was replaced.
 
         Refuses (``descriptor_mismatch``) to mix vectors of another model or weights into a
         collection. Writing the same image twice leaves one copy, so retries are harmless.
@@ -166,27 +211,20 @@ class Store:
         if vector.shape != (descriptor.dimension,):
             raise ValueError(f"vector shape {vector.shape} does not match descriptor dimension {descriptor.dimension}")
         record = json.dumps({"metadata": metadata, "indexed_at": utc_now()})
-        descriptor_key = keys.collection_descriptor(collection)
-
-        def write(pipe: redis.client.Pipeline) -> bool:
-            stored = {k.decode(): v.decode() for k, v in pipe.hgetall(descriptor_key).items()}
-            if stored and Descriptor.from_mapping(stored) != descriptor:
-                raise LookalikeError(
-                    "descriptor_mismatch",
-                    "This collection holds vectors from another model or weights; index into a new collection "
-                    "or re-index this one with the current worker.",
-                    {"collection": stored, "worker": descriptor.to_mapping()},
-                )
-            existed = pipe.hexists(keys.collection_vectors(collection), image_id)
-            pipe.multi()
-            if not stored:
-                pipe.hset(descriptor_key, mapping=descriptor.to_mapping())
-            pipe.sadd(keys.COLLECTIONS, collection)
-            pipe.hset(keys.collection_vectors(collection), image_id, encode_vector(vector))
-            pipe.hset(keys.collection_images(collection), image_id, record)
-            return bool(existed)
-
-        return self.redis.transaction(write, descriptor_key, value_from_callable=True)
+        outcome = self._save_script(
+            keys=[*self._change_keys(collection), keys.collection_descriptor(collection), keys.COLLECTIONS],
+            args=[image_id, encode_vector(vector), record, self.change_stream_length, collection,
+                  descriptor.model, descriptor.dimension, descriptor.weights],
+        )
+        if outcome[0] == b"mismatch":
+            stored = {"model": outcome[1].decode(), "dimension": outcome[2].decode(), "weights": outcome[3].decode()}
+            raise LookalikeError(
+                "descriptor_mismatch",
+                "This collection holds vectors from another model or weights; index into a new collection "
+                "or re-index this one with the current worker.",
+                {"collection": stored, "worker": descriptor.to_mapping()},
+            )
+        return bool(outcome[1])
 
     def get_image(self, collection: str, image_id: str) -> dict[str, Any] | None:
         raw = self.redis.hget(keys.collection_images(collection), image_id)
@@ -195,17 +233,43 @@ class Store:
         return {"id": image_id, **json.loads(raw)}
 
     def delete_image(self, collection: str, image_id: str) -> bool:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hdel(keys.collection_vectors(collection), image_id)
-        pipe.hdel(keys.collection_images(collection), image_id)
-        removed, _ = pipe.execute()
-        return bool(removed)
+        """Remove vector and metadata and record a change event, atomically; False if there was no such image."""
+        return bool(self._delete_script(keys=self._change_keys(collection), args=[image_id, self.change_stream_length]))
 
-    def load_collection(self, collection: str, dimension: int) -> tuple[list[str], np.ndarray]:
-        """All ids and their vectors as one (n, dimension) matrix, rows aligned with ids."""
-        stored = self.redis.hgetall(keys.collection_vectors(collection))
-        ids = [image_id.decode() for image_id in stored]
-        return ids, decode_vectors(list(stored.values()), dimension)
+    def load_collection(self, collection: str, dimension: int) -> CollectionSnapshot:
+        """Every id and vector of a collection, with the position in its change stream they include."""
+        pipe = self.redis.pipeline(transaction=True)  # one consistent moment
+        pipe.hgetall(keys.collection_vectors(collection))
+        pipe.get(keys.collection_change_seq(collection))
+        pipe.xrevrange(keys.collection_changes(collection), count=1)
+        stored, seq, last = pipe.execute()
+        return CollectionSnapshot(
+            ids=[image_id.decode() for image_id in stored],
+            vectors=decode_vectors(list(stored.values()), dimension),
+            seq=int(seq or 0),
+            stream_id=last[0][0].decode() if last else "0-0",
+        )
+
+    def changes_since(self, collection: str, stream_id: str, limit: int) -> list[Change]:
+        """Change events after ``stream_id``, oldest first, at most ``limit``."""
+        entries = self.redis.xrange(keys.collection_changes(collection), min=f"({stream_id}", count=limit)
+        return [
+            Change(entry_id.decode(), int(fields[b"seq"]), fields[b"op"].decode(), fields[b"id"].decode())
+            for entry_id, fields in entries
+        ]
+
+    def get_vectors(self, collection: str, image_ids: list[str], dimension: int) -> list[np.ndarray | None]:
+        """The stored vector of each id, or None where there is none (deleted since)."""
+        if not image_ids:
+            return []
+        blobs = self.redis.hmget(keys.collection_vectors(collection), image_ids)
+        return [None if blob is None else np.frombuffer(blob, VECTOR_DTYPE).reshape(dimension) for blob in blobs]
+
+    @staticmethod
+    def _change_keys(collection: str) -> list[str]:
+        """The keys both write scripts take first: vectors, images, change counter, change stream."""
+        return [keys.collection_vectors(collection), keys.collection_images(collection),
+                keys.collection_change_seq(collection), keys.collection_changes(collection)]
 
     def get_metadata(self, collection: str, image_ids: list[str]) -> list[dict | None]:
         if not image_ids:

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from worker.batcher import INDEX_PRIORITY, QUERY_PRIORITY, DynamicBatcher, padded_sizes
+from worker.batcher import INDEX_PRIORITY, QUERY_PRIORITY, DynamicBatcher, fixed_sizes
 
 
 class RecordingModel:
@@ -27,21 +27,23 @@ class RecordingModel:
         return batch * 2
 
 
-def test_padded_sizes():
-    assert padded_sizes(32) == [1, 2, 4, 8, 16, 32]
-    assert padded_sizes(24) == [1, 2, 4, 8, 16, 24]
-    assert padded_sizes(1) == [1]
+def test_fixed_sizes():
+    assert fixed_sizes(32) == [1, 2, 4, 8, 16, 32]
+    assert fixed_sizes(24) == [1, 2, 4, 8, 16, 24]
+    assert fixed_sizes(1) == [1]
 
 
-def test_concurrent_inputs_share_padded_passes_and_get_their_own_rows():
+def test_concurrent_inputs_share_passes_of_fixed_sizes_and_get_their_own_rows():
     model = RecordingModel()
     batcher = DynamicBatcher(model, max_batch=8, wait_seconds=0.2)
-    results = [batcher.submit(np.full(3, value, np.float32)) for value in range(5)]
+    results = [batcher.submit(np.full(3, value, np.float32)) for value in range(7)]
     rows = [result.result(timeout=5) for result in results]
     for value, row in enumerate(rows):
         np.testing.assert_array_equal(row, np.full(3, 2 * value))
-    assert model.shapes == [8]  # five real inputs, padded to the next fixed size
-    assert batcher.batch_sizes() == {5: 1}
+    # Seven gathered inputs run as the fixed sizes 4 + 2 + 1, in arrival order, unpadded.
+    assert model.shapes == [4, 2, 1]
+    assert model.first_rows == [0, 4, 6]
+    assert batcher.batch_sizes() == {1: 1, 2: 1, 4: 1}
 
 
 def test_a_pass_never_exceeds_max_batch():
@@ -99,6 +101,7 @@ def test_many_threads_submitting_at_once():
     assert all((outputs[value] == 2 * value).all() for value in range(64))
     assert sum(size * count for size, count in batcher.batch_sizes().items()) == 64
     assert max(batcher.batch_sizes()) > 1
+    assert set(model.shapes) <= set(fixed_sizes(16))
 
 
 def test_worker_shares_forward_passes_between_concurrent_tasks(api, collection):

@@ -142,3 +142,14 @@ def test_readiness_is_503_without_a_worker(redis_server):
     assert response.status_code == 503
     assert response.json["error"]["code"] == "not_ready"
     assert client.get("/healthz").status_code == 200
+
+
+def test_a_query_sees_every_image_indexed_before_it(api, collection):
+    """The worker's in-memory replica is refreshed before each query, not reloaded."""
+    images = natural_images()
+    api.wait(api.index(collection, images["moon"], "moon"))
+    assert api.query_ids(collection, images["rocket"], k=10) == ["moon"]  # the replica is loaded here
+    assert api.wait(api.index(collection, images["rocket"], "rocket"))["state"] == "succeeded"
+    assert api.query_ids(collection, images["rocket"], k=10)[0] == "rocket"
+    api.http.delete(api.url(f"/v1/collections/{collection}/images/rocket"))
+    assert api.query_ids(collection, images["rocket"], k=10) == ["moon"]

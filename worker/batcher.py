@@ -2,9 +2,14 @@
 
 Task threads decode and preprocess in parallel (OpenCV and NumPy release the GIL), then
 hand their input to :class:`DynamicBatcher` and wait. One model thread takes the first
-waiting input, gathers whatever else arrives within ``wait_seconds`` of it (at most
-``max_batch``), pads the batch to the next of a few fixed sizes and runs one forward pass.
-Each caller gets its own row back, or the exception the pass raised.
+waiting input, gathers whatever else arrives within ``wait_seconds`` of its arrival (at
+most ``max_batch``) and runs one forward pass. Each caller gets its own row back, or the
+exception the pass raised.
+
+The model only ever sees a few fixed batch sizes (powers of two and ``max_batch``), so
+compiled kernels are reused. A gathered batch is cut down to the largest fixed size that
+fits, rather than padded up: on a CPU a padding row costs as much as a real one. The cut
+inputs go first into the next pass, which starts at once.
 """
 
 import itertools
@@ -24,7 +29,7 @@ log = logging.getLogger(__name__)
 QUERY_PRIORITY, INDEX_PRIORITY = 0, 1
 
 
-def padded_sizes(max_batch: int) -> list[int]:
+def fixed_sizes(max_batch: int) -> list[int]:
     """Powers of two up to ``max_batch``, and ``max_batch`` itself: the shapes the model ever sees."""
     sizes = [1 << power for power in range(max_batch.bit_length()) if 1 << power < max_batch]
     return sizes + [max_batch]
@@ -35,7 +40,7 @@ class DynamicBatcher:
         self._run_batch = run_batch
         self.max_batch = max_batch
         self.wait_seconds = wait_seconds
-        self.sizes = padded_sizes(max_batch)
+        self.sizes = fixed_sizes(max_batch)
         self._inbox: queue.PriorityQueue = queue.PriorityQueue()
         self._order = itertools.count()  # FIFO among equal priorities; never compares arrays
         self._stats_lock = threading.Lock()
@@ -45,7 +50,7 @@ class DynamicBatcher:
 
     def submit(self, model_input: np.ndarray, priority: int = INDEX_PRIORITY) -> Future:
         result: Future = Future()
-        self._inbox.put((priority, next(self._order), model_input, result))
+        self._inbox.put((priority, next(self._order), time.monotonic(), model_input, result))
         return result
 
     def run_all(self, model_inputs: list[np.ndarray], priority: int = INDEX_PRIORITY) -> np.ndarray:
@@ -61,19 +66,19 @@ class DynamicBatcher:
     def _serve(self) -> None:
         while True:
             batch = [self._inbox.get()]
-            deadline = time.monotonic() + self.wait_seconds
+            deadline = batch[0][2] + self.wait_seconds  # a carried-over input does not wait twice
             while len(batch) < self.max_batch:
                 try:
                     batch.append(self._inbox.get(timeout=max(0.0, deadline - time.monotonic())))
                 except queue.Empty:
                     break
-            self._run(batch)
+            size = max(size for size in self.sizes if size <= len(batch))
+            for carried in batch[size:]:  # keeps its priority and place in line
+                self._inbox.put(carried)
+            self._run(batch[:size])
 
     def _run(self, batch: list) -> None:
-        inputs = np.stack([item[2] for item in batch])
-        size = next(size for size in self.sizes if size >= len(batch))
-        if size > len(batch):
-            inputs = np.concatenate([inputs, np.zeros((size - len(batch), *inputs.shape[1:]), inputs.dtype)])
+        inputs = np.stack([item[3] for item in batch])
         try:
             outputs = self._run_batch(inputs)
         except Exception as exc:  # every caller in the pass learns why; the model thread goes on

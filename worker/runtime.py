@@ -8,14 +8,16 @@ import time
 
 from shared.settings import get_settings
 from shared.store import Store, utc_now
-from worker.extractor import FeatureExtractor
+from worker.extractor import DIMENSION, FeatureExtractor
+from worker.replica import Replicas
 from worker.weights import resolve_weights
 
 log = logging.getLogger(__name__)
 
 _extractor: FeatureExtractor | None = None
-_extractor_lock = threading.Lock()
+_init_lock = threading.Lock()
 _store: Store | None = None
+_replicas: Replicas | None = None
 
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 RANDOM_WEIGHTS_WARNING = (
@@ -31,10 +33,19 @@ def get_store() -> Store:
     return _store
 
 
+def get_replicas() -> Replicas:
+    """The in-memory replicas of the collections this process searches."""
+    global _replicas
+    with _init_lock:
+        if _replicas is None:
+            _replicas = Replicas(get_store(), DIMENSION)
+        return _replicas
+
+
 def get_extractor() -> FeatureExtractor:
     """The process's VGG16, built on first use in this process (never inherited through a fork)."""
     global _extractor
-    with _extractor_lock:
+    with _init_lock:
         if _extractor is None:
             settings = get_settings()
             source = resolve_weights(settings.weights, settings.seed)

@@ -9,8 +9,7 @@ from shared.images import decode_image
 from shared.schemas import FAILED, FINISHED_STATES, INDEX_TASK, QUERY_TASK, SUCCEEDED
 from worker.batcher import QUERY_PRIORITY
 from worker.celery_app import app
-from worker.runtime import RANDOM_WEIGHTS_WARNING, get_extractor, get_store
-from worker.search import top_k
+from worker.runtime import RANDOM_WEIGHTS_WARNING, get_extractor, get_replicas, get_store
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +40,12 @@ def query_image(task_id: str, collection: str, k: int) -> None:
                 "its scores would mean nothing.",
                 {"collection": {"model": info["model"], "weights": info["weights"]}, "worker": descriptor.to_mapping()},
             )
-        ids, matrix = store.load_collection(collection, descriptor.dimension)
-        rows, scores = top_k(matrix, vector, k)
-        best_ids = [ids[row] for row in rows]
-        metadata = store.get_metadata(collection, best_ids)
+        best = get_replicas().search(collection, vector, k)
+        metadata = store.get_metadata(collection, [image_id for image_id, _ in best])
         matches = [
-            {"id": image_id, "score": round(float(score), 6), "metadata": meta}
-            for image_id, score, meta in zip(best_ids, scores, metadata)
-            if meta is not None  # deleted between reading vectors and metadata
+            {"id": image_id, "score": round(score, 6), "metadata": meta}
+            for (image_id, score), meta in zip(best, metadata)
+            if meta is not None  # deleted after the search
         ]
         return {"matches": matches} | _model_labels()
 

@@ -9,6 +9,8 @@ worker, ``--loglevel DEBUG``).
 import logging
 import sys
 
+from threadpoolctl import threadpool_limits
+
 from shared.schemas import INDEX_QUEUE, QUERY_QUEUE
 from shared.settings import get_settings
 from worker.celery_app import app
@@ -19,6 +21,11 @@ from worker.weights import WeightsUnavailable
 def main(argv: list[str]) -> int:
     settings = get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Single-threaded BLAS for search: TensorFlow's own threads keep the cores busy (and
+    # spin after each forward pass), and BLAS threads competing with them added 45 ms to a
+    # matrix-vector product that takes under 1 ms alone (10,000 vectors, 2 cores; see
+    # docs/benchmarks.md).
+    threadpool_limits(limits=1, user_api="blas")
     try:
         get_extractor()
     except WeightsUnavailable as exc:

@@ -81,26 +81,20 @@ def index_batch(collection: str):
     ids = parse_aligned_array(request.form.get("ids"), len(files), code="invalid_ids", name="ids")
     metadata = parse_aligned_array(request.form.get("metadata"), len(files), code="invalid_metadata", name="metadata")
 
-    items: list[dict] = []
-    accepted: list[tuple[int, tuple[str, dict, bytes]]] = []
+    items: list[dict] = []  # one per file, in order: {"image_id", "task_id"[, "error"]}
+    accepted: list[tuple[int, tuple[str, dict, bytes]]] = []  # (position, (image_id, metadata, upload))
     seen_ids: set[str] = set()
     for position, file in enumerate(files):
         image_id = ids[position] if ids else uuid.uuid4().hex
         try:
-            if not isinstance(image_id, str):
-                raise LookalikeError("invalid_image_id", "Image ids must be strings.")
-            validate_image_id(image_id)
-            if image_id in seen_ids:
-                raise LookalikeError("duplicate_image_id", "This id appears earlier in the same batch.")
-            image_metadata = validate_metadata(metadata[position], settings.max_metadata_bytes) if metadata else {}
-            upload = _read_image(file)
+            image = _check_batch_item(image_id, metadata[position] if metadata else {}, file, seen_ids)
         except LookalikeError as error:
             items.append({"image_id": image_id if isinstance(image_id, str) else None, "task_id": None,
                           "error": error.to_dict()})
             continue
         seen_ids.add(image_id)
         items.append({"image_id": image_id, "task_id": None})
-        accepted.append((position, (image_id, image_metadata, upload)))
+        accepted.append((position, image))
     if not accepted:
         raise LookalikeError("no_valid_images", "No image in the batch could be accepted.", {"items": items})
 
@@ -112,6 +106,17 @@ def index_batch(collection: str):
                                               "submitted_at": utc_now(), "items": items})
     body = {"batch_id": batch_id, "accepted": len(accepted), "rejected": len(items) - len(accepted), "tasks": items}
     return _accepted(body, url_for("api.get_batch", batch_id=batch_id))
+
+
+def _check_batch_item(image_id, metadata, file, seen_ids: set[str]) -> tuple[str, dict, bytes]:
+    """One bulk-upload item as ``(image_id, metadata, upload)``, or the error that rejects it."""
+    if not isinstance(image_id, str):
+        raise LookalikeError("invalid_image_id", "Image ids must be strings.")
+    validate_image_id(image_id)
+    if image_id in seen_ids:
+        raise LookalikeError("duplicate_image_id", "This id appears earlier in the same batch.")
+    metadata = validate_metadata(metadata, _context()["settings"].max_metadata_bytes)
+    return image_id, metadata, _read_image(file)
 
 
 def _single_upload_request_limit(settings) -> int:

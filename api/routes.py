@@ -17,17 +17,23 @@ from shared.schemas import (
     FINISHED_STATES,
     QUEUED,
     RUNNING,
+    VECTOR_DIMENSION,
     parse_aligned_array,
+    parse_filter,
     parse_metadata,
+    parse_min_score,
     validate_collection_name,
     validate_image_id,
     validate_metadata,
 )
-from shared.store import utc_now
+from shared.store import Descriptor, encode_vector, utc_now
+from shared.vectors import parse_vector, parse_vector_field
 
 blueprint = Blueprint("api", __name__)
 
 FORM_OVERHEAD_BYTES = 256 * 1024
+# A 512-d vector as a JSON array of floats, with its id and metadata, stays well under this.
+VECTOR_REQUEST_BYTES_PER_ITEM = 32 * 1024
 
 
 def _context() -> dict:
@@ -51,14 +57,86 @@ def index_image(collection: str):
 
 @blueprint.post("/v1/collections/<collection>/queries")
 def query_image(collection: str):
+    """Rank the collection against an uploaded ``image`` or a given ``vector``."""
     settings = _context()["settings"]
     request.max_content_length = _single_upload_request_limit(settings)
     collection = validate_collection_name(collection)
-    k = parse_bounded_int(request.form.get("k"), default=settings.default_k, low=1, high=MAX_K, code="invalid_k", name="k")
-    upload = _read_image(request.files.get("image"))
-    fields = {"collection": collection, "k": k}
-    [task_id] = _enqueue(QUERY_TASK, [(fields, fields, upload)])
+    fields = {
+        "collection": collection,
+        "k": parse_bounded_int(request.form.get("k"), default=settings.default_k, low=1, high=MAX_K,
+                               code="invalid_k", name="k"),
+        "min_score": parse_min_score(request.form.get("min_score")),
+        "filter": parse_filter(request.form.get("filter")),
+    }
+    image, vector = request.files.get("image"), request.form.get("vector")
+    if image is not None and vector is not None:
+        raise LookalikeError("ambiguous_query_input", "Send either an 'image' file or a 'vector', not both.")
+    if vector is not None:
+        query_input = encode_vector(parse_vector_field(vector, _collection_dimension(collection)))
+    else:
+        query_input = _read_image(image)
+    [task_id] = _enqueue(QUERY_TASK, [(fields, fields | {"by_vector": vector is not None}, query_input)])
     return _accepted({"task_id": task_id}, url_for("api.get_task", task_id=task_id))
+
+
+@blueprint.post("/v1/collections/<collection>/vectors")
+def store_vectors(collection: str):
+    """Store precomputed vectors (migrations, re-indexing from another system), synchronously.
+
+    JSON body: ``{"items": [{"id", "vector", "metadata"?}, ...], "model"?, "weights"?}``.
+    Every item is checked before any is written: one bad vector refuses the request.
+    """
+    settings = _context()["settings"]
+    request.max_content_length = settings.max_vectors_per_request * VECTOR_REQUEST_BYTES_PER_ITEM
+    collection = validate_collection_name(collection)
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not isinstance(body.get("items"), list) or not body["items"]:
+        raise LookalikeError("invalid_json", 'Send a JSON object {"items": [{"id", "vector", "metadata"}, ...]}.')
+    items = body["items"]
+    if len(items) > settings.max_vectors_per_request:
+        raise LookalikeError("too_many_vectors", f"At most {settings.max_vectors_per_request} vectors per request.",
+                             {"max_items": settings.max_vectors_per_request, "received": len(items)})
+    store = _context()["store"]
+    descriptor = _descriptor_for_vectors(collection, body)
+    checked, seen_ids = [], set()
+    for position, item in enumerate(items):
+        try:
+            if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+                raise LookalikeError("invalid_image_id", "Each item needs an 'id' string.")
+            image_id = validate_image_id(item["id"])
+            if image_id in seen_ids:
+                raise LookalikeError("duplicate_image_id", "This id appears earlier in the same request.")
+            seen_ids.add(image_id)
+            vector = parse_vector(item.get("vector"), descriptor.dimension)
+            metadata = validate_metadata(item.get("metadata", {}), settings.max_metadata_bytes)
+        except LookalikeError as error:
+            error.details = {"item": position, **error.details}
+            raise
+        checked.append((image_id, vector, metadata))
+    replaced = sum(store.save_image(collection, image_id, vector, metadata, descriptor)
+                   for image_id, vector, metadata in checked)
+    return jsonify({"collection": collection, "stored": len(checked), "replaced": replaced,
+                    "model": descriptor.model, "weights": descriptor.weights}), 201
+
+
+def _collection_dimension(collection: str) -> int:
+    info = _context()["store"].collection_info(collection)
+    return info["dimension"] if info and info["dimension"] else VECTOR_DIMENSION
+
+
+def _descriptor_for_vectors(collection: str, body: dict) -> Descriptor:
+    """What the stored vectors will be labelled as: the collection's, the caller's, or the workers'."""
+    store = _context()["store"]
+    if isinstance(body.get("model"), str) and isinstance(body.get("weights"), str):
+        return Descriptor(body["model"], VECTOR_DIMENSION, body["weights"])  # checked against the collection's on write
+    info = store.collection_info(collection)
+    if info and info["model"]:
+        return Descriptor(info["model"], info["dimension"], info["weights"])
+    workers = store.live_workers(max_age_seconds=3 * _context()["settings"].heartbeat_seconds)
+    if workers:
+        return Descriptor(workers[0]["model"], workers[0]["dimension"], workers[0]["weights"])
+    raise LookalikeError("descriptor_unknown", "The collection is new and no worker is running: say which model and "
+                         "weights produced these vectors ('model' and 'weights' in the request).")
 
 
 @blueprint.post("/v1/collections/<collection>/batches")
@@ -206,7 +284,8 @@ def _task_resource(record: dict) -> dict:
         "started_at": record.get("started_at"),
         "finished_at": record.get("finished_at"),
     }
-    resource.update({name: record[name] for name in ("collection", "image_id", "k") if name in record})
+    resource.update({name: record[name] for name in ("collection", "image_id", "k", "min_score", "filter")
+                     if name in record})
     return resource
 
 

@@ -17,6 +17,11 @@ CATALOGUE: dict[str, int] = {
     "invalid_k": 400,
     "invalid_wait": 400,
     "invalid_ids": 400,
+    "invalid_vector": 400,
+    "invalid_min_score": 400,
+    "invalid_filter": 400,
+    "invalid_json": 400,
+    "ambiguous_query_input": 400,
     "duplicate_image_id": 400,
     "bad_request": 400,
     # Not found (404).
@@ -28,15 +33,20 @@ CATALOGUE: dict[str, int] = {
     "method_not_allowed": 405,
     # Conflicts with stored state (409).
     "descriptor_mismatch": 409,
+    "descriptor_unknown": 409,
     # Size limits (413) and media type (415).
     "upload_too_large": 413,
     "batch_too_large": 413,
+    "too_many_vectors": 413,
     "unsupported_media_type": 415,
     # Well-formed but unacceptable values (422).
     "image_too_many_pixels": 422,
     "image_undecodable": 422,
     "upload_expired": 422,
     "no_valid_images": 422,
+    "vector_dimension_mismatch": 422,
+    "vector_not_finite": 422,
+    "zero_vector": 422,
     # The service cannot answer now (503).
     "store_unavailable": 503,
     "not_ready": 503,

@@ -22,6 +22,9 @@ TASK_KINDS = {INDEX_TASK: "index", QUERY_TASK: "query"}
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 FINISHED_STATES = (SUCCEEDED, FAILED)
 
+# --- Vectors ---------------------------------------------------------------------------
+VECTOR_DIMENSION = 512  # VGG16's last convolutional block has 512 channels
+
 # --- Caller-supplied names --------------------------------------------------------------
 COLLECTION_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 IMAGE_ID_MAX_CHARS = 256
@@ -87,6 +90,44 @@ def parse_aligned_array(raw: str | None, length: int, *, code: str, name: str) -
         raise LookalikeError(code, f"'{name}' must be a JSON array with one entry per image ({length}).",
                              {"expected_length": length, "received_length": len(value) if isinstance(value, list) else None})
     return value
+
+
+def parse_min_score(raw: str | None) -> float | None:
+    """Optional lower bound on cosine similarity, from -1 to 1."""
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not -1.0 <= value <= 1.0:  # also refuses NaN
+        raise LookalikeError("invalid_min_score", "'min_score' must be a number from -1 to 1.", {"min_score": raw[:50]})
+    return value
+
+
+def parse_filter(raw: str | None) -> dict[str, Any]:
+    """Optional metadata filter: a JSON object of field -> value, all of which must be equal."""
+    if raw is None or raw == "":
+        return {}
+    value = _parse_json(raw, "invalid_filter", "filter")
+    scalar = (str, int, float, bool, type(None))
+    if not isinstance(value, dict) or not all(isinstance(v, scalar) for v in value.values()):
+        raise LookalikeError("invalid_filter", "'filter' must be a JSON object of field names to strings, numbers, "
+                             "booleans or null, e.g. {\"tenant\": \"42\"}.")
+    return value
+
+
+def matches_filter(metadata: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Equality on every field of the filter; types count ("42" is not 42)."""
+    return all(field in metadata and _same(metadata[field], value) for field, value in wanted.items())
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):  # true is not 1
+        return type(a) is type(b) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):  # 1 is 1.0, as JSON has one number type
+        return a == b
+    return type(a) is type(b) and a == b
 
 
 def _parse_json(raw: str, code: str, name: str) -> Any:

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     max_wait_seconds: int = Field(30, ge=0, description="Largest `?wait=` accepted by GET /v1/tasks/{id}.")
     max_batch_files: int = Field(256, ge=1, description="Most images in one bulk upload (POST .../batches).")
     max_batch_bytes: int = Field(256 * 1024 * 1024, gt=0, description="Largest accepted bulk upload request.")
+    max_vectors_per_request: int = Field(1000, ge=1, description="Most vectors in one POST .../vectors request.")
 
     # --- Storage lifetimes ---------------------------------------------------------------------
     upload_ttl_seconds: int = Field(

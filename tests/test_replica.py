@@ -44,17 +44,17 @@ def test_replica_follows_puts_replacements_and_deletes(store, name):
     for image_id, vector in vectors.items():
         store.save_image(name, image_id, vector, {}, DESCRIPTOR)
     query = unit(rng)
-    assert_same_ranking(replicas.search(name, query, 5), exact_ranking(store, name, query)[:5])
+    assert_same_ranking(replicas.search(name, query, 5).matches, exact_ranking(store, name, query)[:5])
 
     store.save_image(name, "img/new", query, {}, DESCRIPTOR)  # identical to the query
-    [(best, score)] = replicas.search(name, query, 1)
+    [(best, score)] = replicas.search(name, query, 1).matches
     assert best == "img/new" and score == pytest.approx(1.0, abs=1e-6)
     store.save_image(name, "img/new", -query, {}, DESCRIPTOR)  # replaced: now the opposite
-    worst, score = replicas.search(name, query, 21)[-1]
+    worst, score = replicas.search(name, query, 21).matches[-1]
     assert worst == "img/new" and score == pytest.approx(-1.0, abs=1e-6)
     store.delete_image(name, "img/new")
     store.delete_image(name, "img/3")
-    found = replicas.search(name, query, 100)
+    found = replicas.search(name, query, 100).matches
     assert {image_id for image_id, _ in found} == set(vectors) - {"img/3"}
     assert_same_ranking(found, exact_ranking(store, name, query))
 
@@ -71,8 +71,8 @@ def test_random_changes_leave_the_replica_equal_to_a_full_load(store, name):
         else:
             store.save_image(name, image_id, unit(rng), {}, DESCRIPTOR)
         if step % 37 == 0:
-            assert_same_ranking(replicas.search(name, query, 100), exact_ranking(store, name, query))
-    assert_same_ranking(replicas.search(name, query, 100), exact_ranking(store, name, query))
+            assert_same_ranking(replicas.search(name, query, 100).matches, exact_ranking(store, name, query))
+    assert_same_ranking(replicas.search(name, query, 100).matches, exact_ranking(store, name, query))
 
 
 def test_a_replica_behind_a_trimmed_stream_reloads(redis_server, name, caplog):
@@ -87,7 +87,7 @@ def test_a_replica_behind_a_trimmed_stream_reloads(redis_server, name, caplog):
         short.save_image(name, f"img/{n}", unit(rng), {}, DESCRIPTOR)
     assert client.xlen(f"lookalike:col:{name}:changes") < 400  # the replica's position was trimmed away
     with caplog.at_level(logging.WARNING, logger="worker.replica"):
-        found = replicas.search(name, query, 500)
+        found = replicas.search(name, query, 500).matches
     assert "reloading" in caplog.text
     assert_same_ranking(found, exact_ranking(short, name, query))
 
@@ -107,3 +107,12 @@ def test_descriptor_mismatch_is_refused_and_changes_nothing(store, name):
 
 def test_settings_default_stream_length_is_used(store):
     assert store.change_stream_length == Settings().change_stream_length
+
+
+def test_min_score_and_collection_size(store, name):
+    rng = np.random.default_rng(4)
+    query = unit(rng)
+    store.save_image(name, "same", query, {}, DESCRIPTOR)
+    store.save_image(name, "opposite", -query, {}, DESCRIPTOR)
+    found = Replicas(store, DIMENSION).search(name, query, 10, min_score=0.0)
+    assert [image_id for image_id, _ in found.matches] == ["same"] and found.searched == 2

@@ -5,6 +5,7 @@ import logging
 import cv2
 import numpy as np
 
+from shared.schemas import VECTOR_DIMENSION
 from shared.store import Descriptor
 from worker.batcher import INDEX_PRIORITY, DynamicBatcher
 from worker.weights import WeightsSource
@@ -12,7 +13,7 @@ from worker.weights import WeightsSource
 log = logging.getLogger(__name__)
 
 INPUT_SIZE = 224
-DIMENSION = 512
+DIMENSION = VECTOR_DIMENSION
 # Max pooling of the last conv block (MAC, Tolias et al. 2016): a 512-d global descriptor
 # that keeps the strongest response of every filter.
 POOLING = "max"

@@ -9,6 +9,7 @@ If the replica fell so far behind that the stream was trimmed past it, it reload
 
 import logging
 import threading
+from typing import NamedTuple
 
 import numpy as np
 
@@ -18,6 +19,11 @@ from worker.search import top_k
 log = logging.getLogger(__name__)
 
 CHANGES_PER_READ = 10_000
+
+
+class SearchResult(NamedTuple):
+    matches: list[tuple[str, float]]  # (id, score), best first
+    searched: int  # how many vectors the collection held
 
 
 class CollectionReplica:
@@ -70,12 +76,15 @@ class Replicas:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
 
-    def search(self, collection: str, query: np.ndarray, k: int) -> list[tuple[str, float]]:
-        """The ``k`` most similar ids with their scores, over the collection as it is now."""
+    def search(self, collection: str, query: np.ndarray, k: int, min_score: float | None = None) -> "SearchResult":
+        """The ``k`` most similar ids with their scores (at least ``min_score``), over the collection as it is now."""
         with self._lock(collection):
             replica = self._refresh(collection)
             rows, scores = top_k(replica.vectors, query, k)
-            return [(replica.ids[row], float(score)) for row, score in zip(rows, scores)]
+            if min_score is not None:
+                keep = scores >= min_score
+                rows, scores = rows[keep], scores[keep]
+            return SearchResult([(replica.ids[row], float(score)) for row, score in zip(rows, scores)], len(replica.ids))
 
     def _lock(self, collection: str) -> threading.Lock:
         with self._locks_lock:

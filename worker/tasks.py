@@ -4,21 +4,27 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from shared.errors import LookalikeError
 from shared.images import decode_image
-from shared.schemas import FAILED, FINISHED_STATES, INDEX_TASK, QUERY_TASK, SUCCEEDED
+from shared.schemas import FAILED, FINISHED_STATES, INDEX_TASK, QUERY_TASK, SUCCEEDED, matches_filter
+from shared.store import VECTOR_DTYPE
 from worker.batcher import QUERY_PRIORITY
 from worker.celery_app import app
 from worker.runtime import RANDOM_WEIGHTS_WARNING, get_extractor, get_replicas, get_store
 
 log = logging.getLogger(__name__)
 
+# Candidates read in the first round of a filtered query (at least 4k).
+FILTER_FIRST_DEPTH = 100
+
 
 @app.task(name=INDEX_TASK)
 def index_image(task_id: str, collection: str, image_id: str, metadata: dict) -> None:
     def index() -> dict:
         extractor = get_extractor()
-        vector = extractor.extract([_load_upload(task_id)])[0]
+        vector = extractor.extract([decode_image(_load_upload_bytes(task_id))])[0]
         replaced = get_store().save_image(collection, image_id, vector, metadata, extractor.descriptor)
         return {"collection": collection, "image_id": image_id, "replaced": replaced} | _model_labels()
 
@@ -26,30 +32,52 @@ def index_image(task_id: str, collection: str, image_id: str, metadata: dict) ->
 
 
 @app.task(name=QUERY_TASK)
-def query_image(task_id: str, collection: str, k: int) -> None:
+def query_image(task_id: str, collection: str, k: int, min_score: float | None = None,
+                filter: dict | None = None, by_vector: bool = False) -> None:  # noqa: A002 - the API's name
     def query() -> dict:
         extractor = get_extractor()
-        vector = extractor.extract([_load_upload(task_id)], priority=QUERY_PRIORITY)[0]
-        store = get_store()
-        info = store.collection_info(collection)
-        descriptor = extractor.descriptor
-        if info and info["model"] is not None and (info["model"], info["weights"]) != (descriptor.model, descriptor.weights):
-            raise LookalikeError(
-                "descriptor_mismatch",
-                "This collection was indexed with another model or weights than this worker uses; "
-                "its scores would mean nothing.",
-                {"collection": {"model": info["model"], "weights": info["weights"]}, "worker": descriptor.to_mapping()},
-            )
-        best = get_replicas().search(collection, vector, k)
-        metadata = store.get_metadata(collection, [image_id for image_id, _ in best])
-        matches = [
-            {"id": image_id, "score": round(score, 6), "metadata": meta}
-            for (image_id, score), meta in zip(best, metadata)
-            if meta is not None  # deleted after the search
-        ]
-        return {"matches": matches} | _model_labels()
+        if by_vector:  # validated (dimension, finite, non-zero) and normalised by the API
+            vector = np.frombuffer(_load_upload_bytes(task_id), dtype=VECTOR_DTYPE)
+        else:
+            vector = extractor.extract([decode_image(_load_upload_bytes(task_id))], priority=QUERY_PRIORITY)[0]
+            _check_descriptor(collection, extractor.descriptor)  # image vectors only compare with their own kind
+        return {"matches": _ranked_matches(collection, vector, k, min_score, filter or {})} | _model_labels()
 
     _run(task_id, query)
+
+
+def _ranked_matches(collection: str, vector: np.ndarray, k: int, min_score: float | None, wanted: dict) -> list[dict]:
+    """The best ``k`` matches whose metadata passes the filter.
+
+    Without a filter, the search's top k. With one, candidates are read in score order,
+    in ever deeper rounds, until k pass or the collection (or ``min_score``) is exhausted:
+    when k matching images exist, k are returned.
+    """
+    store = get_store()
+    depth = k if not wanted else max(4 * k, FILTER_FIRST_DEPTH)
+    while True:
+        found = get_replicas().search(collection, vector, depth, min_score)
+        metadata = store.get_metadata(collection, [image_id for image_id, _ in found.matches])
+        matches = [
+            {"id": image_id, "score": round(score, 6), "metadata": meta}
+            for (image_id, score), meta in zip(found.matches, metadata)
+            if meta is not None and matches_filter(meta, wanted)  # None: deleted after the search
+        ]
+        exhausted = len(found.matches) < depth or depth >= found.searched
+        if len(matches) >= k or exhausted:
+            return matches[:k]
+        depth *= 4
+
+
+def _check_descriptor(collection: str, descriptor) -> None:
+    info = get_store().collection_info(collection)
+    if info and info["model"] is not None and (info["model"], info["weights"]) != (descriptor.model, descriptor.weights):
+        raise LookalikeError(
+            "descriptor_mismatch",
+            "This collection was indexed with another model or weights than this worker uses; "
+            "its scores would mean nothing.",
+            {"collection": {"model": info["model"], "weights": info["weights"]}, "worker": descriptor.to_mapping()},
+        )
 
 
 def _run(task_id: str, work: Callable[[], dict[str, Any]]) -> None:
@@ -72,11 +100,11 @@ def _run(task_id: str, work: Callable[[], dict[str, Any]]) -> None:
         store.finish_task(task_id, SUCCEEDED, result=result)
 
 
-def _load_upload(task_id: str):
+def _load_upload_bytes(task_id: str) -> bytes:
     data = get_store().get_upload(task_id)
     if data is None:
-        raise LookalikeError("upload_expired", "The uploaded image expired before a worker took the task; submit it again.")
-    return decode_image(data)
+        raise LookalikeError("upload_expired", "The upload expired before a worker took the task; submit it again.")
+    return data
 
 
 def _model_labels() -> dict:

@@ -64,9 +64,19 @@ class Settings(BaseSettings):
     )
     heartbeat_seconds: int = Field(10, ge=1, description="How often a worker announces itself for /readyz.")
 
+    # --- Search ----------------------------------------------------------------------------
+    exact_max: int = Field(200_000, ge=0, description="Collections up to this many vectors are searched exactly; "
+                           "larger ones through an HNSW index.")
+    hnsw_m: int = Field(16, ge=2, description="HNSW graph degree (hnswlib's M): higher is more accurate and larger.")
+    hnsw_ef_construction: int = Field(100, ge=10, description="HNSW build-time candidate list (hnswlib's ef_construction).")
+    hnsw_ef_search: int = Field(64, ge=1, description="HNSW query-time candidate list (hnswlib's ef; at least k is used).")
+    snapshot_dir: Path | None = Field(None, description="Where query workers save HNSW replicas, so a restarted "
+                                      "worker catches up instead of rebuilding; default `LOOKALIKE_DATA_DIR`/snapshots.")
+    snapshot_every_changes: int = Field(10_000, ge=1, description="Changes applied to an HNSW replica between snapshots.")
+
     @property
-    def uses_random_weights(self) -> bool:
-        return self.weights == "random"
+    def snapshot_path(self) -> Path:
+        return self.snapshot_dir or self.data_dir / "snapshots"
 
 
 @lru_cache(maxsize=1)

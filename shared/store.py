@@ -236,6 +236,25 @@ class Store:
         """Remove vector and metadata and record a change event, atomically; False if there was no such image."""
         return bool(self._delete_script(keys=self._change_keys(collection), args=[image_id, self.change_stream_length]))
 
+    def change_position(self, collection: str) -> tuple[int, str]:
+        """Number and stream id of the collection's last change event, read together ((0, "0-0"): none)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.get(keys.collection_change_seq(collection))
+        pipe.xrevrange(keys.collection_changes(collection), count=1)
+        seq, last = pipe.execute()
+        return int(seq or 0), last[0][0].decode() if last else "0-0"
+
+    def scan_vectors(self, collection: str, dimension: int, chunk: int):
+        """Yield the collection's (id, vector) pairs in chunks of about ``chunk``, without one huge reply."""
+        cursor = 0
+        while True:
+            cursor, stored = self.redis.hscan(keys.collection_vectors(collection), cursor, count=chunk)
+            if stored:
+                ids = [image_id.decode() for image_id in stored]
+                yield list(zip(ids, decode_vectors(list(stored.values()), dimension)))
+            if cursor == 0:
+                return
+
     def load_collection(self, collection: str, dimension: int) -> CollectionSnapshot:
         """Every id and vector of a collection, with the position in its change stream they include."""
         pipe = self.redis.pipeline(transaction=True)  # one consistent moment

@@ -42,7 +42,7 @@ def redis_client(redis_server) -> redis.Redis:
 
 
 @pytest.fixture(scope="session")
-def service_env(redis_server) -> dict[str, str]:
+def service_env(redis_server, tmp_path_factory) -> dict[str, str]:
     """Environment of the worker and API subprocesses."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("LOOKALIKE_")}
     env.update(
@@ -54,6 +54,7 @@ def service_env(redis_server) -> dict[str, str]:
         LOOKALIKE_MAX_BATCH="8",
         LOOKALIKE_BATCH_WAIT_MS="50",
         LOOKALIKE_MAX_BATCH_FILES="16",
+        LOOKALIKE_DATA_DIR=str(tmp_path_factory.mktemp("data")),
         LOOKALIKE_HEARTBEAT_SECONDS="1",
         LOOKALIKE_MAX_UPLOAD_BYTES=str(TEST_MAX_UPLOAD_BYTES),
         TF_CPP_MIN_LOG_LEVEL="2",

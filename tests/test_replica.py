@@ -116,3 +116,102 @@ def test_min_score_and_collection_size(store, name):
     store.save_image(name, "opposite", -query, {}, DESCRIPTOR)
     found = Replicas(store, DIMENSION).search(name, query, 10, min_score=0.0)
     assert [image_id for image_id, _ in found.matches] == ["same"] and found.searched == 2
+
+
+# --- HNSW above exact_max, and snapshots -------------------------------------------------------
+
+from worker.replica import ExactIndex, HnswIndex  # noqa: E402
+
+
+def clustered(count: int, seed: int, dimension: int = DIMENSION) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((10, dimension))
+    vectors = centres[rng.integers(10, size=count)] + 0.3 * rng.standard_normal((count, dimension))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def fill(store: Store, name: str, vectors: np.ndarray, prefix: str = "v") -> None:
+    for number, vector in enumerate(vectors):
+        store.save_image(name, f"{prefix}/{number}", vector, {}, DESCRIPTOR)
+
+
+def recall_at_10(found: list[tuple[str, float]], expected: list[tuple[str, float]]) -> float:
+    return len({i for i, _ in found[:10]} & {i for i, _ in expected[:10]}) / 10
+
+
+def test_hnsw_and_exact_agree_on_small_data(store, name):
+    fill(store, name, clustered(400, seed=5))
+    replicas = Replicas(store, DIMENSION, exact_max=100)
+    queries = clustered(20, seed=6)
+    recalls = [recall_at_10(replicas.search(name, q, 10).matches, exact_ranking(store, name, q)) for q in queries]
+    assert isinstance(replicas._replicas[name].index, HnswIndex)
+    assert np.mean(recalls) >= 0.95
+    for q in queries[:5]:  # scores are cosine similarities in both
+        (best, score), = replicas.search(name, q, 1).matches
+        assert (best, score) == (exact_ranking(store, name, q)[0][0], pytest.approx(exact_ranking(store, name, q)[0][1], abs=1e-5))
+
+
+def test_hnsw_replica_follows_puts_replacements_and_deletes(store, name):
+    vectors = clustered(300, seed=7)
+    fill(store, name, vectors)
+    replicas = Replicas(store, DIMENSION, exact_max=50)
+    probe = vectors[10]
+    assert replicas.search(name, probe, 1).matches[0][0] == "v/10"
+    store.delete_image(name, "v/10")
+    assert "v/10" not in {i for i, _ in replicas.search(name, probe, 50).matches}
+    store.save_image(name, "v/11", -probe, {}, DESCRIPTOR)  # replaced: now far from the probe
+    store.save_image(name, "fresh", probe, {}, DESCRIPTOR)  # reuses the deleted slot
+    found = replicas.search(name, probe, 300)
+    assert found.matches[0][0] == "fresh" and found.searched == 300
+    assert found.matches[-1][0] == "v/11"
+
+
+def test_a_restarted_worker_loads_the_snapshot_and_catches_up(store, name, tmp_path, caplog):
+    fill(store, name, clustered(200, seed=8))
+    first = Replicas(store, DIMENSION, exact_max=50, snapshot_dir=tmp_path)
+    probe = clustered(1, seed=9)[0]
+    first.search(name, probe, 10)  # builds the HNSW index and saves it
+    [snapshot] = (tmp_path / name).iterdir()
+    assert snapshot.name == f"{200:015d}" and {p.name for p in snapshot.iterdir()} == {"graph.bin", "replica.json"}
+
+    store.delete_image(name, "v/0")  # changes after the snapshot
+    store.save_image(name, "late", probe, {}, DESCRIPTOR)
+    restarted = Replicas(store, DIMENSION, exact_max=50, snapshot_dir=tmp_path)
+    with caplog.at_level(logging.INFO, logger="worker.replica"):
+        found = restarted.search(name, probe, 200)
+    assert "snapshot at change 200 of 202 loaded" in caplog.text
+    assert found.matches[0][0] == "late" and found.searched == 200
+    assert "v/0" not in {i for i, _ in found.matches}
+
+
+def test_a_snapshot_ahead_of_the_store_is_ignored(store, name, tmp_path, caplog):
+    fill(store, name, clustered(120, seed=10))
+    Replicas(store, DIMENSION, exact_max=50, snapshot_dir=tmp_path).search(name, clustered(1, seed=1)[0], 5)
+    other = f"{name}-recreated"
+    (tmp_path / name).rename(tmp_path / other)  # a snapshot at change 120 for a collection at change 60
+    fill(store, other, clustered(60, seed=11))
+    with caplog.at_level(logging.INFO, logger="worker.replica"):
+        found = Replicas(store, DIMENSION, exact_max=50, snapshot_dir=tmp_path).search(other, clustered(1, seed=1)[0], 100)
+    assert "snapshot at change" not in caplog.text
+    assert found.searched == 60
+
+
+def test_exact_index_keeps_rows_contiguous():
+    index = ExactIndex(2)
+    for n in range(5):
+        index.put(f"i{n}", np.array([n, 1], np.float32))
+    index.delete("i1")
+    index.put("i2", np.array([9, 9], np.float32))
+    assert len(index) == 4 and index.ids == ["i0", "i4", "i2", "i3"]
+    np.testing.assert_array_equal(index.vectors[1], [4, 1])
+    np.testing.assert_array_equal(index.vectors[index.rows["i2"]], [9, 9])
+
+
+def test_snapshots_are_renewed_after_enough_changes(store, name, tmp_path):
+    fill(store, name, clustered(100, seed=12))
+    replicas = Replicas(store, DIMENSION, exact_max=50, snapshot_dir=tmp_path, snapshot_every_changes=10)
+    probe = clustered(1, seed=13)[0]
+    replicas.search(name, probe, 5)
+    fill(store, name, clustered(12, seed=14), prefix="more")
+    replicas.search(name, probe, 5)
+    assert [p.name for p in (tmp_path / name).iterdir()] == [f"{112:015d}"]  # the older one is gone

@@ -1,24 +1,36 @@
 """In-memory replicas of collections, kept fresh from Redis incrementally.
 
-A query worker loads a collection's vectors once, then before every search applies the
-collection's change events (puts and deletes, from a Redis Stream written atomically with
-each change) since the position it holds. A query therefore sees every write that
-finished before it started, at the cost of one round trip when nothing has changed.
-If the replica fell so far behind that the stream was trimmed past it, it reloads in full.
+A query worker loads a collection once, then before every search applies the collection's
+change events (puts and deletes, from a Redis Stream written atomically with each change)
+since the position it holds. A query therefore sees every write that finished before it
+started, at the cost of one round trip when nothing has changed. If the replica fell so
+far behind that the stream was trimmed past it, it reloads.
+
+Up to ``exact_max`` vectors a collection is searched exactly (one matrix-vector product);
+above, through an HNSW graph (hnswlib) that holds the only copy of each vector. HNSW
+replicas are saved as snapshots with the stream position they include, so a restarted
+worker loads the newest snapshot and catches up from the stream instead of rebuilding.
 """
 
+import json
 import logging
+import os
+import shutil
 import threading
-from typing import NamedTuple
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, Protocol
 
+import hnswlib
 import numpy as np
 
-from shared.store import Store
+from shared.store import Change, Store
 from worker.search import top_k
 
 log = logging.getLogger(__name__)
 
 CHANGES_PER_READ = 10_000
+LOAD_CHUNK = 10_000
 
 
 class SearchResult(NamedTuple):
@@ -26,16 +38,26 @@ class SearchResult(NamedTuple):
     searched: int  # how many vectors the collection held
 
 
-class CollectionReplica:
-    """One collection's vectors as a contiguous matrix (one copy per vector) and its ids."""
+class VectorIndex(Protocol):
+    def __len__(self) -> int: ...
+    def put(self, image_id: str, vector: np.ndarray) -> None: ...
+    def delete(self, image_id: str) -> None: ...
+    def search(self, query: np.ndarray, k: int) -> tuple[list[str], np.ndarray]: ...
 
-    def __init__(self, dimension: int, ids: list[str], vectors: np.ndarray, seq: int, stream_id: str):
+
+class ExactIndex:
+    """Vectors as one contiguous float32 matrix (one copy each) with their ids; exact search."""
+
+    kind = "exact"
+
+    def __init__(self, dimension: int):
         self.dimension = dimension
-        self.ids = list(ids)
-        self.rows = {image_id: row for row, image_id in enumerate(self.ids)}
-        self._matrix = np.array(vectors, dtype=np.float32, copy=True).reshape(len(self.ids), dimension)
-        self.seq = seq
-        self.stream_id = stream_id
+        self.ids: list[str] = []
+        self.rows: dict[str, int] = {}
+        self._matrix = np.empty((0, dimension), dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
     @property
     def vectors(self) -> np.ndarray:
@@ -65,59 +87,241 @@ class CollectionReplica:
             self.rows[moved] = row
         self.ids.pop()
 
+    def search(self, query: np.ndarray, k: int) -> tuple[list[str], np.ndarray]:
+        rows, scores = top_k(self.vectors, query, k)
+        return [self.ids[row] for row in rows], scores
+
+
+@dataclass(frozen=True)
+class HnswConfig:
+    m: int = 16
+    ef_construction: int = 100
+    ef_search: int = 64
+
+
+class HnswIndex:
+    """An hnswlib graph over inner product (= cosine for unit vectors); deletes reuse slots."""
+
+    kind = "hnsw"
+
+    def __init__(self, dimension: int, config: HnswConfig, capacity: int = 1024, graph: hnswlib.Index | None = None):
+        self.dimension = dimension
+        self.config = config
+        self.labels: dict[str, int] = {}  # image id -> hnswlib label
+        self.ids: dict[int, str] = {}  # hnswlib label -> image id
+        self._next_label = 0
+        if graph is None:
+            graph = hnswlib.Index(space="ip", dim=dimension)
+            graph.init_index(max_elements=capacity, M=config.m, ef_construction=config.ef_construction,
+                             allow_replace_deleted=True)
+        self.graph = graph
+        self.graph.set_num_threads(1)  # one query or change at a time per collection (the replica's lock)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def put(self, image_id: str, vector: np.ndarray) -> None:
+        label = self.labels.get(image_id)
+        if label is not None:  # replacement: hnswlib moves the point and relinks it
+            self.graph.add_items(vector[None], [label])
+            return
+        if self.graph.get_current_count() >= self.graph.get_max_elements() and not self._has_deleted_slots():
+            self.graph.resize_index(max(1024, self.graph.get_max_elements() * 3 // 2))
+        label = self._next_label
+        self._next_label += 1
+        self.graph.add_items(vector[None], [label], replace_deleted=True)
+        self.labels[image_id] = label
+        self.ids[label] = image_id
+
+    def delete(self, image_id: str) -> None:
+        label = self.labels.pop(image_id, None)
+        if label is not None:
+            self.graph.mark_deleted(label)
+            del self.ids[label]
+
+    def search(self, query: np.ndarray, k: int) -> tuple[list[str], np.ndarray]:
+        k = min(k, len(self))
+        if k == 0:
+            return [], np.empty(0, dtype=np.float32)
+        self.graph.set_ef(max(self.config.ef_search, k))
+        labels, distances = self.graph.knn_query(query[None], k=k)
+        return [self.ids[label] for label in labels[0]], (1.0 - distances[0]).astype(np.float32)
+
+    def _has_deleted_slots(self) -> bool:
+        return self.graph.get_current_count() > len(self.labels)
+
+    # --- Snapshots -------------------------------------------------------------------------
+
+    def save(self, folder: Path, position: dict) -> None:
+        """Save the graph and its ids with the stream ``position`` they include, as ``folder/<seq>/``.
+
+        Written under a temporary name and renamed whole, so a reader finds complete
+        snapshots only; older ones are removed afterwards.
+        """
+        final = folder / f"{position['seq']:015d}"
+        staging = folder / f"{final.name}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        self.graph.save_index(str(staging / "graph.bin"))
+        meta = {"position": position, "labels": self.labels, "next_label": self._next_label,
+                "dimension": self.dimension, "config": self.config.__dict__}
+        (staging / "replica.json").write_text(json.dumps(meta))
+        shutil.rmtree(final, ignore_errors=True)
+        os.rename(staging, final)
+        for older in folder.iterdir():
+            if older.name != final.name and not older.name.endswith(".tmp"):
+                shutil.rmtree(older, ignore_errors=True)
+
+    @classmethod
+    def load(cls, folder: Path, dimension: int) -> tuple["HnswIndex", dict] | None:
+        """The newest complete snapshot in ``folder`` and the stream position it includes, if any."""
+        complete = sorted(p for p in folder.glob("*") if p.is_dir() and not p.name.endswith(".tmp")) if folder.is_dir() else []
+        if not complete:
+            return None
+        newest = complete[-1]
+        meta = json.loads((newest / "replica.json").read_text())
+        if meta["dimension"] != dimension:
+            return None
+        graph = hnswlib.Index(space="ip", dim=dimension)
+        graph.load_index(str(newest / "graph.bin"), allow_replace_deleted=True)
+        index = cls(dimension, HnswConfig(**meta["config"]), graph=graph)
+        index.labels = meta["labels"]
+        index.ids = {label: image_id for image_id, label in index.labels.items()}
+        index._next_label = meta["next_label"]
+        return index, meta["position"]
+
+    @classmethod
+    def from_exact(cls, exact: ExactIndex, config: HnswConfig) -> "HnswIndex":
+        index = cls(exact.dimension, config, capacity=max(1024, len(exact) * 3 // 2))
+        index.graph.set_num_threads(os.cpu_count() or 1)  # bulk build: all cores
+        labels = np.arange(len(exact))
+        index.graph.add_items(exact.vectors, labels)
+        index.graph.set_num_threads(1)
+        index.labels = {image_id: int(label) for image_id, label in zip(exact.ids, labels)}
+        index.ids = {int(label): image_id for image_id, label in zip(exact.ids, labels)}
+        index._next_label = len(exact)
+        return index
+
+
+@dataclass
+class CollectionReplica:
+    index: ExactIndex | HnswIndex
+    seq: int  # number of the last change event applied
+    stream_id: str  # its id in the change stream ("0-0": none)
+    changes_since_snapshot: int = 0
+
+    @property
+    def position(self) -> dict:
+        return {"seq": self.seq, "stream_id": self.stream_id}
+
 
 class Replicas:
     """Every collection this worker has searched, each refreshed before each search."""
 
-    def __init__(self, store: Store, dimension: int):
+    def __init__(self, store: Store, dimension: int, *, exact_max: int = 200_000, hnsw: HnswConfig = HnswConfig(),
+                 snapshot_dir: Path | None = None, snapshot_every_changes: int = 10_000):
         self.store = store
         self.dimension = dimension
+        self.exact_max = exact_max
+        self.hnsw = hnsw
+        self.snapshot_dir = snapshot_dir
+        self.snapshot_every_changes = snapshot_every_changes
         self._replicas: dict[str, CollectionReplica] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
 
-    def search(self, collection: str, query: np.ndarray, k: int, min_score: float | None = None) -> "SearchResult":
+    def search(self, collection: str, query: np.ndarray, k: int, min_score: float | None = None) -> SearchResult:
         """The ``k`` most similar ids with their scores (at least ``min_score``), over the collection as it is now."""
         with self._lock(collection):
-            replica = self._refresh(collection)
-            rows, scores = top_k(replica.vectors, query, k)
-            if min_score is not None:
-                keep = scores >= min_score
-                rows, scores = rows[keep], scores[keep]
-            return SearchResult([(replica.ids[row], float(score)) for row, score in zip(rows, scores)], len(replica.ids))
+            replica = self.refresh(collection)
+            ids, scores = replica.index.search(query, k)
+            matches = [(image_id, float(score)) for image_id, score in zip(ids, scores)
+                       if min_score is None or score >= min_score]
+            return SearchResult(matches, len(replica.index))
+
+    def refresh(self, collection: str) -> CollectionReplica:
+        """The collection's replica, brought up to date (call with the collection's lock held)."""
+        replica = self._replicas.get(collection)
+        if replica is None:
+            replica = self._load(collection)
+        while True:
+            changes = self.store.changes_since(collection, replica.stream_id, CHANGES_PER_READ)
+            if not changes:
+                break
+            if changes[0].seq != replica.seq + 1:  # events between were trimmed away
+                log.warning("replica of %s is behind its trimmed change stream; reloading", collection)
+                replica = self._load(collection, use_snapshot=False)
+                continue
+            self._apply(collection, replica, changes)
+        if isinstance(replica.index, ExactIndex) and len(replica.index) > self.exact_max:
+            log.info("collection %s passed %d vectors: building its HNSW index", collection, self.exact_max)
+            replica.index = HnswIndex.from_exact(replica.index, self.hnsw)
+            self._snapshot(collection, replica)
+        elif replica.changes_since_snapshot >= self.snapshot_every_changes:
+            self._snapshot(collection, replica)
+        return replica
 
     def _lock(self, collection: str) -> threading.Lock:
         with self._locks_lock:
             return self._locks.setdefault(collection, threading.Lock())
 
-    def _refresh(self, collection: str) -> CollectionReplica:
-        replica = self._replicas.get(collection)
+    def _load(self, collection: str, use_snapshot: bool = True) -> CollectionReplica:
+        replica = self._load_snapshot(collection) if use_snapshot else None
         if replica is None:
-            return self._load(collection)
-        while True:
-            changes = self.store.changes_since(collection, replica.stream_id, CHANGES_PER_READ)
-            if not changes:
-                return replica
-            if changes[0].seq != replica.seq + 1:  # events between were trimmed away
-                log.warning("replica of %s is behind its trimmed change stream; reloading", collection)
-                return self._load(collection)
-            self._apply(collection, replica, changes)
-
-    def _load(self, collection: str) -> CollectionReplica:
-        snapshot = self.store.load_collection(collection, self.dimension)
-        replica = CollectionReplica(self.dimension, snapshot.ids, snapshot.vectors, snapshot.seq, snapshot.stream_id)
+            replica = self._load_from_store(collection)
         self._replicas[collection] = replica
         return replica
 
-    def _apply(self, collection: str, replica: CollectionReplica, changes: list) -> None:
+    def _load_from_store(self, collection: str) -> CollectionReplica:
+        """Scan the collection's vectors in chunks, then catch up from the position read first.
+
+        Changes made during the scan may or may not be in it; replaying every event after
+        the position read before it starts makes the result exact either way.
+        """
+        seq, stream_id = self.store.change_position(collection)
+        exact = ExactIndex(self.dimension)
+        for chunk in self.store.scan_vectors(collection, self.dimension, LOAD_CHUNK):
+            for image_id, vector in chunk:
+                exact.put(image_id, vector)
+        replica = CollectionReplica(exact, seq, stream_id)
+        if len(exact) > self.exact_max:
+            replica.index = HnswIndex.from_exact(exact, self.hnsw)
+            self._snapshot(collection, replica)
+        return replica
+
+    def _load_snapshot(self, collection: str) -> CollectionReplica | None:
+        if self.snapshot_dir is None:
+            return None
+        try:
+            loaded = HnswIndex.load(self.snapshot_dir / collection, self.dimension)
+        except Exception:  # a damaged snapshot costs a rebuild, not an outage
+            log.warning("snapshot of %s unreadable; rebuilding from Redis", collection, exc_info=True)
+            return None
+        if loaded is None:
+            return None
+        index, position = loaded
+        current_seq, _ = self.store.change_position(collection)
+        if position["seq"] > current_seq:  # from another store, or the collection was recreated
+            return None
+        log.info("collection %s: snapshot at change %d of %d loaded", collection, position["seq"], current_seq)
+        return CollectionReplica(index, position["seq"], position["stream_id"])
+
+    def _snapshot(self, collection: str, replica: CollectionReplica) -> None:
+        if self.snapshot_dir is None or not isinstance(replica.index, HnswIndex):
+            return
+        replica.index.save(self.snapshot_dir / collection, replica.position)
+        replica.changes_since_snapshot = 0
+
+    def _apply(self, collection: str, replica: CollectionReplica, changes: list[Change]) -> None:
         # Read each changed image's current vector once. It may be newer than the event
         # (a later put, or gone after a later delete): applying the newer state is right,
         # and the later events will then change nothing.
         changed = list(dict.fromkeys(change.image_id for change in changes))
         for image_id, vector in zip(changed, self.store.get_vectors(collection, changed, self.dimension)):
             if vector is None:
-                replica.delete(image_id)
+                replica.index.delete(image_id)
             else:
-                replica.put(image_id, vector)
+                replica.index.put(image_id, vector)
         replica.seq = changes[-1].seq
         replica.stream_id = changes[-1].stream_id
+        replica.changes_since_snapshot += len(changes)

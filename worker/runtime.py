@@ -9,7 +9,7 @@ import time
 from shared.settings import get_settings
 from shared.store import Store, utc_now
 from worker.extractor import DIMENSION, FeatureExtractor
-from worker.replica import Replicas
+from worker.replica import HnswConfig, Replicas
 from worker.weights import resolve_weights
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,15 @@ def get_replicas() -> Replicas:
     global _replicas
     with _init_lock:
         if _replicas is None:
-            _replicas = Replicas(get_store(), DIMENSION)
+            settings = get_settings()
+            _replicas = Replicas(
+                get_store(),
+                DIMENSION,
+                exact_max=settings.exact_max,
+                hnsw=HnswConfig(settings.hnsw_m, settings.hnsw_ef_construction, settings.hnsw_ef_search),
+                snapshot_dir=settings.snapshot_path,
+                snapshot_every_changes=settings.snapshot_every_changes,
+            )
         return _replicas
 
 

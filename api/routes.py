@@ -113,8 +113,7 @@ def store_vectors(collection: str):
             error.details = {"item": position, **error.details}
             raise
         checked.append((image_id, vector, metadata))
-    replaced = sum(store.save_image(collection, image_id, vector, metadata, descriptor)
-                   for image_id, vector, metadata in checked)
+    replaced = store.save_images(collection, checked, descriptor)
     return jsonify({"collection": collection, "stored": len(checked), "replaced": replaced,
                     "model": descriptor.model, "weights": descriptor.weights}), 201
 

@@ -208,23 +208,31 @@ class Store:
         Refuses (``descriptor_mismatch``) to mix vectors of another model or weights into a
         collection. Writing the same image twice leaves one copy, so retries are harmless.
         """
-        if vector.shape != (descriptor.dimension,):
-            raise ValueError(f"vector shape {vector.shape} does not match descriptor dimension {descriptor.dimension}")
-        record = json.dumps({"metadata": metadata, "indexed_at": utc_now()})
-        outcome = self._save_script(
-            keys=[*self._change_keys(collection), keys.collection_descriptor(collection), keys.COLLECTIONS],
-            args=[image_id, encode_vector(vector), record, self.change_stream_length, collection,
-                  descriptor.model, descriptor.dimension, descriptor.weights],
-        )
-        if outcome[0] == b"mismatch":
-            stored = {"model": outcome[1].decode(), "dimension": outcome[2].decode(), "weights": outcome[3].decode()}
+        return self.save_images(collection, [(image_id, vector, metadata)], descriptor) == 1
+
+    def save_images(self, collection: str, images: list[tuple[str, np.ndarray, dict]], descriptor: Descriptor) -> int:
+        """:meth:`save_image` for many images in one round trip (each written atomically); returns how many replaced."""
+        indexed_at = utc_now()
+        pipe = self.redis.pipeline(transaction=False)
+        change_keys = [*self._change_keys(collection), keys.collection_descriptor(collection), keys.COLLECTIONS]
+        for image_id, vector, metadata in images:
+            if vector.shape != (descriptor.dimension,):
+                raise ValueError(f"vector shape {vector.shape} does not match dimension {descriptor.dimension}")
+            record = json.dumps({"metadata": metadata, "indexed_at": indexed_at})
+            self._save_script(keys=change_keys, client=pipe,
+                              args=[image_id, encode_vector(vector), record, self.change_stream_length, collection,
+                                    descriptor.model, descriptor.dimension, descriptor.weights])
+        outcomes = pipe.execute()
+        mismatch = next((outcome for outcome in outcomes if outcome[0] == b"mismatch"), None)
+        if mismatch is not None:  # the descriptor is checked by the first write, so nothing was written
+            stored = {"model": mismatch[1].decode(), "dimension": mismatch[2].decode(), "weights": mismatch[3].decode()}
             raise LookalikeError(
                 "descriptor_mismatch",
                 "This collection holds vectors from another model or weights; index into a new collection "
                 "or re-index this one with the current worker.",
                 {"collection": stored, "worker": descriptor.to_mapping()},
             )
-        return bool(outcome[1])
+        return sum(int(outcome[1]) for outcome in outcomes)
 
     def get_image(self, collection: str, image_id: str) -> dict[str, Any] | None:
         raw = self.redis.hget(keys.collection_images(collection), image_id)
@@ -243,6 +251,9 @@ class Store:
         pipe.xrevrange(keys.collection_changes(collection), count=1)
         seq, last = pipe.execute()
         return int(seq or 0), last[0][0].decode() if last else "0-0"
+
+    def count_vectors(self, collection: str) -> int:
+        return self.redis.hlen(keys.collection_vectors(collection))
 
     def scan_vectors(self, collection: str, dimension: int, chunk: int):
         """Yield the collection's (id, vector) pairs in chunks of about ``chunk``, without one huge reply."""

@@ -50,11 +50,11 @@ class ExactIndex:
 
     kind = "exact"
 
-    def __init__(self, dimension: int):
+    def __init__(self, dimension: int, capacity: int = 0):
         self.dimension = dimension
         self.ids: list[str] = []
         self.rows: dict[str, int] = {}
-        self._matrix = np.empty((0, dimension), dtype=np.float32)
+        self._matrix = np.empty((capacity, dimension), dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -192,7 +192,7 @@ class HnswIndex:
 
     @classmethod
     def from_exact(cls, exact: ExactIndex, config: HnswConfig) -> "HnswIndex":
-        index = cls(exact.dimension, config, capacity=max(1024, len(exact) * 3 // 2))
+        index = cls(exact.dimension, config, capacity=max(1024, len(exact) * 5 // 4))
         index.graph.set_num_threads(os.cpu_count() or 1)  # bulk build: all cores
         labels = np.arange(len(exact))
         index.graph.add_items(exact.vectors, labels)
@@ -279,7 +279,7 @@ class Replicas:
         the position read before it starts makes the result exact either way.
         """
         seq, stream_id = self.store.change_position(collection)
-        exact = ExactIndex(self.dimension)
+        exact = ExactIndex(self.dimension, capacity=self.store.count_vectors(collection))
         for chunk in self.store.scan_vectors(collection, self.dimension, LOAD_CHUNK):
             for image_id, vector in chunk:
                 exact.put(image_id, vector)

@@ -12,7 +12,7 @@ def top_k(matrix: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
     scores = matrix @ query
     if k < scores.shape[0]:
-        best = np.argpartition(-scores, k - 1)[:k]
+        best = np.argpartition(scores, scores.shape[0] - k)[-k:]
     else:
         best = np.arange(scores.shape[0])
     best = best[np.argsort(-scores[best], kind="stable")]

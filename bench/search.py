@@ -10,8 +10,9 @@ so its memory is its own:
 - exact replica (one contiguous matrix): cold load from Redis, query latency p50/p99
   (refresh round trip included, as a worker does per query, and of the index alone),
   resident bytes per vector;
-- HNSW replica (hnswlib): cold load from Redis (scan + build), restart from its snapshot,
-  latency p50/p99, recall@10 against exact search, bytes per vector.
+- HNSW replica (hnswlib): cold load from Redis (queryable once the exact replica is in,
+  index ready once the graph built in the background is), restart from its snapshot,
+  latency p50/p99, recall@10 against exact search at several ef, bytes per vector.
 
 In the same run: faiss IndexFlatIP as the reference for exact search speed, and at
 10,000 vectors a pure-Python loop over the vectors (the original write-up's approach:
@@ -21,6 +22,7 @@ on one thread, as the worker runs them (its BLAS is limited to one thread).
 
 import argparse
 import ctypes
+import dataclasses
 import gc
 import json
 import multiprocessing
@@ -46,6 +48,7 @@ DIMENSION = 512
 DESCRIPTOR = Descriptor("bench-model", DIMENSION, "bench-weights")
 COLLECTION = "bench"
 WRITE_CHUNK = 2_000
+EF_SWEEP = (32, 64, 128, 256, 512)
 
 
 def clustered_vectors(count: int, seed: int, clusters: int = 1000) -> np.ndarray:
@@ -96,7 +99,11 @@ def replica_child(redis_url: str, kind: str, snapshot_dir: str, queries: np.ndar
     replicas = Replicas(store, DIMENSION, exact_max=exact_max, hnsw=config, snapshot_dir=Path(snapshot_dir))
     replicas.search("warm-up", queries[0], k)  # imports and first-call costs, not the collection's
     rss_before = resident_bytes()
-    load_seconds = timed(lambda: replicas.search(COLLECTION, queries[0], k))
+    started = time.perf_counter()
+    replicas.search(COLLECTION, queries[0], k)  # answers as soon as the exact replica is loaded
+    queryable_seconds = time.perf_counter() - started
+    replicas.wait_for_builds()  # HNSW only: the graph is built in the background meanwhile
+    ready_seconds = time.perf_counter() - started
     rss_after = resident_bytes()
     index = replicas._replicas[COLLECTION].index
     latencies, search_latencies, found = [], [], []
@@ -107,9 +114,21 @@ def replica_child(redis_url: str, kind: str, snapshot_dir: str, queries: np.ndar
         search_latencies.append(timed(lambda: index.search(query, k)))  # the index alone
         found.append([image_id for image_id, _ in result.matches])
     recall = float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth)]))
-    figures = {"cold_load_s": round(load_seconds, 2), "bytes_per_vector": round((rss_after - rss_before) / len(index)),
+    figures = {"cold_load_s": round(queryable_seconds, 2), "index_ready_s": round(ready_seconds, 2), "bytes_per_vector": round((rss_after - rss_before) / len(index)),
                "recall_at_10": round(recall, 4), **percentiles_ms(latencies),
                "index_only": percentiles_ms(search_latencies)}
+    if kind == "hnsw":  # recall against latency for other ef_search values, on the same graph
+        figures["ef_sweep"] = {}
+        for ef in EF_SWEEP:
+            index.config = dataclasses.replace(index.config, ef_search=ef)
+            timings, found = [], []
+            for query in queries:
+                started = time.perf_counter()
+                ids, _ = index.search(query, k)
+                timings.append(time.perf_counter() - started)
+                found.append(ids)
+            figures["ef_sweep"][ef] = {"recall_at_10": round(float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth)])), 4),
+                                       **percentiles_ms(timings)}
     if kind == "hnsw":  # a restarted worker: newest snapshot, then catch up from the stream
         restarted = Replicas(store, DIMENSION, exact_max=exact_max, hnsw=config, snapshot_dir=Path(snapshot_dir))
         figures["restart_from_snapshot_s"] = round(timed(lambda: restarted.search(COLLECTION, queries[0], k)), 2)
@@ -203,7 +222,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("-k", type=int, default=10)
-    parser.add_argument("--ef-search", type=int, default=int(os.environ.get("LOOKALIKE_HNSW_EF_SEARCH", 64)))
+    parser.add_argument("--ef-search", type=int, default=Settings().hnsw_ef_search)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -219,7 +238,7 @@ def main() -> None:
         "exact <= 1.5 x faiss flat (every size)": all(s["exact_over_faiss_p50"] <= 1.5 for s in results["sizes"]),
         f"HNSW p50 <= 5 ms at {largest['vectors']}": largest["hnsw"]["p50_ms"] <= 5,
         f"HNSW recall@10 >= 0.95 at {largest['vectors']}": largest["hnsw"]["recall_at_10"] >= 0.95,
-        f"cold load <= 60 s at {largest['vectors']} (HNSW)": largest["hnsw"]["cold_load_s"] <= 60,
+        f"cold load <= 60 s at {largest['vectors']} (queryable)": largest["hnsw"]["cold_load_s"] <= 60,
     }
     print(json.dumps(results, indent=2) if args.json else json.dumps(results["goals"], indent=2))
 

@@ -143,6 +143,9 @@ def test_hnsw_and_exact_agree_on_small_data(store, name):
     fill(store, name, clustered(400, seed=5))
     replicas = Replicas(store, DIMENSION, exact_max=100)
     queries = clustered(20, seed=6)
+    first = replicas.search(name, queries[0], 10).matches  # exact while the graph is built
+    assert_same_ranking(first, exact_ranking(store, name, queries[0])[:10])
+    replicas.wait_for_builds()
     recalls = [recall_at_10(replicas.search(name, q, 10).matches, exact_ranking(store, name, q)) for q in queries]
     assert isinstance(replicas._replicas[name].index, HnswIndex)
     assert np.mean(recalls) >= 0.95
@@ -157,6 +160,8 @@ def test_hnsw_replica_follows_puts_replacements_and_deletes(store, name):
     replicas = Replicas(store, DIMENSION, exact_max=50)
     probe = vectors[10]
     assert replicas.search(name, probe, 1).matches[0][0] == "v/10"
+    replicas.wait_for_builds()
+    assert isinstance(replicas._replicas[name].index, HnswIndex)
     store.delete_image(name, "v/10")
     assert "v/10" not in {i for i, _ in replicas.search(name, probe, 50).matches}
     store.save_image(name, "v/11", -probe, {}, DESCRIPTOR)  # replaced: now far from the probe
@@ -170,7 +175,8 @@ def test_a_restarted_worker_loads_the_snapshot_and_catches_up(store, name, tmp_p
     fill(store, name, clustered(200, seed=8))
     first = Replicas(store, DIMENSION, exact_max=50, snapshot_dir=tmp_path)
     probe = clustered(1, seed=9)[0]
-    first.search(name, probe, 10)  # builds the HNSW index and saves it
+    first.search(name, probe, 10)  # starts the HNSW build, which saves a snapshot when done
+    first.wait_for_builds()
     [snapshot] = (tmp_path / name).iterdir()
     assert snapshot.name == f"{200:015d}" and {p.name for p in snapshot.iterdir()} == {"graph.bin", "replica.json"}
 
@@ -186,7 +192,9 @@ def test_a_restarted_worker_loads_the_snapshot_and_catches_up(store, name, tmp_p
 
 def test_a_snapshot_ahead_of_the_store_is_ignored(store, name, tmp_path, caplog):
     fill(store, name, clustered(120, seed=10))
-    Replicas(store, DIMENSION, exact_max=50, snapshot_dir=tmp_path).search(name, clustered(1, seed=1)[0], 5)
+    builder = Replicas(store, DIMENSION, exact_max=50, snapshot_dir=tmp_path)
+    builder.search(name, clustered(1, seed=1)[0], 5)
+    builder.wait_for_builds()
     other = f"{name}-recreated"
     (tmp_path / name).rename(tmp_path / other)  # a snapshot at change 120 for a collection at change 60
     fill(store, other, clustered(60, seed=11))
@@ -212,6 +220,7 @@ def test_snapshots_are_renewed_after_enough_changes(store, name, tmp_path):
     replicas = Replicas(store, DIMENSION, exact_max=50, snapshot_dir=tmp_path, snapshot_every_changes=10)
     probe = clustered(1, seed=13)[0]
     replicas.search(name, probe, 5)
+    replicas.wait_for_builds()
     fill(store, name, clustered(12, seed=14), prefix="more")
     replicas.search(name, probe, 5)
     assert [p.name for p in (tmp_path / name).iterdir()] == [f"{112:015d}"]  # the older one is gone

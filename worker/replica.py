@@ -7,9 +7,10 @@ started, at the cost of one round trip when nothing has changed. If the replica 
 far behind that the stream was trimmed past it, it reloads.
 
 Up to ``exact_max`` vectors a collection is searched exactly (one matrix-vector product);
-above, through an HNSW graph (hnswlib) that holds the only copy of each vector. HNSW
-replicas are saved as snapshots with the stream position they include, so a restarted
-worker loads the newest snapshot and catches up from the stream instead of rebuilding.
+above, through an HNSW graph (hnswlib) that holds the only copy of each vector. The graph
+is built in the background while exact search goes on answering. HNSW replicas are saved
+as snapshots with the stream position they include, so a restarted worker loads the
+newest snapshot and catches up from the stream instead of rebuilding.
 """
 
 import json
@@ -96,7 +97,7 @@ class ExactIndex:
 class HnswConfig:
     m: int = 16
     ef_construction: int = 100
-    ef_search: int = 64
+    ef_search: int = 256
 
 
 class HnswIndex:
@@ -138,6 +139,24 @@ class HnswIndex:
         if label is not None:
             self.graph.mark_deleted(label)
             del self.ids[label]
+
+    def put_many(self, pairs: list[tuple[str, np.ndarray]]) -> None:
+        """Insert many vectors in one parallel call (bulk builds); ids already present are updated one by one."""
+        fresh = [(image_id, vector) for image_id, vector in pairs if image_id not in self.labels]
+        for image_id, vector in pairs:
+            if image_id in self.labels:  # a scan may return an element twice
+                self.put(image_id, vector)
+        if not fresh:
+            return
+        needed = self.graph.get_current_count() + len(fresh)
+        if needed > self.graph.get_max_elements():
+            self.graph.resize_index(max(needed, self.graph.get_max_elements() * 3 // 2))
+        labels = np.arange(self._next_label, self._next_label + len(fresh))
+        self._next_label += len(fresh)
+        self.graph.add_items(np.stack([vector for _, vector in fresh]), labels)
+        for (image_id, _), label in zip(fresh, labels.tolist()):
+            self.labels[image_id] = label
+            self.ids[label] = image_id
 
     def search(self, query: np.ndarray, k: int) -> tuple[list[str], np.ndarray]:
         k = min(k, len(self))
@@ -190,19 +209,6 @@ class HnswIndex:
         index._next_label = meta["next_label"]
         return index, meta["position"]
 
-    @classmethod
-    def from_exact(cls, exact: ExactIndex, config: HnswConfig) -> "HnswIndex":
-        index = cls(exact.dimension, config, capacity=max(1024, len(exact) * 5 // 4))
-        index.graph.set_num_threads(os.cpu_count() or 1)  # bulk build: all cores
-        labels = np.arange(len(exact))
-        index.graph.add_items(exact.vectors, labels)
-        index.graph.set_num_threads(1)
-        index.labels = {image_id: int(label) for image_id, label in zip(exact.ids, labels)}
-        index.ids = {int(label): image_id for image_id, label in zip(exact.ids, labels)}
-        index._next_label = len(exact)
-        return index
-
-
 @dataclass
 class CollectionReplica:
     index: ExactIndex | HnswIndex
@@ -229,6 +235,7 @@ class Replicas:
         self._replicas: dict[str, CollectionReplica] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
+        self._builds: dict[str, threading.Thread] = {}  # HNSW builds in progress, by collection
 
     def search(self, collection: str, query: np.ndarray, k: int, min_score: float | None = None) -> SearchResult:
         """The ``k`` most similar ids with their scores (at least ``min_score``), over the collection as it is now."""
@@ -254,12 +261,56 @@ class Replicas:
                 continue
             self._apply(collection, replica, changes)
         if isinstance(replica.index, ExactIndex) and len(replica.index) > self.exact_max:
-            log.info("collection %s passed %d vectors: building its HNSW index", collection, self.exact_max)
-            replica.index = HnswIndex.from_exact(replica.index, self.hnsw)
-            self._snapshot(collection, replica)
+            self._start_hnsw_build(collection)  # searched exactly until the graph is ready
         elif replica.changes_since_snapshot >= self.snapshot_every_changes:
             self._snapshot(collection, replica)
         return replica
+
+    def wait_for_builds(self) -> None:
+        """Block until every HNSW build in progress has finished (tests, benchmarks)."""
+        while True:
+            with self._locks_lock:
+                builds = list(self._builds.values())
+            if not builds:
+                return
+            for build in builds:
+                build.join()
+
+    def _start_hnsw_build(self, collection: str) -> None:
+        with self._locks_lock:
+            if collection in self._builds:
+                return
+            build = threading.Thread(target=self._build_hnsw, args=(collection,), daemon=True,
+                                     name=f"hnsw-build-{collection}")
+            self._builds[collection] = build
+        log.info("collection %s passed %d vectors: building its HNSW index in the background", collection, self.exact_max)
+        build.start()
+
+    def _build_hnsw(self, collection: str) -> None:
+        """Build a graph from a scan of Redis, then swap it in and let the stream catch it up.
+
+        Like a cold load: position first, then the scan, then every event after the
+        position -- the exact replica keeps answering meanwhile.
+        """
+        try:
+            seq, stream_id = self.store.change_position(collection)
+            count = self.store.count_vectors(collection)
+            index = HnswIndex(self.dimension, self.hnsw, capacity=max(1024, count * 5 // 4))
+            index.graph.set_num_threads(os.cpu_count() or 1)  # a bulk build may use every core
+            for chunk in self.store.scan_vectors(collection, self.dimension, LOAD_CHUNK):
+                index.put_many(chunk)
+            index.graph.set_num_threads(1)
+            built = CollectionReplica(index, seq, stream_id)
+            with self._lock(collection):
+                self._replicas[collection] = built
+                self.refresh(collection)
+                self._snapshot(collection, built)
+            log.info("collection %s: HNSW index of %d vectors in place", collection, len(index))
+        except Exception:
+            log.exception("HNSW build of %s failed; it stays exact and the build is retried", collection)
+        finally:
+            with self._locks_lock:
+                self._builds.pop(collection, None)
 
     def _lock(self, collection: str) -> threading.Lock:
         with self._locks_lock:
@@ -283,11 +334,7 @@ class Replicas:
         for chunk in self.store.scan_vectors(collection, self.dimension, LOAD_CHUNK):
             for image_id, vector in chunk:
                 exact.put(image_id, vector)
-        replica = CollectionReplica(exact, seq, stream_id)
-        if len(exact) > self.exact_max:
-            replica.index = HnswIndex.from_exact(exact, self.hnsw)
-            self._snapshot(collection, replica)
-        return replica
+        return CollectionReplica(exact, seq, stream_id)
 
     def _load_snapshot(self, collection: str) -> CollectionReplica | None:
         if self.snapshot_dir is None:

@@ -69,7 +69,7 @@ class Settings(BaseSettings):
                            "larger ones through an HNSW index.")
     hnsw_m: int = Field(16, ge=2, description="HNSW graph degree (hnswlib's M): higher is more accurate and larger.")
     hnsw_ef_construction: int = Field(100, ge=10, description="HNSW build-time candidate list (hnswlib's ef_construction).")
-    hnsw_ef_search: int = Field(256, ge=1, description="HNSW query-time candidate list (hnswlib's ef; at least k is used).")
+    hnsw_ef_search: int = Field(512, ge=1, description="HNSW query-time candidate list (hnswlib's ef; at least k is used).")
     snapshot_dir: Path | None = Field(None, description="Where query workers save HNSW replicas, so a restarted "
                                       "worker catches up instead of rebuilding; default `LOOKALIKE_DATA_DIR`/snapshots.")
     snapshot_every_changes: int = Field(10_000, ge=1, description="Changes applied to an HNSW replica between snapshots.")

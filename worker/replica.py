@@ -97,7 +97,7 @@ class ExactIndex:
 class HnswConfig:
     m: int = 16
     ef_construction: int = 100
-    ef_search: int = 256
+    ef_search: int = 512
 
 
 class HnswIndex:

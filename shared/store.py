@@ -49,14 +49,6 @@ class Descriptor:
 
 
 @dataclass(frozen=True)
-class CollectionSnapshot:
-    ids: list[str]
-    vectors: np.ndarray  # (len(ids), dimension), rows aligned with ids
-    seq: int  # number of the last change event included
-    stream_id: str  # its id in the change stream ("0-0": none yet)
-
-
-@dataclass(frozen=True)
 class Change:
     stream_id: str
     seq: int
@@ -265,20 +257,6 @@ class Store:
                 yield list(zip(ids, decode_vectors(list(stored.values()), dimension)))
             if cursor == 0:
                 return
-
-    def load_collection(self, collection: str, dimension: int) -> CollectionSnapshot:
-        """Every id and vector of a collection, with the position in its change stream they include."""
-        pipe = self.redis.pipeline(transaction=True)  # one consistent moment
-        pipe.hgetall(keys.collection_vectors(collection))
-        pipe.get(keys.collection_change_seq(collection))
-        pipe.xrevrange(keys.collection_changes(collection), count=1)
-        stored, seq, last = pipe.execute()
-        return CollectionSnapshot(
-            ids=[image_id.decode() for image_id in stored],
-            vectors=decode_vectors(list(stored.values()), dimension),
-            seq=int(seq or 0),
-            stream_id=last[0][0].decode() if last else "0-0",
-        )
 
     def changes_since(self, collection: str, stream_id: str, limit: int) -> list[Change]:
         """Change events after ``stream_id``, oldest first, at most ``limit``."""

@@ -24,9 +24,16 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        # Redis redelivers an unacknowledged task after this long; it must exceed the
-        # longest task (seconds, here) with a wide margin, or tasks would run twice.
-        broker_transport_options={"visibility_timeout": 3600},
+        # Redis redelivers a task unacknowledged this long after delivery: how a crashed
+        # worker's tasks come back. It must exceed the longest a task can wait in a live
+        # worker (its threads' worth of batches, seconds) or tasks would run twice.
+        # kombu sweeps for such tasks every interval x throttle seconds (100 s by default);
+        # sweeping every tenth of the timeout brings them back within 1.1 timeouts.
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_seconds,
+            "unacked_restore_interval": max(1, min(30, settings.visibility_timeout_seconds // 10)),
+            "unacked_restore_throttle": 1,
+        },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
         False, description="float16 compute (float32 weights and vectors); for GPUs with tensor cores."
     )
     heartbeat_seconds: int = Field(10, ge=1, description="How often a worker announces itself for /readyz.")
+    visibility_timeout_seconds: int = Field(
+        300, ge=1, description="A task taken by a worker that has not acknowledged it this long after is delivered "
+        "again (how tasks of a crashed worker come back); must exceed the longest a task waits in a worker.",
+    )
 
     # --- Search ----------------------------------------------------------------------------
     exact_max: int = Field(200_000, ge=0, description="Collections up to this many vectors are searched exactly; "

@@ -33,6 +33,11 @@ def register_error_handlers(app: Flask) -> None:
         response.status_code = error.code or 400
         return response
 
+    @app.errorhandler(redis.exceptions.OutOfMemoryError)
+    def handle_store_full(error: Exception):
+        log.warning("Redis refused a write: %s", error)
+        return error_response(LookalikeError("store_full", "The store is full; delete images or add memory."))
+
     @app.errorhandler(redis.exceptions.ConnectionError)
     @app.errorhandler(redis.exceptions.TimeoutError)
     @app.errorhandler(BrokerUnavailable)

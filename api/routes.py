@@ -97,6 +97,7 @@ def store_vectors(collection: str):
         raise LookalikeError("too_many_vectors", f"At most {settings.max_vectors_per_request} vectors per request.",
                              {"max_items": settings.max_vectors_per_request, "received": len(items)})
     store = _context()["store"]
+    store.check_room_for_images(settings.store_full_ratio)
     descriptor = _descriptor_for_vectors(collection, body)
     checked, seen_ids = [], set()
     for position, item in enumerate(items):
@@ -221,7 +222,8 @@ def _read_image(file) -> bytes:
 
 
 def _enqueue_index(collection: str, images: list[tuple[str, dict, bytes]]) -> list[str]:
-    """One index task per ``(image_id, metadata, upload)``."""
+    """One index task per ``(image_id, metadata, upload)``, if the store has room for more images."""
+    _context()["store"].check_room_for_images(_context()["settings"].store_full_ratio)
     return _enqueue(INDEX_TASK, [
         ({"collection": collection, "image_id": image_id},
          {"collection": collection, "image_id": image_id, "metadata": metadata}, upload)

@@ -49,6 +49,7 @@ CATALOGUE: dict[str, int] = {
     "zero_vector": 422,
     # The service cannot answer now (503).
     "store_unavailable": 503,
+    "store_full": 503,
     "not_ready": 503,
     # A bug: never expected in normal operation.
     "internal_error": 500,

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
         6 * 3600, gt=0, description="How long uploaded bytes wait in Redis for a worker before they expire."
     )
     task_ttl_seconds: int = Field(24 * 3600, gt=0, description="How long task records (and query results) are kept.")
+    store_full_ratio: float = Field(
+        0.9, gt=0, le=1, description="Above this share of Redis' maxmemory, new images are refused (store_full) "
+        "while queries go on, using the rest.",
+    )
     change_stream_length: int = Field(
         100_000, ge=100,
         description="Change events kept per collection for search replicas; a replica further behind reloads in full.",

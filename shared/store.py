@@ -100,6 +100,20 @@ class Store:
         client = redis.Redis.from_url(settings.redis_url, decode_responses=False, health_check_interval=30)
         return cls(client, settings.task_ttl_seconds, settings.upload_ttl_seconds, settings.change_stream_length)
 
+    # --- Capacity -------------------------------------------------------------------------------
+
+    def check_room_for_images(self, full_ratio: float) -> None:
+        """Refuse new images (``store_full``) once Redis is ``full_ratio`` of its maxmemory.
+
+        The headroom left keeps queries, task records and deletes working when the store is
+        full of images: with noeviction, Redis refuses every write at maxmemory itself.
+        """
+        memory = self.redis.info("memory")
+        limit = memory.get("maxmemory", 0)
+        if limit and memory["used_memory"] >= full_ratio * limit:
+            raise LookalikeError("store_full", "The store has no room for more images; delete some or add memory.",
+                                 {"used_memory": memory["used_memory"], "maxmemory": limit})
+
     # --- Tasks and uploads ---------------------------------------------------------------------
 
     def submit(self, submissions: list[tuple[str, str, dict[str, Any], bytes]]) -> None:

@@ -5,6 +5,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import redis
 
 from shared.errors import LookalikeError
 from shared.images import decode_image
@@ -92,6 +93,9 @@ def _run(task_id: str, work: Callable[[], dict[str, Any]]) -> None:
         result = work()
     except LookalikeError as exc:
         store.finish_task(task_id, FAILED, error=exc.to_dict())
+    except redis.exceptions.OutOfMemoryError:  # Redis at maxmemory refused the write
+        error = LookalikeError("store_full", "The store is full; the image was not written.")
+        store.finish_task(task_id, FAILED, error=error.to_dict())
     except Exception:
         log.exception("task %s failed unexpectedly", task_id)
         error = LookalikeError("internal_error", "The worker failed unexpectedly; see its log.", {"task_id": task_id})

@@ -1,0 +1,101 @@
+"""Redis faults: a restart mid-run (503 meanwhile, recovery by itself, nothing lost) and a full store."""
+
+import sys
+import time
+
+import pytest
+import requests
+
+from shared.embedded_redis import EmbeddedRedis, free_port
+from shared.settings import Settings
+from shared.store import Store
+from tests.conftest import ApiClient, ManagedProcess, natural_images
+
+MAXMEMORY = 64 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def isolated(service_env, tmp_path_factory):
+    """A Redis of its own (AOF on, maxmemory, noeviction) with its own worker and API."""
+    folder = tmp_path_factory.mktemp("faults")
+    server = EmbeddedRedis(folder / "redis", free_port(), extra_args=("--maxmemory", str(MAXMEMORY))).start()
+    port = free_port()
+    env = service_env | {"LOOKALIKE_REDIS_URL": server.url, "LOOKALIKE_PORT": str(port), "WEB_CONCURRENCY": "1",
+                         "LOOKALIKE_DATA_DIR": str(folder / "data")}
+    store = Store.from_settings(Settings(redis_url=server.url))
+    worker = ManagedProcess("faults-worker", [sys.executable, "-m", "worker"], env, folder)
+    api = ManagedProcess("faults-api", [sys.executable, "-m", "gunicorn", "--config", "python:api.gunicorn_conf",
+                                        "api.wsgi:app"], env, folder)
+    try:
+        worker.wait_until(lambda: store.live_workers(max_age_seconds=3), "heartbeat")
+        client = ApiClient(f"http://127.0.0.1:{port}")
+        api.wait_until(lambda: _status(client, "/healthz") == 200, "health")
+        yield server, store, client, worker
+    finally:
+        api.stop()
+        worker.stop()
+        server.stop()
+
+
+def _status(client: ApiClient, path: str) -> int | None:
+    try:
+        return client.http.get(client.url(path), timeout=5).status_code
+    except requests.ConnectionError:
+        return None
+
+
+def _eventually(check, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.5)
+
+
+def test_redis_restart_answers_503_then_recovers_with_nothing_lost(isolated):
+    server, store, api, worker = isolated
+    images = natural_images()
+    names = ["moon", "rocket", "coins", "chelsea", "page"]
+    for name in names:
+        assert api.wait(api.index("restart", images[name], name))["state"] == "succeeded"
+
+    server.stop()  # SIGTERM: Redis writes its AOF and exits
+    for method, path, kwargs in [
+        ("GET", "/readyz", {}),
+        ("GET", "/v1/collections/restart", {}),
+        ("GET", "/v1/tasks/0123456789abcdef0123456789abcdef", {}),
+        ("POST", "/v1/collections/restart/images", {"files": {"image": ("a.jpg", images["horse"])}}),
+        ("POST", "/v1/collections/restart/queries", {"files": {"image": ("a.jpg", images["horse"])}}),
+    ]:
+        response = api.http.request(method, api.url(path), timeout=30, **kwargs)
+        assert response.status_code == 503, (path, response.text)
+        assert response.json()["error"]["code"] == "store_unavailable"
+    assert _status(api, "/healthz") == 200  # the process itself is fine
+
+    server.start()  # same port, same folder: the AOF brings everything back
+    _eventually(lambda: _status(api, "/readyz") == 200)  # the worker's heartbeat is back too
+    assert api.http.get(api.url("/v1/collections/restart")).json()["images"] == len(names)
+    assert api.wait(api.index("restart", images["horse"], "horse"), timeout=90)["state"] == "succeeded"
+    ids = api.query_ids("restart", images["moon"], k=10)
+    assert sorted(ids) == sorted(names + ["horse"]) and ids[0] == "moon"
+    assert worker.process.poll() is None
+
+
+def test_a_full_store_refuses_images_and_keeps_answering_queries(isolated):
+    server, store, api, _ = isolated
+    images = natural_images()
+    assert api.wait(api.index("full", images["moon"], "moon"))["state"] == "succeeded"
+    filler = 0
+    while store.redis.info("memory")["used_memory"] < 0.93 * MAXMEMORY:  # Redis nearly at maxmemory
+        store.redis.set(f"test:filler:{filler}", b"\0" * 1_000_000)  # small writes: a huge one is refused whole
+        filler += 1
+    try:
+        before = store.collection_info("full")
+        refused = api.index("full", images["rocket"], "rocket")
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "store_full"
+        bulk = api.http.post(api.url("/v1/collections/full/batches"), files=[("image", ("a.jpg", images["coins"]))])
+        assert bulk.status_code == 503 and bulk.json()["error"]["code"] == "store_full"
+        assert store.collection_info("full") == before
+        assert api.query_ids("full", images["moon"], k=5) == ["moon"]  # queries go on
+    finally:
+        store.redis.delete(*(f"test:filler:{n}" for n in range(filler)))
+    assert api.wait(api.index("full", images["rocket"], "rocket"))["state"] == "succeeded"  # room again

@@ -2,6 +2,7 @@
 
 from flask import Flask
 
+from api.auth import register_auth
 from api.errors import register_error_handlers
 from api.routes import blueprint
 from shared.queue import make_celery
@@ -21,5 +22,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         "celery": make_celery(settings),
     }
     app.register_blueprint(blueprint)
+    register_auth(app)
     register_error_handlers(app)
     return app

@@ -5,6 +5,7 @@ from collections import Counter
 
 from flask import Blueprint, current_app, jsonify, request, url_for
 
+from api.auth import may_see_collection
 from shared.errors import LookalikeError
 from shared.images import inspect_image
 from shared.schemas import (
@@ -268,7 +269,7 @@ def get_task(task_id: str):
     wait = parse_bounded_int(request.args.get("wait"), default=0, low=0, high=settings.max_wait_seconds,
                              code="invalid_wait", name="wait")
     record = _context()["store"].wait_for_task(task_id, wait)
-    if record is None:
+    if record is None or not may_see_collection(record.get("collection")):
         raise LookalikeError("task_not_found", "No such task; task records expire after "
                              f"{settings.task_ttl_seconds} seconds.", {"task_id": task_id[:100]})
     return jsonify(_task_resource(record))
@@ -295,7 +296,7 @@ def get_batch(batch_id: str):
     """Progress of a bulk upload: counts per state and each item's state."""
     store = _context()["store"]
     batch = store.get_batch(batch_id)
-    if batch is None:
+    if batch is None or not may_see_collection(batch["collection"]):
         raise LookalikeError("batch_not_found", "No such batch; batch records expire with their tasks.",
                              {"batch_id": batch_id[:100]})
     task_ids = [item["task_id"] for item in batch["items"] if item["task_id"]]

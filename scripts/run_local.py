@@ -65,6 +65,9 @@ def main() -> int:
         env["LOOKALIKE_REDIS_URL"] = embedded.url
         print(f"make run: embedded Redis on {embedded.url}, data in {embedded.data_dir}", file=sys.stderr)
     choose_weights(env)
+    if "LOOKALIKE_AUTH" not in env:
+        env["LOOKALIKE_AUTH"] = "false"
+        print("make run: API keys are OFF for local use (set LOOKALIKE_AUTH=true to require them)", file=sys.stderr)
     parts = [
         start("worker", [sys.executable, "-m", "worker"], env),
         start("api", [sys.executable, "-m", "gunicorn", "--config", "python:api.gunicorn_conf", "api.wsgi:app"], env),

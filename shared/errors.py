@@ -24,6 +24,9 @@ CATALOGUE: dict[str, int] = {
     "ambiguous_query_input": 400,
     "duplicate_image_id": 400,
     "bad_request": 400,
+    # Authentication (401) and permission (403).
+    "unauthorized": 401,
+    "forbidden": 403,
     # Not found (404).
     "not_found": 404,
     "task_not_found": 404,

@@ -14,6 +14,7 @@ Layout (all under the ``lookalike:`` prefix, so Celery's own keys never collide)
   lookalike:batch:{batch_id}             string JSON: a bulk upload's collection and items
   lookalike:workers                      zset   worker name -> last heartbeat (unix seconds)
   lookalike:workers:info                 hash   worker name -> JSON of its model and weights
+  lookalike:apikeys                      hash   key id -> JSON of an API key (secret hashed)
 """
 
 PREFIX = "lookalike"
@@ -21,6 +22,7 @@ PREFIX = "lookalike"
 COLLECTIONS = f"{PREFIX}:collections"
 WORKERS = f"{PREFIX}:workers"
 WORKERS_INFO = f"{PREFIX}:workers:info"
+API_KEYS = f"{PREFIX}:apikeys"
 
 
 def collection_vectors(collection: str) -> str:

@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     embedded_redis_port: int = Field(6380, description="Port of the embedded Redis started by `make run`.")
 
     # --- HTTP API ----------------------------------------------------------------------
+    auth: bool = Field(True, description="Require API keys (`python -m api.keys`); `false` only for local use.")
     host: str = Field("127.0.0.1", description="Address the API listens on (0.0.0.0 in containers).")
     port: int = Field(8000, description="Port of the API.")
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Largest accepted image upload.")

@@ -21,7 +21,7 @@ def test_tasks_of_a_killed_worker_are_finished_by_the_next(redis_server, service
     url = redis_server.url.rsplit("/", 1)[0] + "/3"
     env = service_env | {"LOOKALIKE_REDIS_URL": url, "LOOKALIKE_VISIBILITY_TIMEOUT_SECONDS": str(VISIBILITY_TIMEOUT),
                          "LOOKALIKE_WORKER_THREADS": "4", "LOOKALIKE_MAX_BATCH": "4"}
-    settings = Settings(redis_url=url, visibility_timeout_seconds=VISIBILITY_TIMEOUT)
+    settings = Settings(redis_url=url, visibility_timeout_seconds=VISIBILITY_TIMEOUT, auth=False)
     store = Store.from_settings(settings)
     client = create_app(settings).test_client()
 

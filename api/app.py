@@ -4,6 +4,7 @@ from flask import Flask
 
 from api.auth import register_auth
 from api.errors import register_error_handlers
+from api.limits import register_rate_limits
 from api.routes import blueprint
 from shared.queue import make_celery
 from shared.settings import Settings, get_settings
@@ -22,6 +23,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         "celery": make_celery(settings),
     }
     app.register_blueprint(blueprint)
-    register_auth(app)
+    register_auth(app)  # before the rate limits: a request without a valid key never counts
+    register_rate_limits(app, settings)
     register_error_handlers(app)
     return app

@@ -12,7 +12,7 @@ from shared.errors import LookalikeError
 log = logging.getLogger(__name__)
 
 # Werkzeug's own HTTP errors (routing, body size, ...) mapped onto catalogue codes.
-HTTP_STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}
+HTTP_STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "upload_too_large", 429: "rate_limited"}
 
 
 def error_response(error: LookalikeError):

@@ -67,7 +67,9 @@ def main() -> int:
     choose_weights(env)
     if "LOOKALIKE_AUTH" not in env:
         env["LOOKALIKE_AUTH"] = "false"
-        print("make run: API keys are OFF for local use (set LOOKALIKE_AUTH=true to require them)", file=sys.stderr)
+        env.setdefault("LOOKALIKE_RATE_LIMIT", "")  # every local client shares one address
+        print("make run: API keys and rate limits are OFF for local use "
+              "(set LOOKALIKE_AUTH=true to require keys)", file=sys.stderr)
     parts = [
         start("worker", [sys.executable, "-m", "worker"], env),
         start("api", [sys.executable, "-m", "gunicorn", "--config", "python:api.gunicorn_conf", "api.wsgi:app"], env),

@@ -50,6 +50,8 @@ CATALOGUE: dict[str, int] = {
     "vector_dimension_mismatch": 422,
     "vector_not_finite": 422,
     "zero_vector": 422,
+    # Too many requests (429, with Retry-After).
+    "rate_limited": 429,
     # The service cannot answer now (503).
     "store_unavailable": 503,
     "store_full": 503,

@@ -25,6 +25,8 @@ class Settings(BaseSettings):
 
     # --- HTTP API ----------------------------------------------------------------------
     auth: bool = Field(True, description="Require API keys (`python -m api.keys`); `false` only for local use.")
+    rate_limit: str = Field("6000/minute", description="Requests allowed per API key (per client address with keys "
+                            "off), in Flask-Limiter's notation, e.g. `100/second`; empty for no limit.")
     host: str = Field("127.0.0.1", description="Address the API listens on (0.0.0.0 in containers).")
     port: int = Field(8000, description="Port of the API.")
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Largest accepted image upload.")

@@ -48,7 +48,8 @@ def service_env(redis_server, tmp_path_factory) -> dict[str, str]:
     env.update(
         LOOKALIKE_REDIS_URL=redis_server.url,
         LOOKALIKE_WEIGHTS="random",
-        LOOKALIKE_AUTH="false",  # tests/test_auth.py covers keys
+        LOOKALIKE_AUTH="false",  # tests/test_auth.py covers keys and rate limits
+        LOOKALIKE_RATE_LIMIT="",
         LOOKALIKE_SEED="0",
         # Batches gather for 50 ms so that concurrent tasks visibly share forward passes.
         LOOKALIKE_WORKER_THREADS="8",

@@ -109,3 +109,17 @@ def test_command_line_creates_lists_and_revokes(auth_db, client):
     assert index(client, "photos", key["key"]).status_code == 401
     assert cli("revoke", "nope").returncode == 1
     assert cli("create", "--name", "x", "--scopes", "root").returncode == 2
+
+
+def test_rate_limits_per_key_with_retry_after(auth_db, key_store):
+    client = create_app(Settings(redis_url=auth_db, auth=True, rate_limit="3/minute")).test_client()
+    first, _ = key_store.create("busy", ["query"], None)
+    second, _ = key_store.create("calm", ["query"], None)
+    statuses = [client.get("/v1/collections/photos", headers=bearer(first)).status_code for _ in range(4)]
+    assert statuses == [404, 404, 404, 429]
+    limited = client.get("/v1/collections/photos", headers=bearer(first))
+    assert limited.status_code == 429 and limited.json["error"]["code"] == "rate_limited"
+    assert 0 < int(limited.headers["Retry-After"]) <= 60
+    assert client.get("/v1/collections/photos", headers=bearer(second)).status_code == 404  # its own budget
+    assert all(client.get("/healthz").status_code == 200 for _ in range(5))  # never limited
+    assert client.get("/v1/collections/photos").status_code == 401  # no key: refused before counting

@@ -45,6 +45,7 @@ CATALOGUE: dict[str, int] = {
     # Well-formed but unacceptable values (422).
     "image_too_many_pixels": 422,
     "image_undecodable": 422,
+    "multi_frame_image": 422,
     "upload_expired": 422,
     "no_valid_images": 422,
     "vector_dimension_mismatch": 422,

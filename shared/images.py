@@ -27,7 +27,11 @@ class ImageHeader:
 
 
 def inspect_image(data: bytes, max_pixels: int) -> ImageHeader:
-    """Identify an upload by its magic bytes and read its dimensions from the header."""
+    """Identify an upload by its magic bytes, read its dimensions from the header, and check it is whole.
+
+    No pixel is decoded: completeness is judged from the container (a JPEG's end marker,
+    PNG chunk checksums, the size a WebP or BMP header declares).
+    """
     if not data:
         raise LookalikeError("image_empty", "The uploaded image is empty (0 bytes).")
     try:
@@ -37,12 +41,13 @@ def inspect_image(data: bytes, max_pixels: int) -> ImageHeader:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:  # lazy: parses the header only
                 fmt, (width, height) = image.format, image.size
+                frames = getattr(image, "n_frames", 1) if fmt in ACCEPTED_FORMATS else 1
     except Image.DecompressionBombError:
         raise LookalikeError(
             "image_too_many_pixels", "The image header claims more pixels than are accepted.", {"max_pixels": max_pixels}
         ) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        fmt, width, height = None, 0, 0
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
+        fmt, width, height, frames = None, 0, 0, 1
     if fmt not in ACCEPTED_FORMATS:
         raise LookalikeError(
             "unsupported_media_type",
@@ -55,7 +60,29 @@ def inspect_image(data: bytes, max_pixels: int) -> ImageHeader:
             f"The image is {width}x{height}; at most {max_pixels} pixels are accepted.",
             {"width": width, "height": height, "max_pixels": max_pixels},
         )
+    if frames > 1:
+        raise LookalikeError("multi_frame_image", "Animated and multi-page images are not accepted; send one frame.",
+                             {"frames": frames})
+    if not _container_is_whole(fmt, data):
+        raise LookalikeError("image_undecodable", "The image is truncated or corrupt.", {"format": fmt})
     return ImageHeader(fmt, width, height)
+
+
+def _container_is_whole(fmt: str, data: bytes) -> bool:
+    if fmt == "JPEG":  # the end-of-image marker must follow the last scan (trailing bytes after it are fine)
+        return data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda") >= 0
+    if fmt == "PNG":  # every chunk present with a good checksum, up to IEND
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.verify()
+            return True
+        except Exception:  # Pillow raises several types for bad chunks  # noqa: BLE001
+            return False
+    if fmt == "WEBP":  # RIFF size field: bytes after the first 8
+        return int.from_bytes(data[4:8], "little") + 8 <= len(data)
+    if fmt == "BMP":  # file size field
+        return int.from_bytes(data[2:6], "little") <= len(data)
+    return True
 
 
 def decode_image(data: bytes) -> np.ndarray:

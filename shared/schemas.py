@@ -28,6 +28,8 @@ VECTOR_DIMENSION = 512  # VGG16's last convolutional block has 512 channels
 # --- Caller-supplied names --------------------------------------------------------------
 COLLECTION_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 IMAGE_ID_MAX_CHARS = 256
+# What the form parser puts in place of bytes that are not UTF-8.
+REPLACEMENT_CHARACTER = "\ufffd"
 MAX_K = 1000
 
 
@@ -52,8 +54,8 @@ def validate_image_id(image_id: str) -> str:
     problem = None
     if not 1 <= len(image_id) <= IMAGE_ID_MAX_CHARS:
         problem = f"must be 1-{IMAGE_ID_MAX_CHARS} characters long"
-    elif not image_id.isprintable():
-        problem = "must contain only printable characters"
+    elif not image_id.isprintable() or REPLACEMENT_CHARACTER in image_id:
+        problem = "must be valid UTF-8 of printable characters"
     elif image_id != image_id.strip():
         problem = "must not start or end with whitespace"
     elif any(segment in ("", ".", "..") for segment in image_id.split("/")):
@@ -69,6 +71,8 @@ def parse_metadata(raw: str | None, max_bytes: int) -> dict[str, Any]:
         return {}
     if len(raw.encode("utf-8", "surrogatepass")) > max_bytes:
         raise LookalikeError("invalid_metadata", f"Metadata is larger than {max_bytes} bytes.", {"max_bytes": max_bytes})
+    if REPLACEMENT_CHARACTER in raw:
+        raise LookalikeError("invalid_metadata", "Metadata must be valid UTF-8.")
     return validate_metadata(_parse_json(raw, "invalid_metadata", "metadata"), max_bytes)
 
 

@@ -23,13 +23,21 @@ def png_claiming(width: int, height: int) -> bytes:
 
 
 def png_with_corrupt_pixels() -> bytes:
-    """A PNG with a valid header (it passes the API's checks) whose pixel data is garbage."""
+    """A PNG with a damaged chunk: its pixel data does not match the chunk's checksum."""
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), (200, 30, 30)).save(buffer, "PNG")
     data = bytearray(buffer.getvalue())
     start = data.index(b"IDAT") + 4
     data[start:start + 20] = b"\xff" * 20
     return bytes(data)
+
+
+def png_with_undecodable_pixels() -> bytes:
+    """A PNG whose container is whole (valid chunks and checksums, so it passes the API's
+    checks) but whose compressed pixel data is garbage: only decoding finds out."""
+    header = struct.pack(">IIBBBBB", 64, 64, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", b"\x78\x9c" + b"\xff" * 200)
+            + png_chunk(b"IEND", b""))
 
 
 MOON = natural_images()["moon"]
@@ -103,7 +111,7 @@ def test_lookups_and_unknown_routes(api, unchanged_store, method, path, status, 
 
 def test_undecodable_image_fails_its_task_only(api, collection, redis_client):
     before = store_snapshot(redis_client)
-    task = api.wait(api.index(collection, png_with_corrupt_pixels(), "broken"))
+    task = api.wait(api.index(collection, png_with_undecodable_pixels(), "broken"))
     assert task["state"] == "failed"
     assert task["error"]["code"] == "image_undecodable"
     assert task["result"] is None

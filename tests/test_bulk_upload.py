@@ -61,9 +61,9 @@ def test_bad_items_are_reported_and_the_rest_indexed(api, collection):
 
 
 def test_an_undecodable_item_fails_only_its_own_task(api, collection):
-    from tests.test_bad_input import png_with_corrupt_pixels
+    from tests.test_bad_input import png_with_undecodable_pixels
 
-    response = post_batch(api, collection, [IMAGES["moon"], png_with_corrupt_pixels(), IMAGES["rocket"]])
+    response = post_batch(api, collection, [IMAGES["moon"], png_with_undecodable_pixels(), IMAGES["rocket"]])
     batch = wait_for_batch(api, response.json()["status_url"])
     assert [item["state"] for item in batch["items"]] == ["succeeded", "failed", "succeeded"]
     assert batch["items"][1]["error"]["code"] == "image_undecodable"

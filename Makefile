@@ -30,3 +30,4 @@ clean:
 bench: $(INSTALLED)
 	$(BIN)/python bench/throughput.py $(BENCH_ARGS)
 	$(BIN)/python bench/search.py $(BENCH_ARGS)
+	$(BIN)/python bench/load.py $(BENCH_ARGS)

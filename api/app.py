@@ -1,6 +1,9 @@
 """The Flask application factory."""
 
+import logging
+
 from flask import Flask
+from PIL import Image
 
 from api.auth import register_auth
 from api.errors import register_error_handlers
@@ -9,6 +12,8 @@ from api.routes import blueprint
 from shared.queue import make_celery
 from shared.settings import Settings, get_settings
 from shared.store import Store
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -26,4 +31,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_auth(app)  # before the rate limits: a request without a valid key never counts
     register_rate_limits(app, settings)
     register_error_handlers(app)
+    warm_up(app.extensions["lookalike"])
     return app
+
+
+def warm_up(context: dict) -> None:
+    """Do the one-off set-up of the first request now: Pillow's format plugins, the Celery
+    app and a broker connection. Under load, 32 first requests at once took 150-180 ms each
+    paying for it (bench/load.py). Redis may be down at start: then the first requests pay."""
+    Image.init()
+    try:
+        context["store"].redis.ping()
+        with context["celery"].producer_or_acquire() as producer:
+            producer.connection.ensure_connection(max_retries=1)
+    except Exception:  # noqa: BLE001 - an unreachable Redis is reported by the requests themselves
+        log.warning("could not reach Redis while starting; requests will answer 503 until it is back")

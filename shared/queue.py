@@ -35,6 +35,9 @@ def make_celery(settings: Settings) -> Celery:
             "unacked_restore_throttle": 1,
         },
         broker_connection_retry_on_startup=True,
+        # One broker connection per API thread that may publish at once (gunicorn runs 16
+        # per process); Celery's default of 10 made threads queue for a connection.
+        broker_pool_limit=32,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )

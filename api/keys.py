@@ -14,7 +14,7 @@ import hmac
 import json
 import secrets
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import redis
 
@@ -36,7 +36,6 @@ class ApiKey:
     secret_sha256: str
     created_at: str
     revoked_at: str | None = None
-    extra: dict = field(default_factory=dict)
 
     def allows(self, scope: str) -> bool:
         return "admin" in self.scopes or scope in self.scopes
@@ -113,7 +112,7 @@ def main(argv: list[str]) -> int:
         return 0
     if args.command == "list":
         for record in store.list():
-            print(json.dumps({k: v for k, v in asdict(record).items() if k not in ("secret_sha256", "extra")}))
+            print(json.dumps({k: v for k, v in asdict(record).items() if k != "secret_sha256"}))
         return 0
     if not store.revoke(args.key_id):
         print(f"no key {args.key_id}", file=sys.stderr)

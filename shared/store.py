@@ -155,9 +155,6 @@ class Store:
     def get_upload(self, task_id: str) -> bytes | None:
         return self.redis.get(keys.upload(task_id))
 
-    def delete_upload(self, task_id: str) -> None:
-        self.redis.delete(keys.upload(task_id))
-
     def mark_running(self, task_id: str) -> None:
         self._update_task(task_id, {"state": RUNNING, "started_at": utc_now()})
 

@@ -1,6 +1,7 @@
 """Every request needs an API key with the right scope, except health checks (and unknown routes' 404s).
 
-Endpoints not listed in ``SCOPE_OF`` need ``admin``: a new route is closed until given a scope.
+Endpoints not listed in ``SCOPE_OF`` need ``admin`` (collection settings, for one): a new
+route is closed until given a scope.
 """
 
 from flask import Flask, current_app, g, request
@@ -16,6 +17,7 @@ SCOPE_OF = {
     "api.store_vectors": "index",
     "api.delete_image": "index",
     "api.query_image": "query",
+    "api.check_image": "query",
     "api.get_task": ANY_SCOPE,
     "api.get_batch": ANY_SCOPE,
     "api.get_image": ANY_SCOPE,

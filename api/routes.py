@@ -9,6 +9,7 @@ from api.auth import may_see_collection
 from shared.errors import LookalikeError
 from shared.images import inspect_image
 from shared.schemas import (
+    CHECK_TASK,
     INDEX_TASK,
     MAX_K,
     QUERY_TASK,
@@ -24,6 +25,7 @@ from shared.schemas import (
     parse_metadata,
     parse_min_score,
     validate_collection_name,
+    validate_collection_settings,
     validate_image_id,
     validate_metadata,
 )
@@ -60,15 +62,20 @@ def index_image(collection: str):
 def query_image(collection: str):
     """Rank the collection against an uploaded ``image`` or a given ``vector``."""
     settings = _context()["settings"]
-    request.max_content_length = _single_upload_request_limit(settings)
+    k = parse_bounded_int(request.form.get("k"), default=settings.default_k, low=1, high=MAX_K, code="invalid_k", name="k")
+    return _submit_query(QUERY_TASK, collection, k=k, min_score=parse_min_score(request.form.get("min_score")))
+
+
+@blueprint.post("/v1/collections/<collection>/checks")
+def check_image(collection: str):
+    """Is this image (or vector) a near-duplicate of anything in the collection? A verdict and the best match."""
+    return _submit_query(CHECK_TASK, collection, k=1, min_score=None)
+
+
+def _submit_query(task_name: str, collection: str, *, k: int, min_score: float | None):
+    request.max_content_length = _single_upload_request_limit(_context()["settings"])
     collection = validate_collection_name(collection)
-    fields = {
-        "collection": collection,
-        "k": parse_bounded_int(request.form.get("k"), default=settings.default_k, low=1, high=MAX_K,
-                               code="invalid_k", name="k"),
-        "min_score": parse_min_score(request.form.get("min_score")),
-        "filter": parse_filter(request.form.get("filter")),
-    }
+    fields = {"collection": collection, "k": k, "min_score": min_score, "filter": parse_filter(request.form.get("filter"))}
     image, vector = request.files.get("image"), request.form.get("vector")
     if image is not None and vector is not None:
         raise LookalikeError("ambiguous_query_input", "Send either an 'image' file or a 'vector', not both.")
@@ -76,8 +83,17 @@ def query_image(collection: str):
         query_input = encode_vector(parse_vector_field(vector, _collection_dimension(collection)))
     else:
         query_input = _read_image(image)
-    [task_id] = _enqueue(QUERY_TASK, [(fields, fields | {"by_vector": vector is not None}, query_input)])
+    [task_id] = _enqueue(task_name, [(fields, fields | {"by_vector": vector is not None}, query_input)])
     return _accepted({"task_id": task_id}, url_for("api.get_task", task_id=task_id))
+
+
+@blueprint.put("/v1/collections/<collection>")
+def put_collection(collection: str):
+    """Set a collection's settings: ``match_threshold`` for near-duplicates and ``kind`` (block or allow)."""
+    collection = validate_collection_name(collection)
+    settings = validate_collection_settings(request.get_json(silent=True))
+    _context()["store"].put_collection_settings(collection, settings)
+    return jsonify({"collection": collection, "settings": settings})
 
 
 @blueprint.post("/v1/collections/<collection>/vectors")

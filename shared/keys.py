@@ -6,6 +6,7 @@ Layout (all under the ``lookalike:`` prefix, so Celery's own keys never collide)
   lookalike:col:{c}:vectors              hash   image id -> 512 float32, little-endian (2 KiB)
   lookalike:col:{c}:images               hash   image id -> JSON {"metadata", "indexed_at"}
   lookalike:col:{c}:descriptor           hash   model, dimension and weights of its vectors
+  lookalike:col:{c}:settings             string JSON of the collection's settings (match threshold, kind)
   lookalike:col:{c}:changes              stream change events (put/del of an id), for search replicas
   lookalike:col:{c}:seq                  string number of the last change event (detects trimmed gaps)
   lookalike:upload:{task_id}             string uploaded image bytes, until the worker has them
@@ -35,6 +36,10 @@ def collection_images(collection: str) -> str:
 
 def collection_descriptor(collection: str) -> str:
     return f"{PREFIX}:col:{collection}:descriptor"
+
+
+def collection_settings(collection: str) -> str:
+    return f"{PREFIX}:col:{collection}:settings"
 
 
 def collection_changes(collection: str) -> str:

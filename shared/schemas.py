@@ -13,10 +13,15 @@ from shared.errors import LookalikeError
 # --- Celery task names and queues ------------------------------------------------------------
 INDEX_TASK = "lookalike.index_image"
 QUERY_TASK = "lookalike.query_image"
+CHECK_TASK = "lookalike.check_image"
 INDEX_QUEUE = "index"
 QUERY_QUEUE = "query"
-TASK_QUEUES = {INDEX_TASK: INDEX_QUEUE, QUERY_TASK: QUERY_QUEUE}
-TASK_KINDS = {INDEX_TASK: "index", QUERY_TASK: "query"}
+TASK_QUEUES = {INDEX_TASK: INDEX_QUEUE, QUERY_TASK: QUERY_QUEUE, CHECK_TASK: QUERY_QUEUE}
+TASK_KINDS = {INDEX_TASK: "index", QUERY_TASK: "query", CHECK_TASK: "check"}
+
+# --- Collection settings -------------------------------------------------------------------
+COLLECTION_KINDS = ("block", "allow")
+DEFAULT_COLLECTION_SETTINGS = {"match_threshold": 0.9, "kind": "block"}
 
 # --- Task states as the API shows them ------------------------------------------------------
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
@@ -94,6 +99,28 @@ def parse_aligned_array(raw: str | None, length: int, *, code: str, name: str) -
         raise LookalikeError(code, f"'{name}' must be a JSON array with one entry per image ({length}).",
                              {"expected_length": length, "received_length": len(value) if isinstance(value, list) else None})
     return value
+
+
+def validate_collection_settings(value: Any) -> dict[str, Any]:
+    """A complete settings object: ``match_threshold`` (-1 to 1) and ``kind`` (block or allow)."""
+    problem = None
+    if not isinstance(value, dict) or set(value) - set(DEFAULT_COLLECTION_SETTINGS):
+        problem = f"Send a JSON object with only {sorted(DEFAULT_COLLECTION_SETTINGS)}."
+    else:
+        value = DEFAULT_COLLECTION_SETTINGS | value
+        threshold = value["match_threshold"]
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not -1 <= threshold <= 1:
+            problem = "'match_threshold' must be a number from -1 to 1."
+        elif value["kind"] not in COLLECTION_KINDS:
+            problem = f"'kind' must be one of {list(COLLECTION_KINDS)}."
+    if problem:
+        raise LookalikeError("invalid_collection_settings", problem)
+    return {"match_threshold": float(value["match_threshold"]), "kind": value["kind"]}
+
+
+def verdict(kind: str, near_duplicate: bool) -> str:
+    """What a match means for the caller: a near-duplicate of a block list blocks, of an allow list allows."""
+    return kind if near_duplicate else "none"
 
 
 def parse_min_score(raw: str | None) -> float | None:

@@ -15,7 +15,7 @@ import redis
 
 from shared import keys
 from shared.errors import LookalikeError
-from shared.schemas import FINISHED_STATES, QUEUED, RUNNING
+from shared.schemas import DEFAULT_COLLECTION_SETTINGS, FINISHED_STATES, QUEUED, RUNNING
 
 VECTOR_DTYPE = np.dtype("<f4")
 
@@ -296,12 +296,23 @@ class Store:
         raw = self.redis.hmget(keys.collection_images(collection), image_ids)
         return [None if value is None else json.loads(value)["metadata"] for value in raw]
 
+    def put_collection_settings(self, collection: str, settings: dict[str, Any]) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(keys.collection_settings(collection), json.dumps(settings))
+        pipe.sadd(keys.COLLECTIONS, collection)
+        pipe.execute()
+
+    def collection_settings(self, collection: str) -> dict[str, Any]:
+        raw = self.redis.get(keys.collection_settings(collection))
+        return DEFAULT_COLLECTION_SETTINGS | (json.loads(raw) if raw else {})
+
     def collection_info(self, collection: str) -> dict[str, Any] | None:
         pipe = self.redis.pipeline(transaction=False)
         pipe.sismember(keys.COLLECTIONS, collection)
         pipe.hlen(keys.collection_vectors(collection))
         pipe.hgetall(keys.collection_descriptor(collection))
-        known, count, descriptor = pipe.execute()
+        pipe.get(keys.collection_settings(collection))
+        known, count, descriptor, settings = pipe.execute()
         if not known:
             return None
         descriptor = {k.decode(): v.decode() for k, v in descriptor.items()}
@@ -311,6 +322,7 @@ class Store:
             "dimension": int(descriptor["dimension"]) if descriptor else None,
             "model": descriptor.get("model"),
             "weights": descriptor.get("weights"),
+            "settings": DEFAULT_COLLECTION_SETTINGS | (json.loads(settings) if settings else {}),
         }
 
     # --- Worker heartbeats (for /readyz) -------------------------------------------------------

@@ -77,6 +77,7 @@ def test_image_and_collection_resources(api, indexed_collection):
         "dimension": 512,
         "model": "vgg16-notop-maxpool-224",
         "weights": "random(seed=0)",
+        "settings": {"match_threshold": 0.9, "kind": "block"},
     }
 
 
@@ -87,7 +88,9 @@ def test_indexing_an_existing_id_replaces_it(api, collection):
     assert first["result"]["replaced"] is False and second["result"]["replaced"] is True
     assert api.http.get(api.url(f"/v1/collections/{collection}")).json()["images"] == 1
     task = api.wait(api.query(collection, images["rocket"], k=10))
-    assert task["result"]["matches"] == [{"id": "same-id", "score": pytest.approx(1.0, abs=1e-5), "metadata": {"version": 2}}]
+    assert task["result"]["matches"] == [
+        {"id": "same-id", "score": pytest.approx(1.0, abs=1e-5), "metadata": {"version": 2}, "near_duplicate": True}
+    ]
 
 
 def test_generated_id_and_default_k(api, collection):

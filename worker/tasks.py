@@ -9,7 +9,16 @@ import redis
 
 from shared.errors import LookalikeError
 from shared.images import decode_image
-from shared.schemas import FAILED, FINISHED_STATES, INDEX_TASK, QUERY_TASK, SUCCEEDED, matches_filter
+from shared.schemas import (
+    CHECK_TASK,
+    FAILED,
+    FINISHED_STATES,
+    INDEX_TASK,
+    QUERY_TASK,
+    SUCCEEDED,
+    matches_filter,
+    verdict,
+)
 from shared.store import VECTOR_DTYPE
 from worker.batcher import QUERY_PRIORITY
 from worker.celery_app import app
@@ -36,15 +45,38 @@ def index_image(task_id: str, collection: str, image_id: str, metadata: dict) ->
 def query_image(task_id: str, collection: str, k: int, min_score: float | None = None,
                 filter: dict | None = None, by_vector: bool = False) -> None:  # noqa: A002 - the API's name
     def query() -> dict:
-        extractor = get_extractor()
-        if by_vector:  # validated (dimension, finite, non-zero) and normalised by the API
-            vector = np.frombuffer(_load_upload_bytes(task_id), dtype=VECTOR_DTYPE)
-        else:
-            vector = extractor.extract([decode_image(_load_upload_bytes(task_id))], priority=QUERY_PRIORITY)[0]
-            _check_descriptor(collection, extractor.descriptor)  # image vectors only compare with their own kind
-        return {"matches": _ranked_matches(collection, vector, k, min_score, filter or {})} | _model_labels()
+        settings = get_store().collection_settings(collection)
+        matches = _ranked_matches(collection, _query_vector(task_id, collection, by_vector), k, min_score, filter or {})
+        for match in matches:
+            match["near_duplicate"] = match["score"] >= settings["match_threshold"]
+        near_duplicate = bool(matches) and matches[0]["near_duplicate"]
+        return {"matches": matches, "verdict": verdict(settings["kind"], near_duplicate), **settings} | _model_labels()
 
     _run(task_id, query)
+
+
+@app.task(name=CHECK_TASK)
+def check_image(task_id: str, collection: str, k: int = 1, min_score: float | None = None,
+                filter: dict | None = None, by_vector: bool = False) -> None:  # noqa: A002 - the API's name
+    def check() -> dict:
+        settings = get_store().collection_settings(collection)
+        best = next(iter(_ranked_matches(collection, _query_vector(task_id, collection, by_vector), 1, None,
+                                         filter or {})), None)
+        near_duplicate = best is not None and best["score"] >= settings["match_threshold"]
+        return {"verdict": verdict(settings["kind"], near_duplicate), "near_duplicate": near_duplicate,
+                "best_match": best, **settings} | _model_labels()
+
+    _run(task_id, check)
+
+
+def _query_vector(task_id: str, collection: str, by_vector: bool) -> np.ndarray:
+    """The query's unit vector: as sent (validated and normalised by the API), or extracted from the image."""
+    if by_vector:
+        return np.frombuffer(_load_upload_bytes(task_id), dtype=VECTOR_DTYPE)
+    extractor = get_extractor()
+    vector = extractor.extract([decode_image(_load_upload_bytes(task_id))], priority=QUERY_PRIORITY)[0]
+    _check_descriptor(collection, extractor.descriptor)  # image vectors only compare with their own kind
+    return vector
 
 
 def _ranked_matches(collection: str, vector: np.ndarray, k: int, min_score: float | None, wanted: dict) -> list[dict]:

@@ -1,0 +1,87 @@
+"""Collection settings, near-duplicate marks and verdicts on queries, and the checks endpoint."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import natural_images, store_snapshot
+from tests.test_vectors_and_filters import store_vectors, unit_vectors
+
+
+def near(vector: np.ndarray, cosine: float, seed: int = 0) -> np.ndarray:
+    """A unit vector at exactly ``cosine`` similarity to ``vector``."""
+    other = unit_vectors(1, seed)[0]
+    other -= (other @ vector) * vector
+    other /= np.linalg.norm(other)
+    return cosine * vector + np.sqrt(1 - cosine**2) * other
+
+
+def submit(api, collection, endpoint, vector, **form):
+    data = {"vector": json.dumps(vector.tolist()), **{k: json.dumps(v) for k, v in form.items()}}
+    task = api.wait(api.http.post(api.url(f"/v1/collections/{collection}/{endpoint}"), data=data))
+    assert task["state"] == "succeeded", task
+    return task
+
+
+@pytest.fixture
+def banned(api, collection):
+    vectors = unit_vectors(3, seed=21)
+    store_vectors(api, collection, [{"id": f"banned/{n}", "vector": v.tolist(), "metadata": {"case": n}}
+                                    for n, v in enumerate(vectors)])
+    return collection, vectors
+
+
+def test_settings_default_and_update(api, banned):
+    collection, _ = banned
+    assert api.http.get(api.url(f"/v1/collections/{collection}")).json()["settings"] == {"match_threshold": 0.9, "kind": "block"}
+    response = api.http.put(api.url(f"/v1/collections/{collection}"), json={"match_threshold": 0.8, "kind": "allow"})
+    assert response.status_code == 200 and response.json()["settings"] == {"match_threshold": 0.8, "kind": "allow"}
+    assert api.http.get(api.url(f"/v1/collections/{collection}")).json()["settings"]["kind"] == "allow"
+
+
+@pytest.mark.parametrize("body", [{"match_threshold": 2}, {"match_threshold": "high"}, {"kind": "maybe"},
+                                  {"threshold": 0.9}, [0.9], None])
+def test_bad_settings_are_refused(api, banned, redis_client, body):
+    collection, _ = banned
+    before = store_snapshot(redis_client)
+    response = api.http.put(api.url(f"/v1/collections/{collection}"), data=json.dumps(body),
+                            headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_collection_settings"
+    assert store_snapshot(redis_client) == before
+
+
+def test_query_marks_near_duplicates_and_gives_a_verdict(api, banned):
+    collection, vectors = banned
+    result = submit(api, collection, "queries", near(vectors[1], 0.95), k=3)["result"]
+    assert result["verdict"] == "block" and result["match_threshold"] == 0.9 and result["kind"] == "block"
+    first, *rest = result["matches"]
+    assert (first["id"], first["near_duplicate"]) == ("banned/1", True)
+    assert len(rest) == 2 and not any(match["near_duplicate"] for match in rest)
+    assert submit(api, collection, "queries", near(vectors[1], 0.85))["result"]["verdict"] == "none"
+
+
+def test_checks_give_the_verdict_and_best_match(api, banned):
+    collection, vectors = banned
+    task = submit(api, collection, "checks", near(vectors[2], 0.93))
+    assert task["kind"] == "check"
+    result = task["result"]
+    assert result["verdict"] == "block" and result["near_duplicate"] is True
+    assert result["best_match"]["id"] == "banned/2" and result["best_match"]["score"] == pytest.approx(0.93, abs=1e-4)
+    assert result["best_match"]["metadata"] == {"case": 2}
+
+    missed = submit(api, collection, "checks", near(vectors[2], 0.5))["result"]
+    assert missed["verdict"] == "none" and missed["near_duplicate"] is False and missed["best_match"]["id"] == "banned/2"
+
+    api.http.put(api.url(f"/v1/collections/{collection}"), json={"match_threshold": 0.4, "kind": "allow"})
+    assert submit(api, collection, "checks", near(vectors[2], 0.5))["result"]["verdict"] == "allow"
+
+
+def test_check_against_an_empty_collection_and_by_image(api, collection):
+    result = submit(api, collection, "checks", unit_vectors(1, seed=3)[0])["result"]
+    assert result == result | {"verdict": "none", "near_duplicate": False, "best_match": None}
+    images = natural_images()
+    api.wait(api.index(collection, images["moon"], "moon"))
+    task = api.wait(api.http.post(api.url(f"/v1/collections/{collection}/checks"),
+                                  files={"image": ("q.jpg", images["moon"])}))
+    assert task["result"]["best_match"]["id"] == "moon" and task["result"]["verdict"] == "block"

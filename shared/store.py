@@ -302,10 +302,6 @@ class Store:
         pipe.sadd(keys.COLLECTIONS, collection)
         pipe.execute()
 
-    def collection_settings(self, collection: str) -> dict[str, Any]:
-        raw = self.redis.get(keys.collection_settings(collection))
-        return DEFAULT_COLLECTION_SETTINGS | (json.loads(raw) if raw else {})
-
     def collection_info(self, collection: str) -> dict[str, Any] | None:
         pipe = self.redis.pipeline(transaction=False)
         pipe.sismember(keys.COLLECTIONS, collection)

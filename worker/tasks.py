@@ -11,6 +11,7 @@ from shared.errors import LookalikeError
 from shared.images import decode_image
 from shared.schemas import (
     CHECK_TASK,
+    DEFAULT_COLLECTION_SETTINGS,
     FAILED,
     FINISHED_STATES,
     INDEX_TASK,
@@ -45,8 +46,8 @@ def index_image(task_id: str, collection: str, image_id: str, metadata: dict) ->
 def query_image(task_id: str, collection: str, k: int, min_score: float | None = None,
                 filter: dict | None = None, by_vector: bool = False) -> None:  # noqa: A002 - the API's name
     def query() -> dict:
-        settings = get_store().collection_settings(collection)
-        matches = _ranked_matches(collection, _query_vector(task_id, collection, by_vector), k, min_score, filter or {})
+        info, settings = _collection(collection)
+        matches = _ranked_matches(collection, _query_vector(task_id, info, by_vector), k, min_score, filter or {})
         for match in matches:
             match["near_duplicate"] = match["score"] >= settings["match_threshold"]
         near_duplicate = bool(matches) and matches[0]["near_duplicate"]
@@ -59,8 +60,8 @@ def query_image(task_id: str, collection: str, k: int, min_score: float | None =
 def check_image(task_id: str, collection: str, k: int = 1, min_score: float | None = None,
                 filter: dict | None = None, by_vector: bool = False) -> None:  # noqa: A002 - the API's name
     def check() -> dict:
-        settings = get_store().collection_settings(collection)
-        best = next(iter(_ranked_matches(collection, _query_vector(task_id, collection, by_vector), 1, None,
+        info, settings = _collection(collection)
+        best = next(iter(_ranked_matches(collection, _query_vector(task_id, info, by_vector), 1, None,
                                          filter or {})), None)
         near_duplicate = best is not None and best["score"] >= settings["match_threshold"]
         return {"verdict": verdict(settings["kind"], near_duplicate), "near_duplicate": near_duplicate,
@@ -69,13 +70,19 @@ def check_image(task_id: str, collection: str, k: int = 1, min_score: float | No
     _run(task_id, check)
 
 
-def _query_vector(task_id: str, collection: str, by_vector: bool) -> np.ndarray:
+def _collection(collection: str) -> tuple[dict | None, dict]:
+    """The collection's info and its settings, in one round trip (None: nothing stored yet)."""
+    info = get_store().collection_info(collection)
+    return info, info["settings"] if info else dict(DEFAULT_COLLECTION_SETTINGS)
+
+
+def _query_vector(task_id: str, info: dict | None, by_vector: bool) -> np.ndarray:
     """The query's unit vector: as sent (validated and normalised by the API), or extracted from the image."""
     if by_vector:
         return np.frombuffer(_load_upload_bytes(task_id), dtype=VECTOR_DTYPE)
     extractor = get_extractor()
     vector = extractor.extract([decode_image(_load_upload_bytes(task_id))], priority=QUERY_PRIORITY)[0]
-    _check_descriptor(collection, extractor.descriptor)  # image vectors only compare with their own kind
+    _check_descriptor(info, extractor.descriptor)  # image vectors only compare with their own kind
     return vector
 
 
@@ -102,8 +109,7 @@ def _ranked_matches(collection: str, vector: np.ndarray, k: int, min_score: floa
         depth *= 4
 
 
-def _check_descriptor(collection: str, descriptor) -> None:
-    info = get_store().collection_info(collection)
+def _check_descriptor(info: dict | None, descriptor) -> None:
     if info and info["model"] is not None and (info["model"], info["weights"]) != (descriptor.model, descriptor.weights):
         raise LookalikeError(
             "descriptor_mismatch",

@@ -10,12 +10,15 @@ from shared.errors import LookalikeError
 from shared.images import inspect_image
 from shared.schemas import (
     CHECK_TASK,
+    CNN,
     INDEX_TASK,
     MAX_K,
     QUERY_TASK,
     TASK_KINDS,
     TASK_QUEUES,
     parse_bounded_int,
+    parse_collection_list,
+    parse_signals,
     FINISHED_STATES,
     QUEUED,
     RUNNING,
@@ -63,23 +66,39 @@ def query_image(collection: str):
     """Rank the collection against an uploaded ``image`` or a given ``vector``."""
     settings = _context()["settings"]
     k = parse_bounded_int(request.form.get("k"), default=settings.default_k, low=1, high=MAX_K, code="invalid_k", name="k")
-    return _submit_query(QUERY_TASK, collection, k=k, min_score=parse_min_score(request.form.get("min_score")))
+    return _submit_query(QUERY_TASK, collection, k=k, min_score=parse_min_score(request.form.get("min_score")),
+                         default_signals="cnn")
 
 
 @blueprint.post("/v1/collections/<collection>/checks")
 def check_image(collection: str):
-    """Is this image (or vector) a near-duplicate of anything in the collection? A verdict and the best match."""
-    return _submit_query(CHECK_TASK, collection, k=1, min_score=None)
+    """Is this image (or vector) a near-duplicate of anything in the collection? A verdict and the best match.
+
+    ``allow_collections`` (a JSON array of names) are consulted when the verdict would be
+    ``block``: a near-duplicate there turns it into ``allow``.
+    """
+    allow_collections = parse_collection_list(request.form.get("allow_collections"), name="allow_collections")
+    for allowed in allow_collections:
+        if not may_see_collection(allowed):
+            raise LookalikeError("forbidden", "This API key may not use this collection.", {"collection": allowed})
+    extra = {"allow_collections": allow_collections} if allow_collections else {}
+    return _submit_query(CHECK_TASK, collection, k=1, min_score=None, default_signals="both", extra=extra)
 
 
-def _submit_query(task_name: str, collection: str, *, k: int, min_score: float | None):
+def _submit_query(task_name: str, collection: str, *, k: int, min_score: float | None, default_signals: str,
+                  extra: dict | None = None):
     request.max_content_length = _single_upload_request_limit(_context()["settings"])
     collection = validate_collection_name(collection)
-    fields = {"collection": collection, "k": k, "min_score": min_score, "filter": parse_filter(request.form.get("filter"))}
+    signals = parse_signals(request.form.get("signals"), default_signals)
+    fields = {"collection": collection, "k": k, "min_score": min_score, "filter": parse_filter(request.form.get("filter")),
+              "signals": list(signals), **(extra or {})}
     image, vector = request.files.get("image"), request.form.get("vector")
     if image is not None and vector is not None:
         raise LookalikeError("ambiguous_query_input", "Send either an 'image' file or a 'vector', not both.")
     if vector is not None:
+        if CNN not in signals or request.form.get("signals") == "both":
+            raise LookalikeError("signal_unavailable", "A query by vector has no PDQ hash: use signals=cnn.",
+                                 {"signals": list(signals)})
         query_input = encode_vector(parse_vector_field(vector, _collection_dimension(collection)))
     else:
         query_input = _read_image(image)
@@ -130,7 +149,7 @@ def store_vectors(collection: str):
         except LookalikeError as error:
             error.details = {"item": position, **error.details}
             raise
-        checked.append((image_id, vector, metadata))
+        checked.append((image_id, vector, metadata, None))  # no image, so no PDQ hash
     replaced = store.save_images(collection, checked, descriptor)
     return jsonify({"collection": collection, "stored": len(checked), "replaced": replaced,
                     "model": descriptor.model, "weights": descriptor.weights}), 201
@@ -302,7 +321,8 @@ def _task_resource(record: dict) -> dict:
         "started_at": record.get("started_at"),
         "finished_at": record.get("finished_at"),
     }
-    resource.update({name: record[name] for name in ("collection", "image_id", "k", "min_score", "filter")
+    resource.update({name: record[name] for name in ("collection", "image_id", "k", "min_score", "filter", "signals",
+                                                     "allow_collections")
                      if name in record})
     return resource
 

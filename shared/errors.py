@@ -24,6 +24,11 @@ CATALOGUE: dict[str, int] = {
     "ambiguous_query_input": 400,
     "invalid_collection_settings": 400,
     "duplicate_image_id": 400,
+    "invalid_signals": 400,
+    "invalid_allow_collections": 400,
+    "invalid_url": 400,
+    "invalid_callback_url": 400,
+    "invalid_idempotency_key": 400,
     "bad_request": 400,
     # Authentication (401) and permission (403).
     "unauthorized": 401,
@@ -38,6 +43,7 @@ CATALOGUE: dict[str, int] = {
     # Conflicts with stored state (409).
     "descriptor_mismatch": 409,
     "descriptor_unknown": 409,
+    "idempotency_key_in_progress": 409,
     # Size limits (413) and media type (415).
     "upload_too_large": 413,
     "batch_too_large": 413,
@@ -52,6 +58,14 @@ CATALOGUE: dict[str, int] = {
     "vector_dimension_mismatch": 422,
     "vector_not_finite": 422,
     "zero_vector": 422,
+    "signal_unavailable": 422,
+    "idempotency_key_reused": 422,
+    "url_not_allowed": 422,
+    "callback_not_allowed": 422,
+    # Fetching an image by URL (failures of the task, reported on it).
+    "fetch_failed": 422,
+    "fetch_too_large": 422,
+    "fetch_timeout": 422,
     # Too many requests (429, with Retry-After).
     "rate_limited": 429,
     # The service cannot answer now (503).

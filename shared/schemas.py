@@ -21,7 +21,15 @@ TASK_KINDS = {INDEX_TASK: "index", QUERY_TASK: "query", CHECK_TASK: "check"}
 
 # --- Collection settings -------------------------------------------------------------------
 COLLECTION_KINDS = ("block", "allow")
-DEFAULT_COLLECTION_SETTINGS = {"match_threshold": 0.9, "kind": "block"}
+# match_threshold: CNN cosine at or above which a match is a near-duplicate;
+# pdq_max_distance: PDQ Hamming distance at or below which it is (Meta's suggested 31).
+DEFAULT_COLLECTION_SETTINGS = {"match_threshold": 0.9, "pdq_max_distance": 31, "kind": "block"}
+PDQ_BITS = 256
+
+# --- Matching signals: the CNN vector, the PDQ hash, or both ---------------------------------
+CNN, PDQ = "cnn", "pdq"
+SIGNAL_CHOICES = {"cnn": (CNN,), "pdq": (PDQ,), "both": (CNN, PDQ)}
+MAX_ALLOW_COLLECTIONS = 10
 
 # --- Task states as the API shows them ------------------------------------------------------
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
@@ -102,20 +110,45 @@ def parse_aligned_array(raw: str | None, length: int, *, code: str, name: str) -
 
 
 def validate_collection_settings(value: Any) -> dict[str, Any]:
-    """A complete settings object: ``match_threshold`` (-1 to 1) and ``kind`` (block or allow)."""
+    """A complete settings object: ``match_threshold`` (-1 to 1), ``pdq_max_distance`` (0-256)
+    and ``kind`` (block or allow); fields left out take their defaults."""
     problem = None
     if not isinstance(value, dict) or set(value) - set(DEFAULT_COLLECTION_SETTINGS):
         problem = f"Send a JSON object with only {sorted(DEFAULT_COLLECTION_SETTINGS)}."
     else:
         value = DEFAULT_COLLECTION_SETTINGS | value
-        threshold = value["match_threshold"]
+        threshold, distance = value["match_threshold"], value["pdq_max_distance"]
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not -1 <= threshold <= 1:
             problem = "'match_threshold' must be a number from -1 to 1."
+        elif isinstance(distance, bool) or not isinstance(distance, int) or not 0 <= distance <= PDQ_BITS:
+            problem = f"'pdq_max_distance' must be a whole number from 0 to {PDQ_BITS}."
         elif value["kind"] not in COLLECTION_KINDS:
             problem = f"'kind' must be one of {list(COLLECTION_KINDS)}."
     if problem:
         raise LookalikeError("invalid_collection_settings", problem)
-    return {"match_threshold": float(value["match_threshold"]), "kind": value["kind"]}
+    return {"match_threshold": float(value["match_threshold"]), "pdq_max_distance": value["pdq_max_distance"],
+            "kind": value["kind"]}
+
+
+def parse_signals(raw: str | None, default: str) -> tuple[str, ...]:
+    """Which signals decide a match: ``cnn``, ``pdq`` or ``both``."""
+    choice = default if raw is None or raw == "" else raw
+    if choice not in SIGNAL_CHOICES:
+        raise LookalikeError("invalid_signals", f"'signals' must be one of {list(SIGNAL_CHOICES)}.",
+                             {"signals": str(raw)[:50]})
+    return SIGNAL_CHOICES[choice]
+
+
+def parse_collection_list(raw: str | None, *, name: str) -> list[str]:
+    """An optional JSON array of distinct collection names (at most MAX_ALLOW_COLLECTIONS)."""
+    if raw is None or raw == "":
+        return []
+    value = _parse_json(raw, "invalid_allow_collections", name)
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value) \
+            or not 1 <= len(value) <= MAX_ALLOW_COLLECTIONS or len(set(value)) != len(value):
+        raise LookalikeError("invalid_allow_collections", f"'{name}' must be a JSON array of 1-{MAX_ALLOW_COLLECTIONS} "
+                             "distinct collection names.")
+    return [validate_collection_name(item) for item in value]
 
 
 def verdict(kind: str, near_duplicate: bool) -> str:

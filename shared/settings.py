@@ -85,6 +85,10 @@ class Settings(BaseSettings):
                                       "worker catches up instead of rebuilding; default `LOOKALIKE_DATA_DIR`/snapshots.")
     snapshot_every_changes: int = Field(10_000, ge=1, description="Changes applied to an HNSW replica between snapshots.")
 
+    # --- Moderation ------------------------------------------------------------------------
+    pdq_min_quality: int = Field(50, ge=0, le=100, description="PDQ hashes of lower quality (flat, featureless "
+                                 "images) are stored but never matched, on either side of a comparison.")
+
     @property
     def snapshot_path(self) -> Path:
         return self.snapshot_dir or self.data_dir / "snapshots"

@@ -57,28 +57,31 @@ class Change:
 
 
 # Run atomically inside Redis: an image's records, the change counter and the change event
-# are written together or not at all. KEYS: vectors, images, seq, changes[, descriptor, collections].
+# are written together or not at all. KEYS: vectors, images, seq, changes, pdq[, descriptor, collections].
 # Events carry only the id: a replica reads the current vector, so events stay small.
 SAVE_IMAGE_LUA = """
-local stored = redis.call('HMGET', KEYS[5], 'model', 'dimension', 'weights')
+local stored = redis.call('HMGET', KEYS[6], 'model', 'dimension', 'weights')
 if stored[1] then
   if stored[1] ~= ARGV[6] or stored[2] ~= ARGV[7] or stored[3] ~= ARGV[8] then
     return {'mismatch', stored[1], stored[2], stored[3]}
   end
 else
-  redis.call('HSET', KEYS[5], 'model', ARGV[6], 'dimension', ARGV[7], 'weights', ARGV[8])
+  redis.call('HSET', KEYS[6], 'model', ARGV[6], 'dimension', ARGV[7], 'weights', ARGV[8])
 end
 local replaced = redis.call('HEXISTS', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-redis.call('SADD', KEYS[6], ARGV[5])
+if ARGV[9] == '' then redis.call('HDEL', KEYS[5], ARGV[1]) else redis.call('HSET', KEYS[5], ARGV[1], ARGV[9]) end
+redis.call('SADD', KEYS[7], ARGV[5])
 local seq = redis.call('INCR', KEYS[3])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'seq', seq, 'op', 'put', 'id', ARGV[1])
 return {'ok', replaced}
 """
+# KEYS: vectors, images, seq, changes, pdq.
 DELETE_IMAGE_LUA = """
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
 local seq = redis.call('INCR', KEYS[3])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'seq', seq, 'op', 'del', 'id', ARGV[1])
 return 1
@@ -203,28 +206,30 @@ class Store:
 
     # --- Images and vectors -------------------------------------------------------------------
 
-    def save_image(
-        self, collection: str, image_id: str, vector: np.ndarray, metadata: dict, descriptor: Descriptor
-    ) -> bool:
-        """Write vector, metadata and a change event atomically; True when an existing image was replaced.
+    def save_image(self, collection: str, image_id: str, vector: np.ndarray, metadata: dict,
+                   descriptor: Descriptor, pdq: bytes | None = None) -> bool:
+        """Write vector, metadata, PDQ hash and a change event atomically; True when an existing image was replaced.
 
         Refuses (``descriptor_mismatch``) to mix vectors of another model or weights into a
         collection. Writing the same image twice leaves one copy, so retries are harmless.
+        ``pdq`` is the stored form of the image's PDQ hash (worker.pdq); None removes any old one.
         """
-        return self.save_images(collection, [(image_id, vector, metadata)], descriptor) == 1
+        return self.save_images(collection, [(image_id, vector, metadata, pdq)], descriptor) == 1
 
-    def save_images(self, collection: str, images: list[tuple[str, np.ndarray, dict]], descriptor: Descriptor) -> int:
-        """:meth:`save_image` for many images in one round trip (each written atomically); returns how many replaced."""
+    def save_images(self, collection: str, images: list[tuple[str, np.ndarray, dict, bytes | None]],
+                    descriptor: Descriptor) -> int:
+        """:meth:`save_image` for many ``(id, vector, metadata, pdq)`` in one round trip (each written
+        atomically); returns how many replaced."""
         indexed_at = utc_now()
         pipe = self.redis.pipeline(transaction=False)
         change_keys = [*self._change_keys(collection), keys.collection_descriptor(collection), keys.COLLECTIONS]
-        for image_id, vector, metadata in images:
+        for image_id, vector, metadata, pdq in images:
             if vector.shape != (descriptor.dimension,):
                 raise ValueError(f"vector shape {vector.shape} does not match dimension {descriptor.dimension}")
             record = json.dumps({"metadata": metadata, "indexed_at": indexed_at})
             self._save_script(keys=change_keys, client=pipe,
                               args=[image_id, encode_vector(vector), record, self.change_stream_length, collection,
-                                    descriptor.model, descriptor.dimension, descriptor.weights])
+                                    descriptor.model, descriptor.dimension, descriptor.weights, pdq or b""])
         outcomes = pipe.execute()
         mismatch = next((outcome for outcome in outcomes if outcome[0] == b"mismatch"), None)
         if mismatch is not None:  # the descriptor is checked by the first write, so nothing was written
@@ -238,10 +243,17 @@ class Store:
         return sum(int(outcome[1]) for outcome in outcomes)
 
     def get_image(self, collection: str, image_id: str) -> dict[str, Any] | None:
-        raw = self.redis.hget(keys.collection_images(collection), image_id)
+        """An image's metadata and when it was indexed, plus its PDQ hash (hex) and quality where it has one."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hget(keys.collection_images(collection), image_id)
+        pipe.hget(keys.collection_pdq(collection), image_id)
+        raw, pdq = pipe.execute()
         if raw is None:
             return None
-        return {"id": image_id, **json.loads(raw)}
+        image = {"id": image_id, **json.loads(raw)}
+        if pdq is not None:  # stored as 32 hash bytes and one quality byte
+            image["pdq"] = {"hash": pdq[:32].hex(), "quality": pdq[32]}
+        return image
 
     def delete_image(self, collection: str, image_id: str) -> bool:
         """Remove vector and metadata and record a change event, atomically; False if there was no such image."""
@@ -284,11 +296,34 @@ class Store:
         blobs = self.redis.hmget(keys.collection_vectors(collection), image_ids)
         return [None if blob is None else np.frombuffer(blob, VECTOR_DTYPE).reshape(dimension) for blob in blobs]
 
+    def get_vectors_and_hashes(self, collection: str, image_ids: list[str],
+                               dimension: int) -> list[tuple[np.ndarray | None, bytes | None]]:
+        """Each id's stored vector and PDQ hash (stored form), read together; None where absent."""
+        if not image_ids:
+            return []
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hmget(keys.collection_vectors(collection), image_ids)
+        pipe.hmget(keys.collection_pdq(collection), image_ids)
+        blobs, hashes = pipe.execute()
+        return [(None if blob is None else np.frombuffer(blob, VECTOR_DTYPE).reshape(dimension), pdq)
+                for blob, pdq in zip(blobs, hashes)]
+
+    def scan_hashes(self, collection: str, chunk: int):
+        """Yield the collection's (id, stored PDQ hash) pairs in chunks of about ``chunk``."""
+        cursor = 0
+        while True:
+            cursor, stored = self.redis.hscan(keys.collection_pdq(collection), cursor, count=chunk)
+            if stored:
+                yield [(image_id.decode(), pdq) for image_id, pdq in stored.items()]
+            if cursor == 0:
+                return
+
     @staticmethod
     def _change_keys(collection: str) -> list[str]:
-        """The keys both write scripts take first: vectors, images, change counter, change stream."""
+        """The keys both write scripts take first: vectors, images, change counter, change stream, PDQ hashes."""
         return [keys.collection_vectors(collection), keys.collection_images(collection),
-                keys.collection_change_seq(collection), keys.collection_changes(collection)]
+                keys.collection_change_seq(collection), keys.collection_changes(collection),
+                keys.collection_pdq(collection)]
 
     def get_metadata(self, collection: str, image_ids: list[str]) -> list[dict | None]:
         if not image_ids:

@@ -70,6 +70,7 @@ def test_image_and_collection_resources(api, indexed_collection):
     collection, images = indexed_collection
     image = api.http.get(api.url(f"/v1/collections/{collection}/images/photos%2Fmoon.jpg")).json()
     assert image["id"] == "photos/moon.jpg" and image["metadata"] == {"name": "moon"} and image["indexed_at"]
+    assert len(image["pdq"]["hash"]) == 64 and 0 <= image["pdq"]["quality"] <= 100
     info = api.http.get(api.url(f"/v1/collections/{collection}")).json()
     assert info == {
         "collection": collection,
@@ -77,7 +78,7 @@ def test_image_and_collection_resources(api, indexed_collection):
         "dimension": 512,
         "model": "vgg16-notop-maxpool-224",
         "weights": "random(seed=0)",
-        "settings": {"match_threshold": 0.9, "kind": "block"},
+        "settings": {"match_threshold": 0.9, "pdq_max_distance": 31, "kind": "block"},
     }
 
 
@@ -89,7 +90,8 @@ def test_indexing_an_existing_id_replaces_it(api, collection):
     assert api.http.get(api.url(f"/v1/collections/{collection}")).json()["images"] == 1
     task = api.wait(api.query(collection, images["rocket"], k=10))
     assert task["result"]["matches"] == [
-        {"id": "same-id", "score": pytest.approx(1.0, abs=1e-5), "metadata": {"version": 2}, "near_duplicate": True}
+        {"id": "same-id", "score": pytest.approx(1.0, abs=1e-5), "pdq_distance": None, "near_duplicate": True,
+         "matched_by": ["cnn"], "metadata": {"version": 2}}
     ]
 
 

@@ -34,13 +34,16 @@ def banned(api, collection):
 
 def test_settings_default_and_update(api, banned):
     collection, _ = banned
-    assert api.http.get(api.url(f"/v1/collections/{collection}")).json()["settings"] == {"match_threshold": 0.9, "kind": "block"}
+    assert api.http.get(api.url(f"/v1/collections/{collection}")).json()["settings"] == {
+        "match_threshold": 0.9, "pdq_max_distance": 31, "kind": "block"}
     response = api.http.put(api.url(f"/v1/collections/{collection}"), json={"match_threshold": 0.8, "kind": "allow"})
-    assert response.status_code == 200 and response.json()["settings"] == {"match_threshold": 0.8, "kind": "allow"}
+    assert response.status_code == 200
+    assert response.json()["settings"] == {"match_threshold": 0.8, "pdq_max_distance": 31, "kind": "allow"}
     assert api.http.get(api.url(f"/v1/collections/{collection}")).json()["settings"]["kind"] == "allow"
 
 
 @pytest.mark.parametrize("body", [{"match_threshold": 2}, {"match_threshold": "high"}, {"kind": "maybe"},
+                                  {"pdq_max_distance": 257}, {"pdq_max_distance": 3.5}, {"pdq_max_distance": True},
                                   {"threshold": 0.9}, [0.9], None])
 def test_bad_settings_are_refused(api, banned, redis_client, body):
     collection, _ = banned
@@ -85,3 +88,31 @@ def test_check_against_an_empty_collection_and_by_image(api, collection):
     task = api.wait(api.http.post(api.url(f"/v1/collections/{collection}/checks"),
                                   files={"image": ("q.jpg", images["moon"])}))
     assert task["result"]["best_match"]["id"] == "moon" and task["result"]["verdict"] == "block"
+
+
+def test_an_allow_list_match_overrides_the_block_verdict(api, banned):
+    collection, vectors = banned
+    known_good = f"{collection}-good"
+    store_vectors(api, known_good, [{"id": "meme/1", "vector": near(vectors[0], 0.97, seed=5).tolist()}])
+    api.http.put(api.url(f"/v1/collections/{known_good}"), json={"match_threshold": 0.9, "kind": "allow"})
+    probe = near(vectors[0], 0.96, seed=6)  # about 0.93 from meme/1
+
+    assert submit(api, collection, "checks", probe)["result"]["verdict"] == "block"
+    result = submit(api, collection, "checks", probe, allow_collections=[f"{collection}-empty", known_good])["result"]
+    assert result["verdict"] == "allow" and result["near_duplicate"] is True
+    assert result["best_match"]["id"] == "banned/0"  # the block match is still reported
+    assert result["allow_match"]["collection"] == known_good and result["allow_match"]["id"] == "meme/1"
+
+    elsewhere = submit(api, collection, "checks", near(vectors[1], 0.96), allow_collections=[known_good])["result"]
+    assert elsewhere["verdict"] == "block" and elsewhere["allow_match"] is None
+
+
+@pytest.mark.parametrize("value", ["not json", '"one"', "[]", '["a", "a"]', '["Bad Name"]', json.dumps(["c"] * 11)])
+def test_bad_allow_collections_are_refused(api, banned, redis_client, value):
+    collection, vectors = banned
+    before = store_snapshot(redis_client)
+    response = api.http.post(api.url(f"/v1/collections/{collection}/checks"),
+                             data={"vector": json.dumps(vectors[0].tolist()), "allow_collections": value})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] in ("invalid_allow_collections", "invalid_collection_name")
+    assert store_snapshot(redis_client) == before

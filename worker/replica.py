@@ -11,6 +11,10 @@ above, through an HNSW graph (hnswlib) that holds the only copy of each vector. 
 is built in the background while exact search goes on answering. HNSW replicas are saved
 as snapshots with the stream position they include, so a restarted worker loads the
 newest snapshot and catches up from the stream instead of rebuilding.
+
+Beside the vectors, each replica holds the collection's usable PDQ hashes (worker.pdq),
+changed by the same events; at 32 bytes each they are always scanned from Redis on load
+rather than snapshotted.
 """
 
 import json
@@ -26,6 +30,7 @@ import hnswlib
 import numpy as np
 
 from shared.store import Change, Store
+from worker.pdq import HashIndex, PdqHash
 from worker.search import top_k
 
 log = logging.getLogger(__name__)
@@ -212,6 +217,7 @@ class HnswIndex:
 @dataclass
 class CollectionReplica:
     index: ExactIndex | HnswIndex
+    hashes: HashIndex
     seq: int  # number of the last change event applied
     stream_id: str  # its id in the change stream ("0-0": none)
     changes_since_snapshot: int = 0
@@ -225,8 +231,9 @@ class Replicas:
     """Every collection this worker has searched, each refreshed before each search."""
 
     def __init__(self, store: Store, dimension: int, *, exact_max: int = 200_000, hnsw: HnswConfig = HnswConfig(),
-                 snapshot_dir: Path | None = None, snapshot_every_changes: int = 10_000):
+                 snapshot_dir: Path | None = None, snapshot_every_changes: int = 10_000, pdq_min_quality: int = 50):
         self.store = store
+        self.pdq_min_quality = pdq_min_quality
         self.dimension = dimension
         self.exact_max = exact_max
         self.hnsw = hnsw
@@ -245,6 +252,17 @@ class Replicas:
             matches = [(image_id, float(score)) for image_id, score in zip(ids, scores)
                        if min_score is None or score >= min_score]
             return SearchResult(matches, len(replica.index))
+
+    def search_hashes(self, collection: str, query: bytes, max_distance: int) -> list[tuple[str, int]]:
+        """Every image whose usable PDQ hash is within ``max_distance`` bits of ``query``, nearest first."""
+        with self._lock(collection):
+            return self.refresh(collection).hashes.within(query, max_distance)
+
+    def hash_distances(self, collection: str, image_ids: list[str], query: bytes) -> list[int | None]:
+        """The PDQ distance from ``query`` to each image (None: it has no usable hash)."""
+        with self._lock(collection):
+            hashes = self.refresh(collection).hashes
+            return [hashes.distance_to(image_id, query) for image_id in image_ids]
 
     def refresh(self, collection: str) -> CollectionReplica:
         """The collection's replica, brought up to date (call with the collection's lock held)."""
@@ -300,8 +318,10 @@ class Replicas:
             for chunk in self.store.scan_vectors(collection, self.dimension, LOAD_CHUNK):
                 index.put_many(chunk)
             index.graph.set_num_threads(1)
-            built = CollectionReplica(index, seq, stream_id)
             with self._lock(collection):
+                # The hashes are taken over from the replica answering now: they are at a
+                # later position, and replaying events re-reads current state, so it is exact.
+                built = CollectionReplica(index, self._replicas[collection].hashes, seq, stream_id)
                 self._replicas[collection] = built
                 self.refresh(collection)
                 self._snapshot(collection, built)
@@ -334,7 +354,15 @@ class Replicas:
         for chunk in self.store.scan_vectors(collection, self.dimension, LOAD_CHUNK):
             for image_id, vector in chunk:
                 exact.put(image_id, vector)
-        return CollectionReplica(exact, seq, stream_id)
+        return CollectionReplica(exact, self._load_hashes(collection), seq, stream_id)
+
+    def _load_hashes(self, collection: str) -> HashIndex:
+        """The collection's PDQ hashes as they are now (read after the position, like the vectors)."""
+        hashes = HashIndex(self.pdq_min_quality)
+        for chunk in self.store.scan_hashes(collection, LOAD_CHUNK):
+            for image_id, stored in chunk:
+                hashes.put(image_id, PdqHash.decode(stored))
+        return hashes
 
     def _load_snapshot(self, collection: str) -> CollectionReplica | None:
         if self.snapshot_dir is None:
@@ -351,7 +379,7 @@ class Replicas:
         if position["seq"] > current_seq:  # from another store, or the collection was recreated
             return None
         log.info("collection %s: snapshot at change %d of %d loaded", collection, position["seq"], current_seq)
-        return CollectionReplica(index, position["seq"], position["stream_id"])
+        return CollectionReplica(index, self._load_hashes(collection), position["seq"], position["stream_id"])
 
     def _snapshot(self, collection: str, replica: CollectionReplica) -> None:
         if self.snapshot_dir is None or not isinstance(replica.index, HnswIndex):
@@ -360,15 +388,18 @@ class Replicas:
         replica.changes_since_snapshot = 0
 
     def _apply(self, collection: str, replica: CollectionReplica, changes: list[Change]) -> None:
-        # Read each changed image's current vector once. It may be newer than the event
-        # (a later put, or gone after a later delete): applying the newer state is right,
-        # and the later events will then change nothing.
+        # Read each changed image's current vector and hash once. They may be newer than the
+        # event (a later put, or gone after a later delete): applying the newer state is
+        # right, and the later events will then change nothing.
         changed = list(dict.fromkeys(change.image_id for change in changes))
-        for image_id, vector in zip(changed, self.store.get_vectors(collection, changed, self.dimension)):
+        current = self.store.get_vectors_and_hashes(collection, changed, self.dimension)
+        for image_id, (vector, stored_hash) in zip(changed, current):
             if vector is None:
                 replica.index.delete(image_id)
+                replica.hashes.delete(image_id)
             else:
                 replica.index.put(image_id, vector)
+                replica.hashes.put(image_id, None if stored_hash is None else PdqHash.decode(stored_hash))
         replica.seq = changes[-1].seq
         replica.stream_id = changes[-1].stream_id
         replica.changes_since_snapshot += len(changes)

@@ -46,6 +46,7 @@ def get_replicas() -> Replicas:
                 hnsw=HnswConfig(settings.hnsw_m, settings.hnsw_ef_construction, settings.hnsw_ef_search),
                 snapshot_dir=settings.snapshot_path,
                 snapshot_every_changes=settings.snapshot_every_changes,
+                pdq_min_quality=settings.pdq_min_quality,
             )
         return _replicas
 

@@ -2,6 +2,7 @@
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,8 @@ from shared.errors import LookalikeError
 from shared.images import decode_image
 from shared.schemas import (
     CHECK_TASK,
+    CNN,
+    PDQ,
     DEFAULT_COLLECTION_SETTINGS,
     FAILED,
     FINISHED_STATES,
@@ -20,9 +23,11 @@ from shared.schemas import (
     matches_filter,
     verdict,
 )
+from shared.settings import get_settings
 from shared.store import VECTOR_DTYPE
 from worker.batcher import QUERY_PRIORITY
 from worker.celery_app import app
+from worker.pdq import PdqHash, compute_pdq
 from worker.runtime import RANDOM_WEIGHTS_WARNING, get_extractor, get_replicas, get_store
 
 log = logging.getLogger(__name__)
@@ -35,59 +40,121 @@ FILTER_FIRST_DEPTH = 100
 def index_image(task_id: str, collection: str, image_id: str, metadata: dict) -> None:
     def index() -> dict:
         extractor = get_extractor()
-        vector = extractor.extract([decode_image(_load_upload_bytes(task_id))])[0]
-        replaced = get_store().save_image(collection, image_id, vector, metadata, extractor.descriptor)
-        return {"collection": collection, "image_id": image_id, "replaced": replaced} | _model_labels()
+        pixels = decode_image(_load_upload_bytes(task_id))
+        vector = extractor.extract([pixels])[0]
+        pdq = compute_pdq(pixels)
+        replaced = get_store().save_image(collection, image_id, vector, metadata, extractor.descriptor, pdq.encode())
+        return {"collection": collection, "image_id": image_id, "replaced": replaced,
+                "pdq_quality": pdq.quality} | _model_labels()
 
     _run(task_id, index)
 
 
 @app.task(name=QUERY_TASK)
 def query_image(task_id: str, collection: str, k: int, min_score: float | None = None,
-                filter: dict | None = None, by_vector: bool = False) -> None:  # noqa: A002 - the API's name
+                filter: dict | None = None, by_vector: bool = False,  # noqa: A002 - the API's name
+                signals: tuple[str, ...] = (CNN,)) -> None:
     def query() -> dict:
         info, settings = _collection(collection)
-        matches = _ranked_matches(collection, _query_vector(task_id, info, by_vector), k, min_score, filter or {})
-        for match in matches:
-            match["near_duplicate"] = match["score"] >= settings["match_threshold"]
+        probe = _probe(task_id, info, by_vector, signals)
+        matches = _ranked_matches(collection, probe, settings, k, min_score, filter or {})
         near_duplicate = bool(matches) and matches[0]["near_duplicate"]
-        return {"matches": matches, "verdict": verdict(settings["kind"], near_duplicate), **settings} | _model_labels()
+        return {"matches": matches, "verdict": verdict(settings["kind"], near_duplicate), **settings,
+                **probe.report()} | _model_labels()
 
     _run(task_id, query)
 
 
 @app.task(name=CHECK_TASK)
 def check_image(task_id: str, collection: str, k: int = 1, min_score: float | None = None,
-                filter: dict | None = None, by_vector: bool = False) -> None:  # noqa: A002 - the API's name
+                filter: dict | None = None, by_vector: bool = False,  # noqa: A002 - the API's name
+                signals: tuple[str, ...] = (CNN, PDQ), allow_collections: list[str] | None = None) -> None:
     def check() -> dict:
         info, settings = _collection(collection)
-        best = next(iter(_ranked_matches(collection, _query_vector(task_id, info, by_vector), 1, None,
-                                         filter or {})), None)
-        near_duplicate = best is not None and best["score"] >= settings["match_threshold"]
-        return {"verdict": verdict(settings["kind"], near_duplicate), "near_duplicate": near_duplicate,
-                "best_match": best, **settings} | _model_labels()
+        probe = _probe(task_id, info, by_vector, signals)
+        best = next(iter(_ranked_matches(collection, probe, settings, 1, None, filter or {})), None)
+        near_duplicate = best is not None and best["near_duplicate"]
+        outcome = verdict(settings["kind"], near_duplicate)
+        allow_match = _allow_match(probe, allow_collections or []) if outcome == "block" else None
+        if allow_match is not None:  # a known-good image overrides the block list: moderation's false-positive control
+            outcome = "allow"
+        return {"verdict": outcome, "near_duplicate": near_duplicate, "best_match": best, "allow_match": allow_match,
+                **settings, **probe.report()} | _model_labels()
 
     _run(task_id, check)
 
 
-def _collection(collection: str) -> tuple[dict | None, dict]:
-    """The collection's info and its settings, in one round trip (None: nothing stored yet)."""
-    info = get_store().collection_info(collection)
-    return info, info["settings"] if info else dict(DEFAULT_COLLECTION_SETTINGS)
+@dataclass
+class Probe:
+    """What a query or check compares with: its CNN vector and its PDQ hash, each where used."""
+
+    vector: np.ndarray | None
+    pdq: PdqHash | None
+    requested: tuple[str, ...]
+
+    @property
+    def signals(self) -> tuple[str, ...]:
+        """The signals actually in use: a PDQ hash of too low quality is not."""
+        usable_pdq = self.pdq is not None and self.pdq.quality >= get_settings().pdq_min_quality
+        return tuple(signal for signal in self.requested
+                     if (signal == CNN and self.vector is not None) or (signal == PDQ and usable_pdq))
+
+    def report(self) -> dict:
+        """What a result says about its own inputs."""
+        return {"signals": list(self.signals), "pdq_quality": None if self.pdq is None else self.pdq.quality}
 
 
-def _query_vector(task_id: str, info: dict | None, by_vector: bool) -> np.ndarray:
-    """The query's unit vector: as sent (validated and normalised by the API), or extracted from the image."""
-    if by_vector:
-        return np.frombuffer(_load_upload_bytes(task_id), dtype=VECTOR_DTYPE)
-    extractor = get_extractor()
-    vector = extractor.extract([decode_image(_load_upload_bytes(task_id))], priority=QUERY_PRIORITY)[0]
-    _check_descriptor(info, extractor.descriptor)  # image vectors only compare with their own kind
-    return vector
+def _probe(task_id: str, info: dict | None, by_vector: bool, signals: tuple[str, ...]) -> Probe:
+    """The query's unit vector (as sent, or extracted) and PDQ hash, computing only what the signals need."""
+    if by_vector:  # the API refuses pdq-only queries by vector; "both" falls back to the CNN
+        return Probe(np.frombuffer(_load_upload_bytes(task_id), dtype=VECTOR_DTYPE), None, signals)
+    pixels = decode_image(_load_upload_bytes(task_id))
+    vector = None
+    if CNN in signals:
+        extractor = get_extractor()
+        vector = extractor.extract([pixels], priority=QUERY_PRIORITY)[0]
+        _check_descriptor(info, extractor.descriptor)  # image vectors only compare with their own kind
+    return Probe(vector, compute_pdq(pixels) if PDQ in signals else None, signals)
 
 
-def _ranked_matches(collection: str, vector: np.ndarray, k: int, min_score: float | None, wanted: dict) -> list[dict]:
-    """The best ``k`` matches whose metadata passes the filter.
+def _ranked_matches(collection: str, probe: Probe, settings: dict, k: int, min_score: float | None,
+                    wanted: dict) -> list[dict]:
+    """The best ``k`` matches by the probe's signals, each marked near-duplicate or not.
+
+    Candidates are the CNN's top k and the PDQ hashes within the collection's distance;
+    each candidate is then scored by every signal in use. Near-duplicates (by either
+    signal) rank first, then by CNN score (by PDQ distance when the CNN is not used).
+    """
+    signals = probe.signals
+    candidates: dict[str, dict] = {}
+    if CNN in signals:
+        for image_id, score, metadata in _cnn_candidates(collection, probe.vector, k, min_score, wanted):
+            candidates[image_id] = {"id": image_id, "score": score, "pdq_distance": None, "metadata": metadata}
+    if PDQ in signals:
+        for image_id, distance, metadata in _pdq_candidates(collection, probe.pdq.bits, settings, k, wanted):
+            candidates.setdefault(image_id, {"id": image_id, "score": None, "pdq_distance": None, "metadata": metadata})
+            candidates[image_id]["pdq_distance"] = distance
+        _fill_pdq_distances(collection, probe.pdq.bits, candidates.values())
+    if CNN in signals:
+        _fill_cnn_scores(collection, probe.vector, candidates, min_score)
+    matches = []
+    for match in candidates.values():
+        matched_by = [signal for signal, hit in (
+            (CNN, match["score"] is not None and match["score"] >= settings["match_threshold"]),
+            (PDQ, match["pdq_distance"] is not None and match["pdq_distance"] <= settings["pdq_max_distance"]),
+        ) if hit]
+        matches.append({"id": match["id"], "score": match["score"], "pdq_distance": match["pdq_distance"],
+                        "near_duplicate": bool(matched_by), "matched_by": matched_by, "metadata": match["metadata"]})
+    if CNN in signals:
+        matches.sort(key=lambda match: (not match["near_duplicate"], -match["score"]))
+    else:
+        matches.sort(key=lambda match: match["pdq_distance"])
+    return matches[:k]
+
+
+def _cnn_candidates(collection: str, vector: np.ndarray, k: int, min_score: float | None,
+                    wanted: dict) -> list[tuple[str, float, dict]]:
+    """The best ``k`` ``(id, score, metadata)`` by cosine whose metadata passes the filter.
 
     Without a filter, the search's top k. With one, candidates are read in score order,
     in ever deeper rounds, until k pass or the collection (or ``min_score``) is exhausted:
@@ -99,7 +166,7 @@ def _ranked_matches(collection: str, vector: np.ndarray, k: int, min_score: floa
         found = get_replicas().search(collection, vector, depth, min_score)
         metadata = store.get_metadata(collection, [image_id for image_id, _ in found.matches])
         matches = [
-            {"id": image_id, "score": round(score, 6), "metadata": meta}
+            (image_id, round(score, 6), meta)
             for (image_id, score), meta in zip(found.matches, metadata)
             if meta is not None and matches_filter(meta, wanted)  # None: deleted after the search
         ]
@@ -107,6 +174,59 @@ def _ranked_matches(collection: str, vector: np.ndarray, k: int, min_score: floa
         if len(matches) >= k or exhausted:
             return matches[:k]
         depth *= 4
+
+
+def _pdq_candidates(collection: str, bits: bytes, settings: dict, k: int, wanted: dict) -> list[tuple[str, int, dict]]:
+    """Up to ``k`` ``(id, distance, metadata)`` within the collection's PDQ distance, nearest first."""
+    within = get_replicas().search_hashes(collection, bits, settings["pdq_max_distance"])
+    found = []
+    for start in range(0, len(within), max(k, 100)):  # near-identical flat images can be many: read in rounds
+        chunk = within[start:start + max(k, 100)]
+        metadata = get_store().get_metadata(collection, [image_id for image_id, _ in chunk])
+        found += [(image_id, distance, meta) for (image_id, distance), meta in zip(chunk, metadata)
+                  if meta is not None and matches_filter(meta, wanted)]
+        if len(found) >= k:
+            break
+    return found[:k]
+
+
+def _fill_pdq_distances(collection: str, bits: bytes, candidates) -> None:
+    missing = [match for match in candidates if match["pdq_distance"] is None]
+    distances = get_replicas().hash_distances(collection, [match["id"] for match in missing], bits)
+    for match, distance in zip(missing, distances):
+        match["pdq_distance"] = distance
+
+
+def _fill_cnn_scores(collection: str, vector: np.ndarray, candidates: dict[str, dict], min_score: float | None) -> None:
+    """Score the PDQ-found candidates by cosine too; drop any deleted since, or under ``min_score``."""
+    missing = [match for match in candidates.values() if match["score"] is None]
+    stored = get_store().get_vectors(collection, [match["id"] for match in missing], vector.shape[0])
+    for match, candidate_vector in zip(missing, stored):
+        score = None if candidate_vector is None else round(float(candidate_vector @ vector), 6)
+        if score is None or (min_score is not None and score < min_score):
+            del candidates[match["id"]]
+        else:
+            match["score"] = score
+
+
+def _allow_match(probe: Probe, allow_collections: list[str]) -> dict | None:
+    """The first near-duplicate found in the caller's allow collections (each by its own settings), if any."""
+    for allow_collection in allow_collections:
+        info, settings = _collection(allow_collection)
+        if info is None:
+            continue
+        if CNN in probe.signals:
+            _check_descriptor(info, get_extractor().descriptor)
+        best = next(iter(_ranked_matches(allow_collection, probe, settings, 1, None, {})), None)
+        if best is not None and best["near_duplicate"]:
+            return {"collection": allow_collection, **best}
+    return None
+
+
+def _collection(collection: str) -> tuple[dict | None, dict]:
+    """The collection's info and its settings, in one round trip (None: nothing stored yet)."""
+    info = get_store().collection_info(collection)
+    return info, info["settings"] if info else dict(DEFAULT_COLLECTION_SETTINGS)
 
 
 def _check_descriptor(info: dict | None, descriptor) -> None:

@@ -1,0 +1,180 @@
+"""PDQ hashes beside the CNN: stored at index time, matched by Hamming distance, chosen per request."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import natural_images, store_snapshot
+from tests.test_vectors_and_filters import unit_vectors
+from worker.pdq import HashIndex, PdqHash, compute_pdq, hamming
+
+
+def decoded(data: bytes) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+
+def jpeg(pixels: np.ndarray, quality: int = 90) -> bytes:
+    return cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+
+
+def reencoded(data: bytes) -> bytes:
+    """Half the size and JPEG quality 50: what an upload pipeline's re-encode does."""
+    return jpeg(cv2.resize(decoded(data), None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA), 50)
+
+
+def cropped(data: bytes, keep: float = 0.7) -> bytes:
+    pixels = decoded(data)
+    height, width = pixels.shape[:2]
+    top, left = int(height * (1 - keep) / 2), int(width * (1 - keep) / 2)
+    return jpeg(pixels[top:top + int(height * keep), left:left + int(width * keep)])
+
+
+FLAT_GREY = jpeg(np.full((120, 160, 3), 128, np.uint8))
+
+
+# --- Pure functions --------------------------------------------------------------------------
+
+
+def test_hash_survives_reencoding_and_tells_images_apart():
+    images = natural_images()
+    original = compute_pdq(decoded(images["astronaut"]))
+    assert original.quality >= 50
+    assert hamming(original.bits, compute_pdq(decoded(reencoded(images["astronaut"]))).bits) <= 31
+    assert hamming(original.bits, compute_pdq(decoded(cropped(images["astronaut"]))).bits) > 31
+    others = [compute_pdq(decoded(images[name])).bits for name in ("camera", "coffee", "horse", "rocket")]
+    assert min(hamming(original.bits, other) for other in others) > 64
+    assert compute_pdq(decoded(FLAT_GREY)).quality < 50
+    assert PdqHash.decode(original.encode()) == original
+
+
+def test_large_images_are_hashed_from_a_downscaled_copy():
+    pixels = cv2.resize(decoded(natural_images()["coffee"]), (2400, 1600), interpolation=cv2.INTER_CUBIC)
+    small = cv2.resize(pixels, (512, 341), interpolation=cv2.INTER_AREA)
+    assert hamming(compute_pdq(pixels).bits, compute_pdq(small).bits) <= 8
+
+
+def test_hash_index_finds_within_distance_and_ignores_low_quality():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, 32, dtype=np.uint8)
+    near = base.copy()
+    near[:2] ^= 0xFF  # 16 bits differ
+    far = base ^ 0xFF  # all 256 differ
+    index = HashIndex(min_quality=50)
+    index.put("near", PdqHash(near.tobytes(), 90))
+    index.put("far", PdqHash(far.tobytes(), 90))
+    index.put("blurry", PdqHash(base.tobytes(), 10))  # identical bits, quality too low: never matched
+    index.put("same", PdqHash(base.tobytes(), 100))
+    assert index.within(base.tobytes(), 31) == [("same", 0), ("near", 16)]
+    assert index.distance_to("far", base.tobytes()) == 256 and index.distance_to("blurry", base.tobytes()) is None
+    index.delete("same")
+    index.put("near", PdqHash(near.tobytes(), 20))  # replaced by a low-quality hash: gone
+    assert index.within(base.tobytes(), 256) == [("far", 256)] and len(index) == 1
+
+
+# --- Through the service -----------------------------------------------------------------------
+
+
+def check(api, collection, image: bytes, **form) -> dict:
+    files = {"image": ("probe.jpg", image, "image/jpeg")}
+    task = api.wait(api.http.post(api.url(f"/v1/collections/{collection}/checks"), files=files,
+                                  data={k: v if isinstance(v, str) else json.dumps(v) for k, v in form.items()}))
+    assert task["state"] == "succeeded", task
+    return task["result"]
+
+
+def query(api, collection, image: bytes, **form) -> dict:
+    files = {"image": ("probe.jpg", image, "image/jpeg")}
+    task = api.wait(api.http.post(api.url(f"/v1/collections/{collection}/queries"), files=files,
+                                  data={k: str(v) for k, v in form.items()}))
+    assert task["state"] == "succeeded", task
+    return task["result"]
+
+
+@pytest.fixture
+def photos(api, collection):
+    images = natural_images()
+    for name in ("astronaut", "camera", "coffee", "horse", "rocket"):
+        api.wait(api.index(collection, images[name], f"photo/{name}"))
+    return collection, images
+
+
+def test_index_stores_the_hash_and_its_quality(api, photos):
+    collection, images = photos
+    stored = api.http.get(api.url(f"/v1/collections/{collection}/images/photo/astronaut")).json()["pdq"]
+    expected = compute_pdq(decoded(images["astronaut"]))
+    assert stored == {"hash": expected.hex, "quality": expected.quality}
+
+
+def test_pdq_matches_a_reencoded_copy(api, photos):
+    collection, images = photos
+    # A strict CNN threshold: only the hash can call this copy a near-duplicate.
+    api.http.put(api.url(f"/v1/collections/{collection}"), json={"match_threshold": 1.0})
+    result = check(api, collection, reencoded(images["astronaut"]), signals="pdq")
+    assert result["verdict"] == "block" and result["signals"] == ["pdq"]
+    best = result["best_match"]
+    assert best["id"] == "photo/astronaut" and best["matched_by"] == ["pdq"] and best["pdq_distance"] <= 31
+    assert best["score"] is None  # the CNN was not asked (nor run)
+
+    cnn_only = check(api, collection, reencoded(images["astronaut"]), signals="cnn")
+    assert cnn_only["verdict"] == "none" and cnn_only["best_match"]["pdq_distance"] is None
+
+    both = check(api, collection, reencoded(images["astronaut"]))  # checks use both signals by default
+    assert both["signals"] == ["cnn", "pdq"] and both["verdict"] == "block"
+    assert both["best_match"]["matched_by"] == ["pdq"] and both["best_match"]["score"] > 0.9
+
+
+def test_the_cnn_catches_a_crop_that_pdq_misses(api, photos):
+    collection, images = photos
+    crop = cropped(images["astronaut"])
+    pdq_only = check(api, collection, crop, signals="pdq")
+    assert pdq_only["verdict"] == "none" and pdq_only["best_match"] is None
+    both = check(api, collection, crop)
+    best = both["best_match"]
+    assert best["id"] == "photo/astronaut" and best["pdq_distance"] > 31
+    api.http.put(api.url(f"/v1/collections/{collection}"), json={"match_threshold": best["score"] - 0.01})
+    assert check(api, collection, crop)["best_match"]["matched_by"] == ["cnn"]
+
+
+def test_queries_rank_pdq_matches_first_and_say_which_signal_matched(api, photos):
+    collection, images = photos
+    api.http.put(api.url(f"/v1/collections/{collection}"), json={"match_threshold": 1.0})
+    result = query(api, collection, reencoded(images["camera"]), k=3, signals="both")
+    first, *rest = result["matches"]
+    assert first["id"] == "photo/camera" and first["matched_by"] == ["pdq"] and result["verdict"] == "block"
+    assert len(rest) == 2 and all(match["matched_by"] == [] and match["pdq_distance"] > 31 for match in rest)
+    assert query(api, collection, images["camera"], k=3)["signals"] == ["cnn"]  # queries default to the CNN alone
+
+
+def test_low_quality_hashes_are_not_used(api, collection):
+    indexed = api.wait(api.index(collection, FLAT_GREY, "grey"))
+    assert indexed["result"]["pdq_quality"] < 50
+    result = check(api, collection, FLAT_GREY, signals="pdq")
+    assert result["signals"] == [] and result["pdq_quality"] < 50 and result["best_match"] is None
+    both = check(api, collection, FLAT_GREY)
+    assert both["signals"] == ["cnn"] and both["best_match"]["id"] == "grey"
+
+
+def test_deleting_an_image_deletes_its_hash(api, photos, redis_client):
+    collection, images = photos
+    assert redis_client.hexists(f"lookalike:col:{collection}:pdq", "photo/horse")
+    api.http.delete(api.url(f"/v1/collections/{collection}/images/photo/horse"))
+    assert not redis_client.hexists(f"lookalike:col:{collection}:pdq", "photo/horse")
+    assert check(api, collection, images["horse"], signals="pdq")["best_match"] is None
+
+
+@pytest.mark.parametrize(("form", "status", "code"), [
+    ({"signals": "sift"}, 400, "invalid_signals"),
+    ({"signals": "pdq", "vector": "VECTOR"}, 422, "signal_unavailable"),
+    ({"signals": "both", "vector": "VECTOR"}, 422, "signal_unavailable"),
+])
+def test_bad_signal_requests_are_refused(api, photos, redis_client, form, status, code):
+    collection, _ = photos
+    form = {name: json.dumps(unit_vectors(1, 5)[0].tolist()) if value == "VECTOR" else value
+            for name, value in form.items()}
+    before = store_snapshot(redis_client)
+    files = None if "vector" in form else {"image": ("a.jpg", natural_images()["coffee"], "image/jpeg")}
+    response = api.http.post(api.url(f"/v1/collections/{collection}/checks"), data=form, files=files)
+    assert response.status_code == status and response.json()["error"]["code"] == code
+    assert store_snapshot(redis_client) == before

@@ -7,8 +7,9 @@ from PIL import Image
 
 from api.auth import register_auth
 from api.errors import register_error_handlers
+from api.idempotency import register_idempotency
 from api.limits import register_rate_limits
-from api.routes import blueprint
+from api.routes import apply_request_limits, blueprint
 from shared.queue import make_celery
 from shared.settings import Settings, get_settings
 from shared.store import Store
@@ -30,6 +31,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(blueprint)
     register_auth(app)  # before the rate limits: a request without a valid key never counts
     register_rate_limits(app, settings)
+    app.before_request(apply_request_limits)  # before any hook reads a body
+    register_idempotency(app)  # after auth: keys are scoped to the caller's API key
     register_error_handlers(app)
     warm_up(app.extensions["lookalike"])
     return app

@@ -8,7 +8,9 @@ from flask import Blueprint, current_app, jsonify, request, url_for
 from api.auth import may_see_collection
 from shared.errors import LookalikeError
 from shared.images import inspect_image
+from shared.outbound import Allowlist, check_url
 from shared.schemas import (
+    CALLBACK_PENDING,
     CHECK_TASK,
     CNN,
     INDEX_TASK,
@@ -19,6 +21,7 @@ from shared.schemas import (
     parse_bounded_int,
     parse_collection_list,
     parse_signals,
+    task_resource,
     FINISHED_STATES,
     QUEUED,
     RUNNING,
@@ -46,18 +49,36 @@ def _context() -> dict:
     return current_app.extensions["lookalike"]
 
 
+def apply_request_limits() -> None:
+    """Set the body limits of the route about to run, before anything reads the body.
+
+    A hook (not the views) sets them, so that hooks running before the view, such as the
+    idempotency check that reads the form, parse it under the same limits.
+    """
+    settings = _context()["settings"]
+    single_upload = settings.max_upload_bytes + settings.max_metadata_bytes + FORM_OVERHEAD_BYTES
+    if request.endpoint in ("api.index_image", "api.query_image", "api.check_image"):
+        request.max_content_length = single_upload  # the image and the form fields around it
+    elif request.endpoint == "api.index_batch":
+        request.max_content_length = settings.max_batch_bytes
+        request.max_form_memory_size = settings.max_batch_files * settings.max_metadata_bytes + FORM_OVERHEAD_BYTES
+    elif request.endpoint == "api.store_vectors":
+        request.max_content_length = settings.max_vectors_per_request * VECTOR_REQUEST_BYTES_PER_ITEM
+
+
 # --- Submitting work ------------------------------------------------------------------------
 
 
 @blueprint.post("/v1/collections/<collection>/images")
 def index_image(collection: str):
+    """Index one image, uploaded as ``image`` or fetched by the worker from ``url``."""
     settings = _context()["settings"]
-    request.max_content_length = _single_upload_request_limit(settings)
     collection = validate_collection_name(collection)
     image_id = validate_image_id(request.form["id"]) if "id" in request.form else uuid.uuid4().hex
     metadata = parse_metadata(request.form.get("metadata"), settings.max_metadata_bytes)
-    upload = _read_image(request.files.get("image"))
-    [task_id] = _enqueue_index(collection, [(image_id, metadata, upload)])
+    callback = _callback_from_form()
+    upload, url = _image_or_url()
+    [task_id] = _enqueue_index(collection, [(image_id, metadata, upload)], url=url, callback=callback)
     return _accepted({"task_id": task_id, "image_id": image_id}, url_for("api.get_task", task_id=task_id))
 
 
@@ -87,22 +108,27 @@ def check_image(collection: str):
 
 def _submit_query(task_name: str, collection: str, *, k: int, min_score: float | None, default_signals: str,
                   extra: dict | None = None):
-    request.max_content_length = _single_upload_request_limit(_context()["settings"])
     collection = validate_collection_name(collection)
     signals = parse_signals(request.form.get("signals"), default_signals)
     fields = {"collection": collection, "k": k, "min_score": min_score, "filter": parse_filter(request.form.get("filter")),
               "signals": list(signals), **(extra or {})}
-    image, vector = request.files.get("image"), request.form.get("vector")
-    if image is not None and vector is not None:
-        raise LookalikeError("ambiguous_query_input", "Send either an 'image' file or a 'vector', not both.")
+    callback = _callback_from_form()
+    vector = request.form.get("vector")
     if vector is not None:
+        if "image" in request.files or "url" in request.form:
+            raise LookalikeError("ambiguous_query_input", "Send one of an 'image' file, a 'url' or a 'vector'.")
         if CNN not in signals or request.form.get("signals") == "both":
             raise LookalikeError("signal_unavailable", "A query by vector has no PDQ hash: use signals=cnn.",
                                  {"signals": list(signals)})
-        query_input = encode_vector(parse_vector_field(vector, _collection_dimension(collection)))
+        query_input, url = encode_vector(parse_vector_field(vector, _collection_dimension(collection))), None
     else:
-        query_input = _read_image(image)
-    [task_id] = _enqueue(task_name, [(fields, fields | {"by_vector": vector is not None}, query_input)])
+        query_input, url = _image_or_url()
+    if url is not None:
+        fields["url"] = url
+    kwargs = fields | {"by_vector": vector is not None}
+    if callback is not None:
+        fields["callback"] = callback
+    [task_id] = _enqueue(task_name, [(fields, kwargs, query_input)])
     return _accepted({"task_id": task_id}, url_for("api.get_task", task_id=task_id))
 
 
@@ -123,7 +149,6 @@ def store_vectors(collection: str):
     Every item is checked before any is written: one bad vector refuses the request.
     """
     settings = _context()["settings"]
-    request.max_content_length = settings.max_vectors_per_request * VECTOR_REQUEST_BYTES_PER_ITEM
     collection = validate_collection_name(collection)
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not isinstance(body.get("items"), list) or not body["items"]:
@@ -183,9 +208,8 @@ def index_batch(collection: str):
     does not sink the others; only a malformed request as a whole is refused.
     """
     settings = _context()["settings"]
-    request.max_content_length = settings.max_batch_bytes
-    request.max_form_memory_size = settings.max_batch_files * settings.max_metadata_bytes + FORM_OVERHEAD_BYTES
     collection = validate_collection_name(collection)
+    callback = _callback_from_form()
     files = request.files.getlist("image")
     if not files:
         raise LookalikeError("image_missing", "Send the images as multipart/form-data file fields named 'image'.")
@@ -212,7 +236,7 @@ def index_batch(collection: str):
     if not accepted:
         raise LookalikeError("no_valid_images", "No image in the batch could be accepted.", {"items": items})
 
-    task_ids = _enqueue_index(collection, [item for _, item in accepted])
+    task_ids = _enqueue_index(collection, [item for _, item in accepted], callback=callback)
     for (position, _), task_id in zip(accepted, task_ids):
         items[position]["task_id"] = task_id
     batch_id = uuid.uuid4().hex
@@ -231,11 +255,6 @@ def _check_batch_item(image_id, metadata, file, seen_ids: set[str]) -> tuple[str
         raise LookalikeError("duplicate_image_id", "This id appears earlier in the same batch.")
     metadata = validate_metadata(metadata, _context()["settings"].max_metadata_bytes)
     return image_id, metadata, _read_image(file)
-
-
-def _single_upload_request_limit(settings) -> int:
-    # Room for the multipart envelope and the form fields around the image itself.
-    return settings.max_upload_bytes + settings.max_metadata_bytes + FORM_OVERHEAD_BYTES
 
 
 def _read_image(file) -> bytes:
@@ -257,14 +276,46 @@ def _read_image(file) -> bytes:
     return data
 
 
-def _enqueue_index(collection: str, images: list[tuple[str, dict, bytes]]) -> list[str]:
-    """One index task per ``(image_id, metadata, upload)``, if the store has room for more images."""
+def _enqueue_index(collection: str, images: list[tuple[str, dict, bytes | None]], *, url: str | None = None,
+                   callback: dict | None = None) -> list[str]:
+    """One index task per ``(image_id, metadata, upload)``, if the store has room for more images.
+
+    ``url``: the single image is fetched by the worker (its upload is None).
+    """
     _context()["store"].check_room_for_images(_context()["settings"].store_full_ratio)
+    fetched = {"url": url} if url is not None else {}
+    with_callback = {"callback": callback} if callback is not None else {}
     return _enqueue(INDEX_TASK, [
-        ({"collection": collection, "image_id": image_id},
-         {"collection": collection, "image_id": image_id, "metadata": metadata}, upload)
+        ({"collection": collection, "image_id": image_id, **fetched, **with_callback},
+         {"collection": collection, "image_id": image_id, "metadata": metadata, **fetched}, upload)
         for image_id, metadata, upload in images
     ])
+
+
+def _image_or_url() -> tuple[bytes | None, str | None]:
+    """The request's image: uploaded bytes (checked), or a URL on the fetch allow list for the worker to fetch."""
+    url = request.form.get("url")
+    if url is None:
+        return _read_image(request.files.get("image")), None
+    if "image" in request.files:
+        raise LookalikeError("ambiguous_image_input", "Send either an 'image' file or a 'url', not both.")
+    settings = _context()["settings"]
+    check_url(url, Allowlist(settings.fetch_allowlist), invalid_code="invalid_url", refused_code="url_not_allowed",
+              what="image URL")
+    return None, url
+
+
+def _callback_from_form() -> dict | None:
+    """The webhook of a submission (``callback_url``), refused unless webhooks are set up and its host is allowed."""
+    url = request.form.get("callback_url")
+    if url is None:
+        return None
+    settings = _context()["settings"]
+    if settings.webhook_secret is None:
+        raise LookalikeError("callback_not_allowed", "Webhooks are off on this service (no LOOKALIKE_WEBHOOK_SECRET).")
+    check_url(url, Allowlist(settings.callback_allowlist), invalid_code="invalid_callback_url",
+              refused_code="callback_not_allowed", what="callback URL")
+    return {"url": url, "state": CALLBACK_PENDING, "attempts": []}
 
 
 def _enqueue(task_name: str, submissions: list[tuple[dict, dict, bytes]]) -> list[str]:
@@ -307,24 +358,7 @@ def get_task(task_id: str):
     if record is None or not may_see_collection(record.get("collection")):
         raise LookalikeError("task_not_found", "No such task; task records expire after "
                              f"{settings.task_ttl_seconds} seconds.", {"task_id": task_id[:100]})
-    return jsonify(_task_resource(record))
-
-
-def _task_resource(record: dict) -> dict:
-    resource = {
-        "task_id": record["task_id"],
-        "kind": record["kind"],
-        "state": record["state"],
-        "result": record.get("result"),
-        "error": record.get("error"),
-        "submitted_at": record["submitted_at"],
-        "started_at": record.get("started_at"),
-        "finished_at": record.get("finished_at"),
-    }
-    resource.update({name: record[name] for name in ("collection", "image_id", "k", "min_score", "filter", "signals",
-                                                     "allow_collections")
-                     if name in record})
-    return resource
+    return jsonify(task_resource(record))
 
 
 @blueprint.get("/v1/batches/<batch_id>")

@@ -22,6 +22,7 @@ CATALOGUE: dict[str, int] = {
     "invalid_filter": 400,
     "invalid_json": 400,
     "ambiguous_query_input": 400,
+    "ambiguous_image_input": 400,
     "invalid_collection_settings": 400,
     "duplicate_image_id": 400,
     "invalid_signals": 400,

@@ -14,6 +14,7 @@ Layout (all under the ``lookalike:`` prefix, so Celery's own keys never collide)
   lookalike:task:{task_id}               hash   the task resource served by GET /v1/tasks/{id}
   lookalike:task:{task_id}:done          pubsub channel announcing the task has finished
   lookalike:batch:{batch_id}             string JSON: a bulk upload's collection and items
+  lookalike:idem:{api key}:{sha256}      string JSON: a POST's fingerprint and response, for Idempotency-Key
   lookalike:workers                      zset   worker name -> last heartbeat (unix seconds)
   lookalike:workers:info                 hash   worker name -> JSON of its model and weights
   lookalike:apikeys                      hash   key id -> JSON of an API key (secret hashed)
@@ -69,6 +70,10 @@ def task_done_channel(task_id: str) -> str:
 
 def batch(batch_id: str) -> str:
     return f"{PREFIX}:batch:{batch_id}"
+
+
+def idempotency(principal: str, key_digest: str) -> str:
+    return f"{PREFIX}:idem:{principal}:{key_digest}"
 
 
 # Matches every key above; for tools and tests that look at the whole store.

@@ -14,9 +14,12 @@ from shared.errors import LookalikeError
 INDEX_TASK = "lookalike.index_image"
 QUERY_TASK = "lookalike.query_image"
 CHECK_TASK = "lookalike.check_image"
+WEBHOOK_TASK = "lookalike.deliver_webhook"
 INDEX_QUEUE = "index"
 QUERY_QUEUE = "query"
-TASK_QUEUES = {INDEX_TASK: INDEX_QUEUE, QUERY_TASK: QUERY_QUEUE, CHECK_TASK: QUERY_QUEUE}
+WEBHOOK_QUEUE = "webhooks"
+TASK_QUEUES = {INDEX_TASK: INDEX_QUEUE, QUERY_TASK: QUERY_QUEUE, CHECK_TASK: QUERY_QUEUE, WEBHOOK_TASK: WEBHOOK_QUEUE}
+# The tasks callers submit, by the kind their task records show.
 TASK_KINDS = {INDEX_TASK: "index", QUERY_TASK: "query", CHECK_TASK: "check"}
 
 # --- Collection settings -------------------------------------------------------------------
@@ -34,6 +37,28 @@ MAX_ALLOW_COLLECTIONS = 10
 # --- Task states as the API shows them ------------------------------------------------------
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 FINISHED_STATES = (SUCCEEDED, FAILED)
+# A task's webhook: waiting for the task (pending), between failed attempts (retrying), done.
+CALLBACK_PENDING, CALLBACK_RETRYING, CALLBACK_DELIVERED, CALLBACK_FAILED = "pending", "retrying", "delivered", "failed"
+# Request fields a task record keeps and its resource shows.
+TASK_REQUEST_FIELDS = ("collection", "image_id", "url", "k", "min_score", "filter", "signals", "allow_collections")
+
+
+def task_resource(record: dict[str, Any], *, with_callback: bool = True) -> dict[str, Any]:
+    """A task as GET /v1/tasks/{id} shows it (and a webhook sends it, without its own delivery state)."""
+    resource = {
+        "task_id": record["task_id"],
+        "kind": record["kind"],
+        "state": record["state"],
+        "result": record.get("result"),
+        "error": record.get("error"),
+        "submitted_at": record["submitted_at"],
+        "started_at": record.get("started_at"),
+        "finished_at": record.get("finished_at"),
+    }
+    resource.update({name: record[name] for name in TASK_REQUEST_FIELDS if name in record})
+    if with_callback and record.get("callback"):
+        resource["callback"] = record["callback"]
+    return resource
 
 # --- Vectors ---------------------------------------------------------------------------
 VECTOR_DIMENSION = 512  # VGG16's last convolutional block has 512 channels

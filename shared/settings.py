@@ -7,7 +7,7 @@ against the field names here.
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -88,6 +88,30 @@ class Settings(BaseSettings):
     # --- Moderation ------------------------------------------------------------------------
     pdq_min_quality: int = Field(50, ge=0, le=100, description="PDQ hashes of lower quality (flat, featureless "
                                  "images) are stored but never matched, on either side of a comparison.")
+    idempotency_ttl_seconds: int = Field(24 * 3600, gt=0, description="How long a POST's response is kept for "
+                                         "replay under its `Idempotency-Key` header.")
+
+    # --- Images by URL ------------------------------------------------------------------------
+    fetch_allowlist: str = Field("", description="Hosts images may be fetched from (`url` instead of a file): "
+                                 "comma-separated, e.g. `images.example.com,*.cdn.example.com,media.local:8080`; "
+                                 "empty: fetching is off. Non-public addresses only when listed exactly.")
+    fetch_timeout_seconds: float = Field(10.0, gt=0, description="Longest a worker spends fetching one image, "
+                                         "redirects included.")
+    fetch_max_redirects: int = Field(3, ge=0, le=10, description="Redirects followed when fetching an image; "
+                                     "each target must pass the allow list too.")
+
+    # --- Webhooks ---------------------------------------------------------------------------
+    callback_allowlist: str = Field("", description="Hosts `callback_url` may point at, in the notation of "
+                                    "`LOOKALIKE_FETCH_ALLOWLIST`; empty: callbacks are refused.")
+    webhook_secret: SecretStr | None = Field(None, description="Key of the HMAC-SHA256 `X-Lookalike-Signature` "
+                                             "on webhooks; callbacks are refused while it is unset.")
+    webhook_max_attempts: int = Field(6, ge=1, le=20, description="Deliveries tried per webhook before it is "
+                                      "given up (the attempts show on the task).")
+    webhook_backoff_seconds: float = Field(2.0, gt=0, description="Wait before the second attempt; doubled "
+                                           "before each further one, up to `LOOKALIKE_WEBHOOK_MAX_BACKOFF_SECONDS`.")
+    webhook_max_backoff_seconds: float = Field(60.0, gt=0, description="Longest wait between two attempts; keep "
+                                               "it under `LOOKALIKE_VISIBILITY_TIMEOUT_SECONDS`.")
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="How long one delivery waits for the receiver.")
 
     @property
     def snapshot_path(self) -> Path:

@@ -122,13 +122,15 @@ class Store:
     def submit(self, submissions: list[tuple[str, str, dict[str, Any], bytes]]) -> None:
         """Store uploads and their queued task records, all in one transaction.
 
-        Each submission is ``(task_id, kind, record fields, upload bytes)``.
+        Each submission is ``(task_id, kind, record fields, upload bytes)``; None: nothing
+        uploaded (the worker fetches the image by URL).
         """
         submitted_at = utc_now()
         pipe = self.redis.pipeline(transaction=True)
         for task_id, kind, fields, upload in submissions:
             record = {"task_id": task_id, "kind": kind, "state": QUEUED, "submitted_at": submitted_at, **fields}
-            pipe.set(keys.upload(task_id), upload, ex=self.upload_ttl)
+            if upload is not None:
+                pipe.set(keys.upload(task_id), upload, ex=self.upload_ttl)
             pipe.hset(keys.task(task_id), mapping=_encode_fields(record))
             pipe.expire(keys.task(task_id), self.task_ttl)
         pipe.execute()
@@ -171,6 +173,10 @@ class Store:
         pipe.delete(keys.upload(task_id))
         pipe.publish(keys.task_done_channel(task_id), state)
         pipe.execute()
+
+    def update_callback(self, task_id: str, callback: dict[str, Any]) -> None:
+        """Record a task's webhook delivery state and attempts."""
+        self._update_task(task_id, {"callback": callback})
 
     def get_task(self, task_id: str) -> dict[str, Any] | None:
         raw = self.redis.hgetall(keys.task(task_id))

@@ -17,6 +17,7 @@ from shared import keys
 from shared.embedded_redis import EmbeddedRedis, free_port
 from shared.settings import Settings
 from shared.store import Store
+from tests.local_http import LocalHttpServer
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
@@ -41,8 +42,19 @@ def redis_client(redis_server) -> redis.Redis:
     return redis.Redis.from_url(redis_server.url)
 
 
+# Webhooks are signed with this in the test services; receivers in tests check it.
+WEBHOOK_SECRET = "test-webhook-secret"
+
+
 @pytest.fixture(scope="session")
-def service_env(redis_server, tmp_path_factory) -> dict[str, str]:
+def web_server():
+    """A local HTTP server that images are fetched from and webhooks are posted to (tests/local_http.py)."""
+    with LocalHttpServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def service_env(redis_server, web_server, tmp_path_factory) -> dict[str, str]:
     """Environment of the worker and API subprocesses."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("LOOKALIKE_")}
     env.update(
@@ -59,6 +71,14 @@ def service_env(redis_server, tmp_path_factory) -> dict[str, str]:
         LOOKALIKE_DATA_DIR=str(tmp_path_factory.mktemp("data")),
         LOOKALIKE_HEARTBEAT_SECONDS="1",
         LOOKALIKE_MAX_UPLOAD_BYTES=str(TEST_MAX_UPLOAD_BYTES),
+        # Outbound calls only to the test's own local server, named exactly (it is on loopback).
+        LOOKALIKE_FETCH_ALLOWLIST=f"127.0.0.1:{web_server.port}",
+        LOOKALIKE_CALLBACK_ALLOWLIST=f"127.0.0.1:{web_server.port}",
+        LOOKALIKE_FETCH_TIMEOUT_SECONDS="2",
+        LOOKALIKE_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        LOOKALIKE_WEBHOOK_MAX_ATTEMPTS="4",
+        LOOKALIKE_WEBHOOK_BACKOFF_SECONDS="0.25",
+        LOOKALIKE_WEBHOOK_TIMEOUT_SECONDS="2",
         TF_CPP_MIN_LOG_LEVEL="2",
     )
     return env

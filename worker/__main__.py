@@ -1,4 +1,4 @@
-"""``python -m worker``: check the weights, load VGG16, then consume the index and query queues.
+"""``python -m worker``: check the weights, load VGG16, then consume the index, query and webhook queues.
 
 The model is built here, in the process that runs the tasks: the worker uses Celery's
 thread pool, so there is no fork after TensorFlow has started (TensorFlow and CUDA do not
@@ -11,7 +11,7 @@ import sys
 
 from threadpoolctl import threadpool_limits
 
-from shared.schemas import INDEX_QUEUE, QUERY_QUEUE
+from shared.schemas import INDEX_QUEUE, QUERY_QUEUE, WEBHOOK_QUEUE
 from shared.settings import get_settings
 from worker.celery_app import app
 from worker.runtime import WORKER_NAME, get_extractor
@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
             "worker",
             "--pool=threads",
             f"--concurrency={settings.worker_threads}",
-            f"--queues={INDEX_QUEUE},{QUERY_QUEUE}",
+            f"--queues={INDEX_QUEUE},{QUERY_QUEUE},{WEBHOOK_QUEUE}",
             f"--hostname=lookalike-{WORKER_NAME.replace(':', '-')}@%h",
             "--loglevel=INFO",
             "--without-mingle",

@@ -11,7 +11,7 @@ from shared.settings import get_settings
 from worker.runtime import Heartbeat, get_extractor
 
 app = make_celery(get_settings())
-app.conf.include = ["worker.tasks"]
+app.conf.include = ["worker.tasks", "worker.webhooks"]
 
 _heartbeat: Heartbeat | None = None
 

@@ -9,8 +9,10 @@ import numpy as np
 import redis
 
 from shared.errors import LookalikeError
-from shared.images import decode_image
+from shared.images import decode_image, inspect_image
+from shared.outbound import Allowlist
 from shared.schemas import (
+    CALLBACK_PENDING,
     CHECK_TASK,
     CNN,
     PDQ,
@@ -27,8 +29,10 @@ from shared.settings import get_settings
 from shared.store import VECTOR_DTYPE
 from worker.batcher import QUERY_PRIORITY
 from worker.celery_app import app
+from worker.outbound import fetch_image
 from worker.pdq import PdqHash, compute_pdq
 from worker.runtime import RANDOM_WEIGHTS_WARNING, get_extractor, get_replicas, get_store
+from worker.webhooks import schedule_webhook
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +41,10 @@ FILTER_FIRST_DEPTH = 100
 
 
 @app.task(name=INDEX_TASK)
-def index_image(task_id: str, collection: str, image_id: str, metadata: dict) -> None:
+def index_image(task_id: str, collection: str, image_id: str, metadata: dict, url: str | None = None) -> None:
     def index() -> dict:
         extractor = get_extractor()
-        pixels = decode_image(_load_upload_bytes(task_id))
+        pixels = decode_image(_image_bytes(task_id, url))
         vector = extractor.extract([pixels])[0]
         pdq = compute_pdq(pixels)
         replaced = get_store().save_image(collection, image_id, vector, metadata, extractor.descriptor, pdq.encode())
@@ -53,10 +57,10 @@ def index_image(task_id: str, collection: str, image_id: str, metadata: dict) ->
 @app.task(name=QUERY_TASK)
 def query_image(task_id: str, collection: str, k: int, min_score: float | None = None,
                 filter: dict | None = None, by_vector: bool = False,  # noqa: A002 - the API's name
-                signals: tuple[str, ...] = (CNN,)) -> None:
+                signals: tuple[str, ...] = (CNN,), url: str | None = None) -> None:
     def query() -> dict:
         info, settings = _collection(collection)
-        probe = _probe(task_id, info, by_vector, signals)
+        probe = _probe(task_id, url, info, by_vector, signals)
         matches = _ranked_matches(collection, probe, settings, k, min_score, filter or {})
         near_duplicate = bool(matches) and matches[0]["near_duplicate"]
         return {"matches": matches, "verdict": verdict(settings["kind"], near_duplicate), **settings,
@@ -68,10 +72,11 @@ def query_image(task_id: str, collection: str, k: int, min_score: float | None =
 @app.task(name=CHECK_TASK)
 def check_image(task_id: str, collection: str, k: int = 1, min_score: float | None = None,
                 filter: dict | None = None, by_vector: bool = False,  # noqa: A002 - the API's name
-                signals: tuple[str, ...] = (CNN, PDQ), allow_collections: list[str] | None = None) -> None:
+                signals: tuple[str, ...] = (CNN, PDQ), allow_collections: list[str] | None = None,
+                url: str | None = None) -> None:
     def check() -> dict:
         info, settings = _collection(collection)
-        probe = _probe(task_id, info, by_vector, signals)
+        probe = _probe(task_id, url, info, by_vector, signals)
         best = next(iter(_ranked_matches(collection, probe, settings, 1, None, filter or {})), None)
         near_duplicate = best is not None and best["near_duplicate"]
         outcome = verdict(settings["kind"], near_duplicate)
@@ -104,11 +109,11 @@ class Probe:
         return {"signals": list(self.signals), "pdq_quality": None if self.pdq is None else self.pdq.quality}
 
 
-def _probe(task_id: str, info: dict | None, by_vector: bool, signals: tuple[str, ...]) -> Probe:
+def _probe(task_id: str, url: str | None, info: dict | None, by_vector: bool, signals: tuple[str, ...]) -> Probe:
     """The query's unit vector (as sent, or extracted) and PDQ hash, computing only what the signals need."""
     if by_vector:  # the API refuses pdq-only queries by vector; "both" falls back to the CNN
         return Probe(np.frombuffer(_load_upload_bytes(task_id), dtype=VECTOR_DTYPE), None, signals)
-    pixels = decode_image(_load_upload_bytes(task_id))
+    pixels = decode_image(_image_bytes(task_id, url))
     vector = None
     if CNN in signals:
         extractor = get_extractor()
@@ -245,6 +250,9 @@ def _run(task_id: str, work: Callable[[], dict[str, Any]]) -> None:
     record = store.get_task(task_id)
     if record is not None and record["state"] in FINISHED_STATES:
         log.info("task %s already %s; redelivery ignored", task_id, record["state"])
+        callback = record.get("callback")
+        if callback and callback["state"] == CALLBACK_PENDING and not callback["attempts"]:
+            schedule_webhook(task_id)  # the crash that caused this redelivery may have come before scheduling it
         return
     store.mark_running(task_id)
     try:
@@ -260,6 +268,19 @@ def _run(task_id: str, work: Callable[[], dict[str, Any]]) -> None:
         store.finish_task(task_id, FAILED, error=error.to_dict())
     else:
         store.finish_task(task_id, SUCCEEDED, result=result)
+    if record is not None and record.get("callback"):
+        schedule_webhook(task_id)
+
+
+def _image_bytes(task_id: str, url: str | None) -> bytes:
+    """The task's image: fetched from its URL (checked as an upload is), or as uploaded."""
+    if url is None:
+        return _load_upload_bytes(task_id)
+    settings = get_settings()
+    data = fetch_image(url, Allowlist(settings.fetch_allowlist), max_bytes=settings.max_upload_bytes,
+                       timeout_seconds=settings.fetch_timeout_seconds, max_redirects=settings.fetch_max_redirects)
+    inspect_image(data, settings.max_pixels)
+    return data
 
 
 def _load_upload_bytes(task_id: str) -> bytes:

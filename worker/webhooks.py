@@ -1,0 +1,85 @@
+"""Webhook delivery: after a task with a ``callback_url`` finishes, POST its resource there, signed.
+
+Each attempt is its own Celery task on the ``webhooks`` queue, so a slow or failing
+receiver never holds a model thread, and the backoff between attempts is a countdown, not
+a sleep. Every attempt is written to the task record before the next is scheduled; a
+worker that crashes mid-delivery has the attempt redelivered (acks_late). Delivery is at
+least once: receivers deduplicate by ``X-Lookalike-Task-Id``.
+"""
+
+import json
+import logging
+import time
+
+from shared.errors import LookalikeError
+from shared.outbound import Allowlist, check_url
+from shared.schemas import CALLBACK_DELIVERED, CALLBACK_FAILED, CALLBACK_RETRYING, WEBHOOK_QUEUE, WEBHOOK_TASK, task_resource
+from shared.settings import get_settings
+from shared.store import utc_now
+from shared.webhooks import ATTEMPT_HEADER, SIGNATURE_HEADER, TASK_HEADER, TIMESTAMP_HEADER, sign
+from worker.celery_app import app
+from worker.outbound import Delivery, post_webhook
+from worker.runtime import get_store
+
+log = logging.getLogger(__name__)
+
+
+def schedule_webhook(task_id: str, attempt: int = 1, delay_seconds: float = 0) -> None:
+    deliver_webhook.apply_async(kwargs={"task_id": task_id, "attempt": attempt}, countdown=delay_seconds,
+                                queue=WEBHOOK_QUEUE)
+
+
+def backoff_seconds(attempt: int) -> float:
+    """Wait after failed attempt number ``attempt`` (1, 2, ...): doubling, capped."""
+    settings = get_settings()
+    return min(settings.webhook_max_backoff_seconds, settings.webhook_backoff_seconds * 2 ** (attempt - 1))
+
+
+@app.task(name=WEBHOOK_TASK)
+def deliver_webhook(task_id: str, attempt: int = 1) -> None:
+    settings, store = get_settings(), get_store()
+    record = store.get_task(task_id)
+    if record is None or not record.get("callback"):
+        return  # the task record expired
+    callback = record["callback"]
+    if len(callback["attempts"]) >= attempt:  # this attempt was made; a redelivery after a crash
+        if callback["state"] == CALLBACK_RETRYING and len(callback["attempts"]) == attempt:
+            schedule_webhook(task_id, attempt + 1, backoff_seconds(attempt))  # the crash may have lost the next
+        return
+    delivery = _attempt(record, attempt)
+    attempts = [*callback["attempts"], {"attempt": attempt, "at": utc_now(), "status": delivery.status,
+                                        "error": delivery.error, "duration_ms": delivery.duration_ms}]
+    if delivery.ok:
+        state = CALLBACK_DELIVERED
+    elif attempt >= settings.webhook_max_attempts or (delivery.status is None and delivery.error == _REFUSED):
+        state = CALLBACK_FAILED
+    else:
+        state = CALLBACK_RETRYING
+    store.update_callback(task_id, {**callback, "state": state, "attempts": attempts})
+    if state == CALLBACK_RETRYING:
+        schedule_webhook(task_id, attempt + 1, backoff_seconds(attempt))
+    elif state == CALLBACK_FAILED:
+        log.warning("webhook of task %s given up after %d attempts", task_id, attempt)
+
+
+_REFUSED = "refused by this service's configuration"
+
+
+def _attempt(record: dict, attempt: int) -> Delivery:
+    settings = get_settings()
+    if settings.webhook_secret is None:
+        return Delivery(None, _REFUSED, 0.0)
+    try:  # checked again: the allow list may have changed since the task was submitted
+        target = check_url(record["callback"]["url"], Allowlist(settings.callback_allowlist),
+                           invalid_code="callback_not_allowed", refused_code="callback_not_allowed", what="callback URL")
+    except LookalikeError:
+        return Delivery(None, _REFUSED, 0.0)
+    body = json.dumps(task_resource(record, with_callback=False)).encode()
+    timestamp = int(time.time())
+    headers = {
+        TIMESTAMP_HEADER: str(timestamp),
+        SIGNATURE_HEADER: sign(settings.webhook_secret.get_secret_value(), timestamp, body),
+        TASK_HEADER: record["task_id"],
+        ATTEMPT_HEADER: str(attempt),
+    }
+    return post_webhook(target, body, headers, settings.webhook_timeout_seconds)

@@ -7,7 +7,7 @@ against the field names here.
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -112,6 +112,12 @@ class Settings(BaseSettings):
     webhook_max_backoff_seconds: float = Field(60.0, gt=0, description="Longest wait between two attempts; keep "
                                                "it under `LOOKALIKE_VISIBILITY_TIMEOUT_SECONDS`.")
     webhook_timeout_seconds: float = Field(10.0, gt=0, description="How long one delivery waits for the receiver.")
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _blank_secret_is_none(cls, value):
+        # Compose passes an unset variable as "": that must mean "no secret", never an empty key.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def snapshot_path(self) -> Path:

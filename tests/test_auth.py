@@ -123,3 +123,23 @@ def test_rate_limits_per_key_with_retry_after(auth_db, key_store):
     assert client.get("/v1/collections/photos", headers=bearer(second)).status_code == 404  # its own budget
     assert all(client.get("/healthz").status_code == 200 for _ in range(5))  # never limited
     assert client.get("/v1/collections/photos").status_code == 401  # no key: refused before counting
+
+
+def test_idempotency_keys_belong_to_their_api_key(client, key_store):
+    first, _ = key_store.create("pipeline-a", ["index"], None)
+    second, _ = key_store.create("pipeline-b", ["index"], None)
+
+    def post(token):
+        return client.post("/v1/collections/photos/images", data={"image": (io.BytesIO(natural_images()["moon"]), "a.jpg")},
+                           headers=bearer(token) | {"Idempotency-Key": "upload-1"})
+
+    a, a_again, b = post(first), post(first), post(second)
+    assert a.json["task_id"] == a_again.json["task_id"] and a_again.headers["Idempotent-Replayed"] == "true"
+    assert b.status_code == 202 and b.json["task_id"] != a.json["task_id"]  # another caller's key of the same name
+
+
+def test_allow_collections_need_access_too(client, key_store):
+    moderation, _ = key_store.create("moderation", ["query"], ["banned"])
+    data = {"image": (io.BytesIO(natural_images()["moon"]), "a.jpg"), "allow_collections": '["known-good"]'}
+    response = client.post("/v1/collections/banned/checks", data=data, headers=bearer(moderation))
+    assert response.status_code == 403 and response.json["error"]["details"] == {"collection": "known-good"}

@@ -17,3 +17,14 @@ def test_readme_starts_with_the_two_commands():
     readme = (REPO / "README.md").read_text()
     quickstart = readme.index("## Quickstart")
     assert readme.index("make run") > quickstart and readme.index("make test") > quickstart
+
+
+def test_every_error_code_is_in_the_api_docs_with_its_status():
+    from shared.errors import CATALOGUE
+
+    text = (REPO / "docs" / "api.md").read_text()
+    documented = {}
+    for status, codes in re.findall(r"^\| (\d{3}) \| ([^|]+) \|", text, re.MULTILINE):
+        for code in re.findall(r"`([a-z_]+)`", codes):
+            documented[code] = int(status)
+    assert documented == CATALOGUE

@@ -89,3 +89,11 @@ def test_api_never_imports_tensorflow():
 
     code = "import sys, api.wsgi; sys.exit(any(m.split('.')[0] in ('tensorflow', 'keras') for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+def test_a_blank_webhook_secret_means_none():
+    from shared.settings import Settings
+
+    assert Settings(webhook_secret="").webhook_secret is None
+    assert Settings(webhook_secret="  ").webhook_secret is None
+    assert Settings(webhook_secret="k").webhook_secret.get_secret_value() == "k"

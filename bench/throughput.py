@@ -106,14 +106,14 @@ def measure_writeup(extractor, count: int) -> dict:
 class Stack:
     """`make run`'s launcher on private ports and a private data folder."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, extra_env: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.redis_port = free_port()
         env = {name: value for name, value in os.environ.items() if not name.startswith("LOOKALIKE_")}
         env.update(LOOKALIKE_PORT=str(self.port), LOOKALIKE_EMBEDDED_REDIS_PORT=str(self.redis_port),
                    LOOKALIKE_DATA_DIR=str(folder), LOOKALIKE_WEIGHTS=WEIGHTS, LOOKALIKE_SEED=str(SEED),
-                   TF_CPP_MIN_LOG_LEVEL="2")
+                   TF_CPP_MIN_LOG_LEVEL="2", **(extra_env or {}))
         self.log = (folder / "stack.log").open("wb")
         self.process = subprocess.Popen([sys.executable, "scripts/run_local.py"], cwd=REPO, env=env,
                                         stdout=self.log, stderr=subprocess.STDOUT)

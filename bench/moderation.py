@@ -14,7 +14,6 @@ Each figure is a median (of --repeats runs, or over --samples requests).
 """
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -32,7 +31,8 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.throughput import IMAGE_PATHS, SEED, WEIGHTS, Stack, fill_collection, median_seconds, wait_all  # noqa: E402
+from bench.throughput import (  # noqa: E402
+    IMAGE_PATHS, SEED, WEIGHTS, Stack, fill_collection, median_seconds, report, wait_all)
 from shared.images import decode_image  # noqa: E402
 from tests.local_http import Answer, LocalHttpServer  # noqa: E402
 from worker.pdq import HashIndex, PdqHash, compute_pdq  # noqa: E402
@@ -202,12 +202,7 @@ def main() -> None:
         **idempotency,
         **fetch,
     }
-    if args.json:
-        print(json.dumps(figures, indent=2))
-        return
-    width = max(map(len, figures))
-    for name, value in figures.items():
-        print(f"{name:<{width}}  {value}")
+    report(figures, args.json)
 
 
 if __name__ == "__main__":

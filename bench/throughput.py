@@ -261,7 +261,12 @@ def main() -> None:
         "end_to_end >= 3 x write-up": figures["ratio_lookalike_to_writeup"] >= 3,
         "query p50 <= forward + 50 ms": figures["query_p50_minus_forward_ms"] <= 50,
     }
-    if args.json:
+    report(figures, args.json)
+
+
+def report(figures: dict, as_json: bool) -> None:
+    """Print a benchmark's figures as JSON or as an aligned table."""
+    if as_json:
         print(json.dumps(figures, indent=2))
         return
     width = max(map(len, figures))

@@ -10,6 +10,7 @@ import redis
 from shared.settings import Settings
 from shared.store import Descriptor, Store
 from worker.replica import Replicas
+from worker.search import RowsById
 
 DIMENSION = 8
 DESCRIPTOR = Descriptor(model="test-model", dimension=DIMENSION, weights="test-weights")
@@ -209,15 +210,16 @@ def test_a_snapshot_ahead_of_the_store_is_ignored(store, name, tmp_path, caplog)
     assert found.searched == 60
 
 
-def test_exact_index_keeps_rows_contiguous():
-    index = ExactIndex(2)
-    for n in range(5):
-        index.put(f"i{n}", np.array([n, 1], np.float32))
-    index.delete("i1")
-    index.put("i2", np.array([9, 9], np.float32))
-    assert len(index) == 4 and index.ids == ["i0", "i4", "i2", "i3"]
-    np.testing.assert_array_equal(index.vectors[1], [4, 1])
-    np.testing.assert_array_equal(index.vectors[index.rows["i2"]], [9, 9])
+def test_rows_stay_contiguous_through_deletes_and_growth():
+    rows = RowsById(2, np.float32)
+    for n in range(20):  # past the first capacity of 16
+        rows.put(f"i{n}", np.array([n, 1], np.float32))
+    rows.delete("i1")
+    rows.put("i2", np.array([9, 9], np.float32))
+    assert len(rows) == 19 and rows.ids[:3] == ["i0", "i19", "i2"]
+    np.testing.assert_array_equal(rows.matrix[1], [19, 1])
+    np.testing.assert_array_equal(rows.row_of("i2"), [9, 9])
+    assert rows.row_of("i1") is None and rows.matrix.shape == (19, 2)
 
 
 def test_snapshots_are_renewed_after_enough_changes(store, name, tmp_path):

@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 import pdqhash
 
+from worker.search import RowsById
+
 HASH_BYTES = 32
 # PDQ reduces every image to 64x64 internally; hashing a copy of at most this side gives
 # the same bits within a few and keeps a 12-megapixel photo from costing ~1 s.
@@ -61,57 +63,33 @@ class HashIndex:
 
     def __init__(self, min_quality: int):
         self.min_quality = min_quality
-        self.ids: list[str] = []
-        self.rows: dict[str, int] = {}
-        self._matrix = np.empty((0, HASH_BYTES // 8), dtype=np.uint64)
+        self._rows = RowsById(HASH_BYTES // 8, np.uint64)
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self._rows)
 
     def put(self, image_id: str, stored: PdqHash | None) -> None:
         """Set an image's hash; None (no hash) or one below the minimum quality removes it."""
         if stored is None or stored.quality < self.min_quality:
-            self.delete(image_id)
-            return
-        words = np.frombuffer(stored.bits, dtype=np.uint64)
-        row = self.rows.get(image_id)
-        if row is None:
-            row = len(self.ids)
-            if row == self._matrix.shape[0]:
-                grown = np.empty((max(16, row + row // 2), self._matrix.shape[1]), dtype=np.uint64)
-                grown[:row] = self._matrix[:row]
-                self._matrix = grown
-            self.ids.append(image_id)
-            self.rows[image_id] = row
-        self._matrix[row] = words
+            self._rows.delete(image_id)
+        else:
+            self._rows.put(image_id, np.frombuffer(stored.bits, dtype=np.uint64))
 
     def delete(self, image_id: str) -> None:
-        row = self.rows.pop(image_id, None)
-        if row is None:
-            return
-        last = len(self.ids) - 1
-        if row != last:  # keep rows contiguous: the last hash moves into the hole
-            moved = self.ids[last]
-            self._matrix[row] = self._matrix[last]
-            self.ids[row] = moved
-            self.rows[moved] = row
-        self.ids.pop()
-
-    def distances(self, query: bytes) -> np.ndarray:
-        """Hamming distance from ``query`` to every stored hash, in row order."""
-        words = np.frombuffer(query, dtype=np.uint64)
-        return np.bitwise_count(self._matrix[: len(self.ids)] ^ words).sum(axis=1, dtype=np.int32)
+        self._rows.delete(image_id)
 
     def within(self, query: bytes, max_distance: int) -> list[tuple[str, int]]:
         """Every image whose hash is within ``max_distance`` bits of ``query``, nearest first."""
-        distances = self.distances(query)
+        distances = _popcount_rows(self._rows.matrix ^ np.frombuffer(query, dtype=np.uint64))
         rows = np.flatnonzero(distances <= max_distance)
         rows = rows[np.argsort(distances[rows], kind="stable")]
-        return [(self.ids[row], int(distances[row])) for row in rows]
+        return [(self._rows.ids[row], int(distances[row])) for row in rows]
 
     def distance_to(self, image_id: str, query: bytes) -> int | None:
         """Hamming distance to one image's hash (None: it has no usable hash)."""
-        row = self.rows.get(image_id)
-        if row is None:
-            return None
-        return int(np.bitwise_count(self._matrix[row] ^ np.frombuffer(query, dtype=np.uint64)).sum())
+        words = self._rows.row_of(image_id)
+        return None if words is None else int(np.bitwise_count(words ^ np.frombuffer(query, dtype=np.uint64)).sum())
+
+
+def _popcount_rows(words: np.ndarray) -> np.ndarray:
+    return np.bitwise_count(words).sum(axis=1, dtype=np.int32)

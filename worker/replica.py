@@ -31,7 +31,7 @@ import numpy as np
 
 from shared.store import Change, Store
 from worker.pdq import HashIndex, PdqHash
-from worker.search import top_k
+from worker.search import RowsById, top_k
 
 log = logging.getLogger(__name__)
 
@@ -58,44 +58,24 @@ class ExactIndex:
 
     def __init__(self, dimension: int, capacity: int = 0):
         self.dimension = dimension
-        self.ids: list[str] = []
-        self.rows: dict[str, int] = {}
-        self._matrix = np.empty((capacity, dimension), dtype=np.float32)
+        self._rows = RowsById(dimension, np.float32, capacity)
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self._rows)
 
     @property
     def vectors(self) -> np.ndarray:
-        return self._matrix[: len(self.ids)]
+        return self._rows.matrix
 
     def put(self, image_id: str, vector: np.ndarray) -> None:
-        row = self.rows.get(image_id)
-        if row is None:
-            row = len(self.ids)
-            if row == self._matrix.shape[0]:  # grow by half again: amortised O(1) appends
-                grown = np.empty((max(16, row + row // 2), self.dimension), dtype=np.float32)
-                grown[:row] = self._matrix[:row]
-                self._matrix = grown
-            self.ids.append(image_id)
-            self.rows[image_id] = row
-        self._matrix[row] = vector
+        self._rows.put(image_id, vector)
 
     def delete(self, image_id: str) -> None:
-        row = self.rows.pop(image_id, None)
-        if row is None:
-            return
-        last = len(self.ids) - 1
-        if row != last:  # move the last vector into the hole: rows stay contiguous
-            moved = self.ids[last]
-            self._matrix[row] = self._matrix[last]
-            self.ids[row] = moved
-            self.rows[moved] = row
-        self.ids.pop()
+        self._rows.delete(image_id)
 
     def search(self, query: np.ndarray, k: int) -> tuple[list[str], np.ndarray]:
-        rows, scores = top_k(self.vectors, query, k)
-        return [self.ids[row] for row in rows], scores
+        rows, scores = top_k(self._rows.matrix, query, k)
+        return [self._rows.ids[row] for row in rows], scores
 
 
 @dataclass(frozen=True)

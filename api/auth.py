@@ -22,6 +22,8 @@ SCOPE_OF = {
     "api.get_batch": ANY_SCOPE,
     "api.get_image": ANY_SCOPE,
     "api.get_collection": ANY_SCOPE,
+    "api.list_collections": ANY_SCOPE,
+    "api.list_images": ANY_SCOPE,
 }
 
 

@@ -411,6 +411,25 @@ def _image_not_found(collection: str, image_id: str) -> LookalikeError:
                           {"collection": collection, "id": image_id})
 
 
+@blueprint.get("/v1/collections")
+def list_collections():
+    """The collections the caller's key may use, by name."""
+    names = [name for name in _context()["store"].list_collections() if may_see_collection(name)]
+    return jsonify({"collections": names})
+
+
+@blueprint.get("/v1/collections/<collection>/images")
+def list_images(collection: str):
+    """A page of a collection's image ids (``?cursor=`` from the last page; ``next_cursor`` null at the end)."""
+    collection = validate_collection_name(collection)
+    cursor = parse_bounded_int(request.args.get("cursor"), default=0, low=0, high=2**63 - 1, code="invalid_cursor",
+                               name="cursor", max_digits=19)
+    limit = parse_bounded_int(request.args.get("limit"), default=1000, low=1, high=10_000, code="invalid_limit",
+                              name="limit")
+    next_cursor, ids = _context()["store"].list_image_ids(collection, cursor, limit)
+    return jsonify({"collection": collection, "ids": ids, "next_cursor": next_cursor or None})
+
+
 @blueprint.get("/v1/collections/<collection>")
 def get_collection(collection: str):
     info = _context()["store"].collection_info(validate_collection_name(collection))

@@ -16,6 +16,8 @@ CATALOGUE: dict[str, int] = {
     "invalid_metadata": 400,
     "invalid_k": 400,
     "invalid_wait": 400,
+    "invalid_cursor": 400,
+    "invalid_limit": 400,
     "invalid_ids": 400,
     "invalid_vector": 400,
     "invalid_min_score": 400,

@@ -226,11 +226,12 @@ def _parse_json(raw: str, code: str, name: str) -> Any:
         raise LookalikeError(code, f"'{name}' is not valid JSON: {exc}.") from None
 
 
-def parse_bounded_int(raw: str | None, *, default: int, low: int, high: int, code: str, name: str) -> int:
+def parse_bounded_int(raw: str | None, *, default: int, low: int, high: int, code: str, name: str,
+                      max_digits: int = 9) -> int:
     """Parse an integer form or query parameter that must lie in [low, high]."""
     if raw is None or raw == "":
         return default
-    if not re.fullmatch(r"[0-9]{1,9}", raw.strip()):
+    if not re.fullmatch(rf"[0-9]{{1,{max_digits}}}", raw.strip()):
         raise LookalikeError(code, f"'{name}' must be a whole number from {low} to {high}.", {name: raw[:50]})
     value = int(raw)
     if not low <= value <= high:

@@ -337,6 +337,18 @@ class Store:
         raw = self.redis.hmget(keys.collection_images(collection), image_ids)
         return [None if value is None else json.loads(value)["metadata"] for value in raw]
 
+    def list_collections(self) -> list[str]:
+        return sorted(name.decode() for name in self.redis.smembers(keys.COLLECTIONS))
+
+    def list_image_ids(self, collection: str, cursor: int, count: int) -> tuple[int, list[str]]:
+        """A page of the collection's image ids: ``(next cursor, ids)``; cursor 0 starts and ends a walk.
+
+        Redis' HSCAN: every id present for the whole walk is returned at least once.
+        """
+        # (No NOVALUES: that needs Redis 7.4; the metadata records are small.)
+        cursor, page = self.redis.hscan(keys.collection_images(collection), cursor, count=count)
+        return cursor, [image_id.decode() for image_id in page]
+
     def put_collection_settings(self, collection: str, settings: dict[str, Any]) -> None:
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(keys.collection_settings(collection), json.dumps(settings))

@@ -1,0 +1,223 @@
+"""A small typed Python client for Lookalike's HTTP API (the `lookalike` CLI is built on it).
+
+    from api.client import Client
+    lookalike = Client("http://127.0.0.1:8000", api_key="lk_...")
+    lookalike.index("photos", "cat.jpg", image_id="cats/1.jpg", metadata={"source": "upload"})
+    matches = lookalike.query("photos", "other.jpg", k=5)["matches"]
+    verdict = lookalike.check("banned", "upload.jpg")["verdict"]
+
+Retries: connection errors, 429 (after its Retry-After), 502, 503 and 504 are retried with
+exponential backoff (urllib3's Retry). POSTs are retried too: each carries a fresh
+``Idempotency-Key``, so a retry of a request that did arrive returns its first answer
+instead of queueing the work twice. It needs only ``requests``; it never imports Flask.
+"""
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+URL_VARIABLE, KEY_VARIABLE = "LOOKALIKE_API_URL", "LOOKALIKE_API_KEY"
+FINISHED = ("succeeded", "failed")
+# The server holds a ?wait= poll at most this long (LOOKALIKE_MAX_WAIT_SECONDS' default).
+LONG_POLL_SECONDS = 30
+
+ImageInput = bytes | str | Path  # image bytes, or the path of an image file
+
+
+class ApiError(Exception):
+    """An error answer of the API: its HTTP status and the stable ``code`` to branch on."""
+
+    def __init__(self, status: int, code: str, message: str, details: dict | None = None):
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message, self.details = status, code, message, details or {}
+
+
+class TaskFailed(Exception):
+    """A task ended ``failed``; ``error`` is its ``{"code", "message", "details"}``."""
+
+    def __init__(self, task: dict):
+        error = task.get("error") or {}
+        super().__init__(f"task {task['task_id']} failed: {error.get('code')}: {error.get('message')}")
+        self.task, self.code = task, error.get("code")
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What a submission answered: the task to wait for."""
+
+    task_id: str
+    status_url: str
+    image_id: str | None = None
+    replayed: bool = False  # the answer of an earlier request with the same Idempotency-Key
+
+
+class Client:
+    def __init__(self, url: str | None = None, api_key: str | None = None, *, timeout: float = 60,
+                 retries: int = 4, backoff_seconds: float = 0.5):
+        self.url = (url or os.environ.get(URL_VARIABLE) or DEFAULT_URL).rstrip("/")
+        api_key = api_key or os.environ.get(KEY_VARIABLE)
+        self.timeout = timeout
+        self.http = requests.Session()
+        if api_key:
+            self.http.headers["Authorization"] = f"Bearer {api_key}"
+        retry = Retry(total=retries, backoff_factor=backoff_seconds, status_forcelist=(429, 502, 503, 504),
+                      allowed_methods=None, respect_retry_after_header=True, raise_on_status=False)
+        adapter = HTTPAdapter(max_retries=retry, pool_maxsize=32)
+        self.http.mount("http://", adapter)
+        self.http.mount("https://", adapter)
+
+    # --- Submitting work ----------------------------------------------------------------------
+
+    def index(self, collection: str, image: ImageInput | None = None, *, image_id: str | None = None,
+              metadata: dict | None = None, url: str | None = None, callback_url: str | None = None) -> Submitted:
+        """Queue one image (bytes, a file path, or ``url`` for the service to fetch) for indexing."""
+        form = _form(id=image_id, metadata=metadata, url=url, callback_url=callback_url)
+        return _submitted(self._post(f"/v1/collections/{collection}/images", form, _image_files(image)))
+
+    def index_many(self, collection: str, images: Iterable[tuple[str, ImageInput, dict | None]],
+                   callback_url: str | None = None) -> dict:
+        """Queue many ``(image_id, image, metadata)`` in one bulk request (at most the server's batch size).
+
+        Returns the batch resource: ``batch_id`` and each item's ``task_id`` or ``error``.
+        """
+        items = list(images)
+        files = [("image", (_filename(image, image_id), _read(image))) for image_id, image, _ in items]
+        form = _form(ids=[image_id for image_id, _, _ in items],
+                     metadata=[metadata or {} for _, _, metadata in items], callback_url=callback_url)
+        return self._post(f"/v1/collections/{collection}/batches", form, files).json()
+
+    def query(self, collection: str, image: ImageInput | None = None, *, vector: list[float] | None = None,
+              url: str | None = None, k: int = 10, min_score: float | None = None, filter: dict | None = None,  # noqa: A002
+              signals: str | None = None, timeout: float | None = None) -> dict:
+        """Rank the collection against an image, a ``url`` or a ``vector``; the finished task's result."""
+        form = _form(vector=vector, url=url, k=k, min_score=min_score, filter=filter, signals=signals)
+        submitted = _submitted(self._post(f"/v1/collections/{collection}/queries", form, _image_files(image)))
+        return self.result(submitted.task_id, timeout)
+
+    def check(self, collection: str, image: ImageInput | None = None, *, vector: list[float] | None = None,
+              url: str | None = None, signals: str | None = None, allow_collections: list[str] | None = None,
+              filter: dict | None = None, timeout: float | None = None) -> dict:  # noqa: A002
+        """Is this a near-duplicate of anything in the collection? The check's result (``verdict``, ``best_match``)."""
+        form = _form(vector=vector, url=url, signals=signals, allow_collections=allow_collections, filter=filter)
+        submitted = _submitted(self._post(f"/v1/collections/{collection}/checks", form, _image_files(image)))
+        return self.result(submitted.task_id, timeout)
+
+    # --- Results -----------------------------------------------------------------------------
+
+    def task(self, task_id: str, wait: int = 0) -> dict:
+        return self._get(f"/v1/tasks/{task_id}", wait=wait or None)
+
+    def wait(self, task_id: str, timeout: float | None = None) -> dict:
+        """The task once it has finished (long-polling the server), or ``TimeoutError``."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            remaining = deadline - time.monotonic()
+            task = self.task(task_id, wait=max(0, min(LONG_POLL_SECONDS, int(remaining))))
+            if task["state"] in FINISHED:
+                return task
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"task {task_id} still {task['state']} after the timeout")
+
+    def result(self, task_id: str, timeout: float | None = None) -> dict:
+        """The result of a task that succeeded; ``TaskFailed`` if it failed."""
+        task = self.wait(task_id, timeout)
+        if task["state"] == "failed":
+            raise TaskFailed(task)
+        return task["result"]
+
+    def batch(self, batch_id: str) -> dict:
+        return self._get(f"/v1/batches/{batch_id}")
+
+    # --- Collections and images ------------------------------------------------------------
+
+    def collections(self) -> list[str]:
+        return self._get("/v1/collections")["collections"]
+
+    def collection(self, collection: str) -> dict:
+        return self._get(f"/v1/collections/{collection}")
+
+    def set_collection(self, collection: str, **settings: Any) -> dict:
+        return self._json(self.http.put(self.url + f"/v1/collections/{collection}", json=settings,
+                                        timeout=self.timeout))
+
+    def image_ids(self, collection: str, page_size: int = 1000) -> set[str]:
+        """Every image id in the collection (empty for a collection that does not exist)."""
+        ids, cursor = set(), 0
+        while True:
+            try:
+                page = self._get(f"/v1/collections/{collection}/images", cursor=cursor, limit=page_size)
+            except ApiError as error:
+                if error.code == "collection_not_found":
+                    return set()
+                raise
+            ids.update(page["ids"])
+            if page["next_cursor"] is None:
+                return ids
+            cursor = page["next_cursor"]
+
+    def image(self, collection: str, image_id: str) -> dict:
+        return self._get(f"/v1/collections/{collection}/images/{image_id}")
+
+    def delete_image(self, collection: str, image_id: str) -> None:
+        self._json(self.http.delete(self.url + f"/v1/collections/{collection}/images/{image_id}", timeout=self.timeout))
+
+    # --- Plumbing ------------------------------------------------------------------------------
+
+    def _get(self, path: str, **params: Any) -> dict:
+        params = {name: value for name, value in params.items() if value is not None}
+        read_timeout = self.timeout + int(params.get("wait") or 0)
+        return self._json(self.http.get(self.url + path, params=params, timeout=read_timeout))
+
+    def _post(self, path: str, form: dict[str, str], files: list | None) -> requests.Response:
+        headers = {"Idempotency-Key": uuid.uuid4().hex}  # makes the automatic retries safe
+        response = self.http.post(self.url + path, data=form, files=files or None, headers=headers,
+                                  timeout=self.timeout)
+        self._json(response)  # raises ApiError on an error answer
+        return response
+
+    @staticmethod
+    def _json(response: requests.Response) -> dict:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.status_code >= 400:
+            error = (body or {}).get("error") if isinstance(body, dict) else None
+            if not error:
+                raise ApiError(response.status_code, "http_error", response.text[:200])
+            raise ApiError(response.status_code, error["code"], error["message"], error.get("details"))
+        return body
+
+
+def _submitted(response: requests.Response) -> Submitted:
+    body = response.json()
+    return Submitted(body["task_id"], body["status_url"], body.get("image_id"),
+                     response.headers.get("Idempotent-Replayed") == "true")
+
+
+def _form(**fields: Any) -> dict[str, str]:
+    """Form fields as the API takes them: strings as they are, everything else as JSON; None left out."""
+    return {name: value if isinstance(value, str) else json.dumps(value)
+            for name, value in fields.items() if value is not None}
+
+
+def _image_files(image: ImageInput | None) -> list | None:
+    return None if image is None else [("image", (_filename(image, "image"), _read(image)))]
+
+
+def _read(image: ImageInput) -> bytes:
+    return image if isinstance(image, bytes) else Path(image).read_bytes()
+
+
+def _filename(image: ImageInput, fallback: str) -> str:
+    return Path(image).name if isinstance(image, (str, Path)) else Path(fallback).name or "image"

@@ -1,0 +1,121 @@
+"""The Python client (api/client.py) and the `lookalike` command (api/cli.py), against the real stack."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from api.client import ApiError, Client
+from tests.conftest import DATA, natural_images
+from tests.local_http import Answer
+
+LOOKALIKE = Path(sys.executable).parent / "lookalike"  # the console script the package installs
+
+
+@pytest.fixture
+def client(api) -> Client:
+    return Client(api.base_url, timeout=60)
+
+
+def test_the_client_indexes_queries_checks_and_deletes(client, collection):
+    images = natural_images()
+    submitted = client.index(collection, images["astronaut"], image_id="people/astronaut", metadata={"n": 1})
+    assert submitted.image_id == "people/astronaut" and not submitted.replayed
+    assert client.wait(submitted.task_id)["state"] == "succeeded"
+    batch = client.index_many(collection, [("things/rocket", DATA / "rocket.jpg", {"n": 2}),
+                                           ("things/coffee", images["coffee"], None)])
+    for item in batch["tasks"]:
+        client.result(item["task_id"])
+    assert client.image_ids(collection, page_size=1) == {"people/astronaut", "things/rocket", "things/coffee"}
+    assert collection in client.collections() and client.collection(collection)["images"] == 3
+
+    result = client.query(collection, DATA / "rocket.jpg", k=2)
+    assert [match["id"] for match in result["matches"]][0] == "things/rocket"
+    assert client.check(collection, images["coffee"])["best_match"]["id"] == "things/coffee"
+    assert client.image(collection, "people/astronaut")["metadata"] == {"n": 1}
+
+    client.delete_image(collection, "people/astronaut")
+    with pytest.raises(ApiError) as error:
+        client.image(collection, "people/astronaut")
+    assert (error.value.status, error.value.code) == (404, "image_not_found")
+    with pytest.raises(ApiError) as error:
+        client.index(collection, b"not an image")
+    assert error.value.code == "unsupported_media_type"
+
+
+def test_the_client_retries_busy_answers_with_one_idempotency_key(web_server):
+    calls = []
+
+    def busy_twice(request):
+        calls.append(request)
+        if len(calls) <= 2:
+            return Answer(503, json.dumps({"error": {"code": "store_unavailable", "message": "x", "details": {}}})
+                          .encode(), {"Retry-After": "0", "Content-Type": "application/json"})
+        return Answer(202, json.dumps({"task_id": "t1", "status_url": "/v1/tasks/t1", "image_id": "a"}).encode(),
+                      {"Content-Type": "application/json"})
+
+    web_server.route("/v1/collections/retry/images", busy_twice)
+    submitted = Client(web_server.base_url, backoff_seconds=0.01).index("retry", b"\xff\xd8 bytes", image_id="a")
+    assert submitted.task_id == "t1" and len(calls) == 3
+    assert len({call.headers["Idempotency-Key"] for call in calls}) == 1  # a retry is the same request
+
+    web_server.route("/v1/collections/down/images", Answer(503, b"{}", {"Retry-After": "0"}))
+    with pytest.raises(ApiError) as error:
+        Client(web_server.base_url, retries=2, backoff_seconds=0.01).index("down", b"x")
+    assert error.value.status == 503 and len(web_server.requests_to("/v1/collections/down/images")) == 3
+
+
+def lookalike(api, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(LOOKALIKE), "--url", api.base_url, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_indexes_a_tree_resumes_and_reports_failures(api, collection, tmp_path):
+    tree = tmp_path / "photos"
+    (tree / "2026" / "cats").mkdir(parents=True)
+    shutil.copy(DATA / "chelsea.jpg", tree / "2026" / "cats" / "chelsea.jpg")
+    shutil.copy(DATA / "moon.jpg", tree / "moon.jpg")
+    shutil.copy(DATA / "horse.jpg", tree / "2026" / "horse.JPG")
+    (tree / "notes.txt").write_text("not an image, not sent")
+    (tree / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+
+    first = lookalike(api, "index", str(tree), "--collection", collection, "--batch-size", "2")
+    assert first.returncode == 1, first.stderr
+    assert "4 images found, 0 already indexed, 4 to index" in first.stderr
+    assert "img/s" in first.stderr  # tqdm's progress bar with its rate
+    assert "indexed 3, skipped 0, failed 1" in first.stderr and "broken.png: unsupported_media_type" in first.stderr
+    assert Client(api.base_url).image_ids(collection) == {"2026/cats/chelsea.jpg", "moon.jpg", "2026/horse.JPG"}
+
+    shutil.copy(DATA / "coins.jpg", tree / "broken.png")  # fixed (a JPEG named .png is fine: magic bytes decide)
+    again = lookalike(api, "index", str(tree), "--collection", collection)
+    assert again.returncode == 0, again.stderr
+    assert "4 images found, 3 already indexed, 1 to index" in again.stderr and "indexed 1, skipped 3, failed 0" in again.stderr
+
+
+def test_cli_queries_checks_and_lists(api, collection):
+    client = Client(api.base_url)
+    client.result(client.index(collection, DATA / "rocket.jpg", image_id="rocket").task_id)
+    client.set_collection(collection, match_threshold=0.95, kind="block")
+
+    table = lookalike(api, "query", str(DATA / "rocket.jpg"), "-c", collection, "-k", "3")
+    assert table.returncode == 0, table.stderr
+    assert "rocket" in table.stdout and "verdict: block" in table.stdout
+    as_json = json.loads(lookalike(api, "query", str(DATA / "rocket.jpg"), "-c", collection, "--json").stdout)
+    assert as_json["matches"][0]["id"] == "rocket"
+
+    blocked = lookalike(api, "check", str(DATA / "rocket.jpg"), "-c", collection)
+    assert blocked.returncode == 3 and "verdict: block" in blocked.stdout
+    clean = lookalike(api, "check", str(DATA / "rocket.jpg"), "-c", collection, "--signals", "pdq", "--json")
+    assert json.loads(clean.stdout)["best_match"]["matched_by"] == ["pdq"]
+
+    listed = lookalike(api, "collections", "--json")
+    info = next(info for info in json.loads(listed.stdout) if info["collection"] == collection)
+    assert info["images"] == 1 and info["settings"]["kind"] == "block"
+
+    missing = lookalike(api, "task", "no-such-task")
+    assert missing.returncode == 2 and "task_not_found" in missing.stderr
+    unreachable = subprocess.run([str(LOOKALIKE), "--url", "http://127.0.0.1:1", "collections"],
+                                 capture_output=True, text=True, timeout=60)
+    assert unreachable.returncode == 2 and "cannot reach http://127.0.0.1:1" in unreachable.stderr

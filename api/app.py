@@ -8,8 +8,10 @@ from PIL import Image
 from api.auth import register_auth
 from api.errors import register_error_handlers
 from api.idempotency import register_idempotency
+from api.observability import register_observability
 from api.limits import register_rate_limits
 from api.routes import apply_request_limits, blueprint
+from shared.logs import configure_logging
 from shared.queue import make_celery
 from shared.settings import Settings, get_settings
 from shared.store import Store
@@ -19,6 +21,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
+    configure_logging("api", settings.log_format, settings.log_level)
     app = Flask(__name__)
     # The default for routes that set no limit of their own (upload routes set theirs).
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
@@ -29,6 +32,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         "celery": make_celery(settings),
     }
     app.register_blueprint(blueprint)
+    register_observability(app)  # first: every answer, refusals included, is counted and logged
     register_auth(app)  # before the rate limits: a request without a valid key never counts
     register_rate_limits(app, settings)
     app.before_request(apply_request_limits)  # before any hook reads a body

@@ -24,6 +24,7 @@ SCOPE_OF = {
     "api.get_collection": ANY_SCOPE,
     "api.list_collections": ANY_SCOPE,
     "api.list_images": ANY_SCOPE,
+    "api.metrics": "metrics",
 }
 
 

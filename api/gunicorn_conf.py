@@ -5,8 +5,13 @@ Threads, not only processes: ``GET /v1/tasks/{id}?wait=`` holds a request open f
 """
 
 import os
+import tempfile
 
 from shared.settings import get_settings
+
+# prometheus_client's multiprocess mode: each worker process writes its counts to files
+# here, /metrics adds them up. Set before any worker imports prometheus_client.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="lookalike-metrics-"))
 
 _settings = get_settings()
 
@@ -15,4 +20,10 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "gthread"
 threads = 16
 timeout = 60
-accesslog = "-"
+accesslog = None  # the app logs each request itself, with its request id (api/observability.py)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

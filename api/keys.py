@@ -23,7 +23,7 @@ from shared.errors import LookalikeError
 from shared.settings import get_settings
 from shared.store import utc_now
 
-SCOPES = ("index", "query", "admin")
+SCOPES = ("index", "query", "metrics", "admin")
 PREFIX = "lk"
 
 

@@ -6,6 +6,8 @@ from collections import Counter
 from flask import Blueprint, current_app, jsonify, request, url_for
 
 from api.auth import may_see_collection
+from api.observability import metrics_response
+from shared import logs
 from shared.errors import LookalikeError
 from shared.images import inspect_image
 from shared.outbound import Allowlist, check_url
@@ -326,7 +328,8 @@ def _enqueue(task_name: str, submissions: list[tuple[dict, dict, bytes]]) -> lis
     """
     store, celery = _context()["store"], _context()["celery"]
     task_ids = [uuid.uuid4().hex for _ in submissions]
-    store.submit([(task_id, TASK_KINDS[task_name], fields, upload)
+    traced = {"request_id": logs.request_id.get()}  # the worker logs under the same request id
+    store.submit([(task_id, TASK_KINDS[task_name], fields | traced, upload)
                   for task_id, (fields, _, upload) in zip(task_ids, submissions)])
     sent = 0
     try:
@@ -440,6 +443,12 @@ def get_collection(collection: str):
 
 
 # --- Health -------------------------------------------------------------------------------
+
+
+@blueprint.get("/metrics")
+def metrics():
+    """Prometheus metrics of the API (needs the ``metrics`` scope when keys are on)."""
+    return metrics_response()
 
 
 @blueprint.get("/healthz")

@@ -39,6 +39,8 @@ def make_celery(settings: Settings) -> Celery:
         # per process); Celery's default of 10 made threads queue for a connection.
         broker_pool_limit=32,
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
+        # Task events (a few small pub/sub messages per task) feed Flower's task views.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
     )
     return app

@@ -40,7 +40,8 @@ FINISHED_STATES = (SUCCEEDED, FAILED)
 # A task's webhook: waiting for the task (pending), between failed attempts (retrying), done.
 CALLBACK_PENDING, CALLBACK_RETRYING, CALLBACK_DELIVERED, CALLBACK_FAILED = "pending", "retrying", "delivered", "failed"
 # Request fields a task record keeps and its resource shows.
-TASK_REQUEST_FIELDS = ("collection", "image_id", "url", "k", "min_score", "filter", "signals", "allow_collections")
+TASK_REQUEST_FIELDS = ("collection", "image_id", "url", "k", "min_score", "filter", "signals", "allow_collections",
+                       "request_id")
 
 
 def task_resource(record: dict[str, Any], *, with_callback: bool = True) -> dict[str, Any]:

@@ -6,6 +6,7 @@ against the field names here.
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -51,6 +52,13 @@ class Settings(BaseSettings):
         100_000, ge=100,
         description="Change events kept per collection for search replicas; a replica further behind reloads in full.",
     )
+
+    # --- Logs and metrics -------------------------------------------------------------------
+    log_format: Literal["text", "json"] = Field("text", description="`json`: one JSON object per log line, with "
+                                                "`request_id` and `task_id`; `text`: the same fields for people.")
+    log_level: str = Field("INFO", description="Least severe log level written (DEBUG, INFO, WARNING, ERROR).")
+    worker_metrics_port: int = Field(9100, ge=0, le=65535, description="Port of a worker's Prometheus `/metrics` "
+                                     "(0: none). One per worker process: give each on a host its own.")
 
     # --- Worker and model --------------------------------------------------------------------
     weights: str = Field(

@@ -55,6 +55,11 @@ class Change:
     op: str  # "put" | "del"
     image_id: str
 
+    @property
+    def written_at(self) -> float:
+        """Unix time the change was written: a stream id starts with Redis' milliseconds."""
+        return int(self.stream_id.split("-")[0]) / 1000
+
 
 # Run atomically inside Redis: an image's records, the change counter and the change event
 # are written together or not at all. KEYS: vectors, images, seq, changes, pdq[, descriptor, collections].
@@ -339,6 +344,14 @@ class Store:
 
     def list_collections(self) -> list[str]:
         return sorted(name.decode() for name in self.redis.smembers(keys.COLLECTIONS))
+
+    def collection_sizes(self) -> dict[str, int]:
+        """Images per collection, for every collection ever written."""
+        names = self.list_collections()
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.hlen(keys.collection_images(name))
+        return dict(zip(names, pipe.execute()))
 
     def list_image_ids(self, collection: str, cursor: int, count: int) -> tuple[int, list[str]]:
         """A page of the collection's image ids: ``(next cursor, ids)``; cursor 0 starts and ends a walk.

@@ -42,6 +42,8 @@ def redis_client(redis_server) -> redis.Redis:
     return redis.Redis.from_url(redis_server.url)
 
 
+# The session worker's Prometheus endpoint; other workers started by tests serve none.
+WORKER_METRICS_PORT = free_port()
 # Webhooks are signed with this in the test services; receivers in tests check it.
 WEBHOOK_SECRET = "test-webhook-secret"
 
@@ -79,6 +81,8 @@ def service_env(redis_server, web_server, tmp_path_factory) -> dict[str, str]:
         LOOKALIKE_WEBHOOK_MAX_ATTEMPTS="4",
         LOOKALIKE_WEBHOOK_BACKOFF_SECONDS="0.25",
         LOOKALIKE_WEBHOOK_TIMEOUT_SECONDS="2",
+        LOOKALIKE_LOG_FORMAT="json",  # tests/test_observability.py follows a request id through the logs
+        LOOKALIKE_WORKER_METRICS_PORT=str(WORKER_METRICS_PORT),
         TF_CPP_MIN_LOG_LEVEL="2",
     )
     return env
@@ -133,8 +137,8 @@ def worker(service_env, store, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def api_url(service_env, tmp_path_factory) -> str:
-    """The real API under gunicorn on a free port."""
+def api_process(service_env, tmp_path_factory):
+    """The real API under gunicorn on a free port (its address in ``.url``)."""
     port = free_port()
     env = service_env | {"LOOKALIKE_HOST": "127.0.0.1", "LOOKALIKE_PORT": str(port), "WEB_CONCURRENCY": "1"}
     command = [sys.executable, "-m", "gunicorn", "--config", "python:api.gunicorn_conf", "api.wsgi:app"]
@@ -149,9 +153,15 @@ def api_url(service_env, tmp_path_factory) -> str:
 
     try:
         process.wait_until(healthy, "answer on /healthz")
-        yield url
+        process.url = url
+        yield process
     finally:
         process.stop()
+
+
+@pytest.fixture(scope="session")
+def api_url(api_process) -> str:
+    return api_process.url
 
 
 class ApiClient:

@@ -143,3 +143,12 @@ def test_allow_collections_need_access_too(client, key_store):
     data = {"image": (io.BytesIO(natural_images()["moon"]), "a.jpg"), "allow_collections": '["known-good"]'}
     response = client.post("/v1/collections/banned/checks", data=data, headers=bearer(moderation))
     assert response.status_code == 403 and response.json["error"]["details"] == {"collection": "known-good"}
+
+
+def test_metrics_need_the_metrics_scope(client, key_store):
+    scraper, _ = key_store.create("prometheus", ["metrics"], None)
+    pipeline, _ = key_store.create("pipeline", ["index", "query"], None)
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers=bearer(pipeline)).status_code == 403
+    scraped = client.get("/metrics", headers=bearer(scraper))
+    assert scraped.status_code == 200 and b"lookalike_queue_depth" in scraped.data

@@ -71,3 +71,10 @@ def test_redis_persists_and_never_evicts():
     command = " ".join(redis["command"])
     assert "--appendonly yes" in command and "--maxmemory-policy noeviction" in command
     assert any(volume.endswith(":/data") for volume in redis["volumes"])
+
+
+def test_flower_watches_the_workers_broker():
+    flower = SERVICES["flower"]
+    broker = next(arg.split("=", 1)[1] for arg in flower["command"] if arg.startswith("--broker="))
+    assert broker == SERVICES["worker"]["environment"]["LOOKALIKE_REDIS_URL"]
+    assert flower["command"][:1] == ["celery"] and "flower" in flower["command"]

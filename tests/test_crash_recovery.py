@@ -19,7 +19,7 @@ def test_tasks_of_a_killed_worker_are_finished_by_the_next(redis_server, service
     # A Redis database of its own, so the session's worker takes none of these tasks; the
     # real Flask app (test client) enqueues them.
     url = redis_server.url.rsplit("/", 1)[0] + "/3"
-    env = service_env | {"LOOKALIKE_REDIS_URL": url, "LOOKALIKE_VISIBILITY_TIMEOUT_SECONDS": str(VISIBILITY_TIMEOUT),
+    env = service_env | {"LOOKALIKE_WORKER_METRICS_PORT": "0", "LOOKALIKE_REDIS_URL": url, "LOOKALIKE_VISIBILITY_TIMEOUT_SECONDS": str(VISIBILITY_TIMEOUT),
                          "LOOKALIKE_WORKER_THREADS": "4", "LOOKALIKE_MAX_BATCH": "4"}
     settings = Settings(redis_url=url, visibility_timeout_seconds=VISIBILITY_TIMEOUT, auth=False)
     store = Store.from_settings(settings)

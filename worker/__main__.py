@@ -6,13 +6,14 @@ survive one). Extra arguments go to ``celery worker`` (e.g. ``-Q query`` for a q
 worker, ``--loglevel DEBUG``).
 """
 
-import logging
 import sys
 
 from threadpoolctl import threadpool_limits
 
 from shared.schemas import INDEX_QUEUE, QUERY_QUEUE, WEBHOOK_QUEUE
+from shared.logs import configure_logging
 from shared.settings import get_settings
+from worker import metrics
 from worker.celery_app import app
 from worker.runtime import WORKER_NAME, get_extractor
 from worker.weights import WeightsUnavailable
@@ -20,7 +21,7 @@ from worker.weights import WeightsUnavailable
 
 def main(argv: list[str]) -> int:
     settings = get_settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("worker", settings.log_format, settings.log_level)
     # Single-threaded BLAS for search: TensorFlow's own threads keep the cores busy (and
     # spin after each forward pass), and BLAS threads competing with them added 45 ms to a
     # matrix-vector product that takes under 1 ms alone (10,000 vectors, 2 cores; see
@@ -34,6 +35,7 @@ def main(argv: list[str]) -> int:
     except Exception as exc:  # a file that is not VGG16 weights, a corrupt HDF5 file, ...
         print(f"lookalike worker: cannot load weights {settings.weights!r}: {exc}", file=sys.stderr)
         return 2
+    metrics.serve(settings.worker_metrics_port)
     app.worker_main(
         [
             "worker",

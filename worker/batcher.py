@@ -23,6 +23,8 @@ from concurrent.futures import Future
 
 import numpy as np
 
+from worker import metrics
+
 log = logging.getLogger(__name__)
 
 # Lower runs first: a query waits for at most the batch already running, never behind an import.
@@ -79,6 +81,7 @@ class DynamicBatcher:
 
     def _run(self, batch: list) -> None:
         inputs = np.stack([item[3] for item in batch])
+        started = time.perf_counter()
         try:
             outputs = self._run_batch(inputs)
         except Exception as exc:  # every caller in the pass learns why; the model thread goes on
@@ -86,6 +89,9 @@ class DynamicBatcher:
             for *_, result in batch:
                 result.set_exception(exc)
             return
+        metrics.FORWARD_SECONDS.observe(time.perf_counter() - started)
+        metrics.BATCH_SIZE.observe(len(batch))
+        metrics.IMAGES.inc(len(batch))
         with self._stats_lock:
             self._batch_sizes[len(batch)] += 1
         for row, (*_, result) in enumerate(batch):

@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -30,6 +31,7 @@ import hnswlib
 import numpy as np
 
 from shared.store import Change, Store
+from worker import metrics
 from worker.pdq import HashIndex, PdqHash
 from worker.search import RowsById, top_k
 
@@ -249,6 +251,7 @@ class Replicas:
         replica = self._replicas.get(collection)
         if replica is None:
             replica = self._load(collection)
+        lag = None
         while True:
             changes = self.store.changes_since(collection, replica.stream_id, CHANGES_PER_READ)
             if not changes:
@@ -257,7 +260,11 @@ class Replicas:
                 log.warning("replica of %s is behind its trimmed change stream; reloading", collection)
                 replica = self._load(collection, use_snapshot=False)
                 continue
+            if lag is None:  # how long the oldest change waited for this replica
+                lag = max(0.0, time.time() - changes[0].written_at)
             self._apply(collection, replica, changes)
+        metrics.REPLICA_LAG.labels(collection).set(lag or 0.0)
+        metrics.REPLICA_VECTORS.labels(collection).set(len(replica.index))
         if isinstance(replica.index, ExactIndex) and len(replica.index) > self.exact_max:
             self._start_hnsw_build(collection)  # searched exactly until the graph is ready
         elif replica.changes_since_snapshot >= self.snapshot_every_changes:

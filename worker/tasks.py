@@ -1,13 +1,16 @@
 """The index and query tasks. Each keeps its own outcome in its task record (shared.store)."""
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 import redis
 
+from shared import logs
 from shared.errors import LookalikeError
 from shared.images import decode_image, inspect_image
 from shared.outbound import Allowlist
@@ -28,6 +31,7 @@ from shared.schemas import (
 from shared.settings import get_settings
 from shared.store import VECTOR_DTYPE
 from worker.batcher import QUERY_PRIORITY
+from worker import metrics
 from worker.celery_app import app
 from worker.outbound import fetch_image
 from worker.pdq import PdqHash, compute_pdq
@@ -248,28 +252,43 @@ def _run(task_id: str, work: Callable[[], dict[str, Any]]) -> None:
     """Run one task's work and record its outcome; a failure stays inside its own task."""
     store = get_store()
     record = store.get_task(task_id)
+    logs.task_id.set(task_id)
+    logs.request_id.set(record.get("request_id") if record else None)
     if record is not None and record["state"] in FINISHED_STATES:
         log.info("task %s already %s; redelivery ignored", task_id, record["state"])
         callback = record.get("callback")
         if callback and callback["state"] == CALLBACK_PENDING and not callback["attempts"]:
             schedule_webhook(task_id)  # the crash that caused this redelivery may have come before scheduling it
         return
+    kind = record["kind"] if record else "unknown"
+    if record:
+        metrics.QUEUE_WAIT_SECONDS.labels(kind).observe(max(0.0, time.time() - _unix(record["submitted_at"])))
     store.mark_running(task_id)
+    started = time.perf_counter()
+    error = None
     try:
         result = work()
     except LookalikeError as exc:
-        store.finish_task(task_id, FAILED, error=exc.to_dict())
+        error = exc
     except redis.exceptions.OutOfMemoryError:  # Redis at maxmemory refused the write
         error = LookalikeError("store_full", "The store is full; the image was not written.")
-        store.finish_task(task_id, FAILED, error=error.to_dict())
     except Exception:
         log.exception("task %s failed unexpectedly", task_id)
         error = LookalikeError("internal_error", "The worker failed unexpectedly; see its log.", {"task_id": task_id})
-        store.finish_task(task_id, FAILED, error=error.to_dict())
-    else:
+    if error is None:
         store.finish_task(task_id, SUCCEEDED, result=result)
+    else:
+        store.finish_task(task_id, FAILED, error=error.to_dict())
+    metrics.TASK_SECONDS.labels(kind).observe(time.perf_counter() - started)
+    metrics.TASKS.labels(kind, FAILED if error else SUCCEEDED, error.code if error else "").inc()
+    log.info("task %s %s in %.1f ms", task_id, error.code if error else SUCCEEDED,
+             1000 * (time.perf_counter() - started))
     if record is not None and record.get("callback"):
         schedule_webhook(task_id)
+
+
+def _unix(timestamp: str) -> float:
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
 
 
 def _image_bytes(task_id: str, url: str | None) -> bytes:

@@ -11,12 +11,14 @@ import json
 import logging
 import time
 
+from shared import logs
 from shared.errors import LookalikeError
 from shared.outbound import Allowlist, check_url
 from shared.schemas import CALLBACK_DELIVERED, CALLBACK_FAILED, CALLBACK_RETRYING, WEBHOOK_QUEUE, WEBHOOK_TASK, task_resource
 from shared.settings import get_settings
 from shared.store import utc_now
 from shared.webhooks import ATTEMPT_HEADER, SIGNATURE_HEADER, TASK_HEADER, TIMESTAMP_HEADER, sign
+from worker import metrics
 from worker.celery_app import app
 from worker.outbound import Delivery, post_webhook
 from worker.runtime import get_store
@@ -38,6 +40,7 @@ def backoff_seconds(attempt: int) -> float:
 @app.task(name=WEBHOOK_TASK)
 def deliver_webhook(task_id: str, attempt: int = 1) -> None:
     settings, store = get_settings(), get_store()
+    logs.task_id.set(task_id)
     record = store.get_task(task_id)
     if record is None or not record.get("callback"):
         return  # the task record expired
@@ -56,6 +59,7 @@ def deliver_webhook(task_id: str, attempt: int = 1) -> None:
     else:
         state = CALLBACK_RETRYING
     store.update_callback(task_id, {**callback, "state": state, "attempts": attempts})
+    metrics.WEBHOOKS.labels("delivered" if delivery.ok else state).inc()
     if state == CALLBACK_RETRYING:
         schedule_webhook(task_id, attempt + 1, backoff_seconds(attempt))
     elif state == CALLBACK_FAILED:

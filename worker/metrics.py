@@ -1,0 +1,39 @@
+"""A worker's Prometheus metrics, served on ``LOOKALIKE_WORKER_METRICS_PORT`` (one process, threads).
+
+Images per second is ``rate(lookalike_images_embedded_total[1m])``; batch sizes and task
+durations are histograms; replica lag is how long the oldest change a replica applied had
+waited (0 when a refresh found nothing new).
+"""
+
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+TASKS = Counter("lookalike_tasks", "Tasks finished, by kind, state and error code.", ["kind", "state", "error"])
+TASK_SECONDS = Histogram("lookalike_task_duration_seconds", "Time a task ran in the worker, by kind.", ["kind"],
+                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+QUEUE_WAIT_SECONDS = Histogram("lookalike_task_queue_wait_seconds", "Time from submission to a worker starting "
+                               "the task, by kind.", ["kind"],
+                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+BATCH_SIZE = Histogram("lookalike_batch_size", "Images per forward pass.", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+FORWARD_SECONDS = Histogram("lookalike_forward_seconds", "Time of one forward pass.",
+                            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+IMAGES = Counter("lookalike_images_embedded", "Images through the model (index and query).")
+REPLICA_VECTORS = Gauge("lookalike_replica_vectors", "Vectors in this worker's replica of a collection.",
+                        ["collection"])
+REPLICA_LAG = Gauge("lookalike_replica_lag_seconds", "Age of the oldest change the last refresh of a replica "
+                    "applied (0: it was up to date).", ["collection"])
+WEBHOOKS = Counter("lookalike_webhook_attempts", "Webhook delivery attempts, by outcome.", ["outcome"])
+
+
+def serve(port: int) -> None:
+    """Serve /metrics on ``port`` (0: not at all); a port in use is logged, not fatal."""
+    if not port:
+        return
+    try:
+        start_http_server(port)
+        log.info("metrics on :%d/metrics", port)
+    except OSError as exc:
+        log.error("cannot serve metrics on port %d (%s); set LOOKALIKE_WORKER_METRICS_PORT per worker", port, exc)

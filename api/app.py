@@ -9,6 +9,7 @@ from api.auth import register_auth
 from api.errors import register_error_handlers
 from api.idempotency import register_idempotency
 from api.observability import register_observability
+from api.openapi import register_openapi
 from api.limits import register_rate_limits
 from api.routes import apply_request_limits, blueprint
 from shared.logs import configure_logging
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         "celery": make_celery(settings),
     }
     app.register_blueprint(blueprint)
+    register_openapi(app)
     register_observability(app)  # first: every answer, refusals included, is counted and logged
     register_auth(app)  # before the rate limits: a request without a valid key never counts
     register_rate_limits(app, settings)

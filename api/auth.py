@@ -9,7 +9,7 @@ from flask import Flask, current_app, g, request
 from api.keys import KeyStore
 from shared.errors import LookalikeError
 
-OPEN = {"api.healthz", "api.readyz"}
+OPEN = {"api.healthz", "api.readyz", "openapi_json", "openapi_docs", "openapi_assets"}
 ANY_SCOPE = "any"  # reading results: any valid key
 SCOPE_OF = {
     "api.index_image": "index",

@@ -4,9 +4,36 @@ import uuid
 from collections import Counter
 
 from flask import Blueprint, current_app, jsonify, request, url_for
+from spectree import Response
 
 from api.auth import may_see_collection
 from api.observability import metrics_response
+from api.openapi import (
+    Accepted,
+    Batch,
+    BatchAccepted,
+    BatchForm,
+    CheckForm,
+    CollectionInfo,
+    CollectionList,
+    CollectionSettings,
+    CollectionSettingsAnswer,
+    Deleted,
+    Error,
+    Health,
+    Image,
+    ImageIds,
+    IndexForm,
+    PageQuery,
+    QueryForm,
+    Ready,
+    Task,
+    VectorsRequest,
+    VectorsStored,
+    WaitQuery,
+    responses,
+    spec,
+)
 from shared import logs
 from shared.errors import LookalikeError
 from shared.images import inspect_image
@@ -72,6 +99,8 @@ def apply_request_limits() -> None:
 
 
 @blueprint.post("/v1/collections/<collection>/images")
+@spec.validate(form=IndexForm, resp=responses({"HTTP_202": Accepted}, 400, 409, 413, 415, 422), tags=["images"],
+               skip_validation=True)
 def index_image(collection: str):
     """Index one image, uploaded as ``image`` or fetched by the worker from ``url``."""
     settings = _context()["settings"]
@@ -85,6 +114,8 @@ def index_image(collection: str):
 
 
 @blueprint.post("/v1/collections/<collection>/queries")
+@spec.validate(form=QueryForm, resp=responses({"HTTP_202": Accepted}, 400, 409, 413, 415, 422), tags=["queries"],
+               skip_validation=True)
 def query_image(collection: str):
     """Rank the collection against an uploaded ``image`` or a given ``vector``."""
     settings = _context()["settings"]
@@ -94,6 +125,8 @@ def query_image(collection: str):
 
 
 @blueprint.post("/v1/collections/<collection>/checks")
+@spec.validate(form=CheckForm, resp=responses({"HTTP_202": Accepted}, 400, 409, 413, 415, 422), tags=["queries"],
+               skip_validation=True)
 def check_image(collection: str):
     """Is this image (or vector) a near-duplicate of anything in the collection? A verdict and the best match.
 
@@ -135,6 +168,8 @@ def _submit_query(task_name: str, collection: str, *, k: int, min_score: float |
 
 
 @blueprint.put("/v1/collections/<collection>")
+@spec.validate(json=CollectionSettings, resp=responses({"HTTP_200": CollectionSettingsAnswer}, 400, 413),
+               tags=["collections"], skip_validation=True)
 def put_collection(collection: str):
     """Set a collection's settings: ``match_threshold`` for near-duplicates and ``kind`` (block or allow)."""
     collection = validate_collection_name(collection)
@@ -144,6 +179,8 @@ def put_collection(collection: str):
 
 
 @blueprint.post("/v1/collections/<collection>/vectors")
+@spec.validate(json=VectorsRequest, resp=responses({"HTTP_201": VectorsStored}, 400, 409, 413, 422),
+               tags=["images"], skip_validation=True)
 def store_vectors(collection: str):
     """Store precomputed vectors (migrations, re-indexing from another system), synchronously.
 
@@ -203,6 +240,8 @@ def _descriptor_for_vectors(collection: str, body: dict) -> Descriptor:
 
 
 @blueprint.post("/v1/collections/<collection>/batches")
+@spec.validate(form=BatchForm, resp=responses({"HTTP_202": BatchAccepted}, 400, 409, 413, 415, 422), tags=["images"],
+               skip_validation=True)
 def index_batch(collection: str):
     """Bulk upload: many ``image`` parts, optional aligned ``ids`` and ``metadata`` JSON arrays.
 
@@ -266,7 +305,9 @@ def _read_image(file) -> bytes:
         raise LookalikeError(
             "image_missing",
             "Send the image as a multipart/form-data file field named 'image'.",
-            {"received_files": sorted(request.files.keys())[:20], "received_fields": sorted(request.form.keys())[:20]},
+            # (a part may have an empty name: Werkzeug keys it None)
+            {"received_files": sorted(filter(None, request.files.keys()))[:20],
+             "received_fields": sorted(filter(None, request.form.keys()))[:20]},
         )
     data = file.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
@@ -353,6 +394,7 @@ def _accepted(body: dict, status_url: str):
 
 
 @blueprint.get("/v1/tasks/<task_id>")
+@spec.validate(query=WaitQuery, resp=responses({"HTTP_200": Task}, 400, 404), tags=["tasks"], skip_validation=True)
 def get_task(task_id: str):
     settings = _context()["settings"]
     wait = parse_bounded_int(request.args.get("wait"), default=0, low=0, high=settings.max_wait_seconds,
@@ -365,6 +407,7 @@ def get_task(task_id: str):
 
 
 @blueprint.get("/v1/batches/<batch_id>")
+@spec.validate(resp=responses({"HTTP_200": Batch}, 404), tags=["tasks"], skip_validation=True)
 def get_batch(batch_id: str):
     """Progress of a bulk upload: counts per state and each item's state."""
     store = _context()["store"]
@@ -395,6 +438,7 @@ def get_batch(batch_id: str):
 
 
 @blueprint.get("/v1/collections/<collection>/images/<path:image_id>")
+@spec.validate(resp=responses({"HTTP_200": Image}, 400, 404), tags=["images"], skip_validation=True)
 def get_image(collection: str, image_id: str):
     image = _context()["store"].get_image(validate_collection_name(collection), validate_image_id(image_id))
     if image is None:
@@ -403,6 +447,7 @@ def get_image(collection: str, image_id: str):
 
 
 @blueprint.delete("/v1/collections/<collection>/images/<path:image_id>")
+@spec.validate(resp=responses({"HTTP_200": Deleted}, 400, 404), tags=["images"], skip_validation=True)
 def delete_image(collection: str, image_id: str):
     if not _context()["store"].delete_image(validate_collection_name(collection), validate_image_id(image_id)):
         raise _image_not_found(collection, image_id)
@@ -415,6 +460,7 @@ def _image_not_found(collection: str, image_id: str) -> LookalikeError:
 
 
 @blueprint.get("/v1/collections")
+@spec.validate(resp=responses({"HTTP_200": CollectionList}), tags=["collections"], skip_validation=True)
 def list_collections():
     """The collections the caller's key may use, by name."""
     names = [name for name in _context()["store"].list_collections() if may_see_collection(name)]
@@ -422,6 +468,8 @@ def list_collections():
 
 
 @blueprint.get("/v1/collections/<collection>/images")
+@spec.validate(query=PageQuery, resp=responses({"HTTP_200": ImageIds}, 400), tags=["collections"],
+               skip_validation=True)
 def list_images(collection: str):
     """A page of a collection's image ids (``?cursor=`` from the last page; ``next_cursor`` null at the end)."""
     collection = validate_collection_name(collection)
@@ -434,6 +482,7 @@ def list_images(collection: str):
 
 
 @blueprint.get("/v1/collections/<collection>")
+@spec.validate(resp=responses({"HTTP_200": CollectionInfo}, 400, 404), tags=["collections"], skip_validation=True)
 def get_collection(collection: str):
     info = _context()["store"].collection_info(validate_collection_name(collection))
     if info is None:
@@ -446,17 +495,20 @@ def get_collection(collection: str):
 
 
 @blueprint.get("/metrics")
+@spec.validate(resp=responses({"HTTP_200": None}), tags=["health"], skip_validation=True)
 def metrics():
     """Prometheus metrics of the API (needs the ``metrics`` scope when keys are on)."""
     return metrics_response()
 
 
 @blueprint.get("/healthz")
+@spec.validate(resp=Response(HTTP_200=Health), tags=["health"], security={}, skip_validation=True)
 def healthz():
     return jsonify({"status": "ok"})
 
 
 @blueprint.get("/readyz")
+@spec.validate(resp=Response(HTTP_200=Ready, HTTP_503=Error), tags=["health"], security={}, skip_validation=True)
 def readyz():
     settings, store = _context()["settings"], _context()["store"]
     store.redis.ping()  # a connection error becomes 503 store_unavailable

@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench clean browser
 
 install: $(INSTALLED)
 
@@ -21,8 +21,16 @@ $(INSTALLED): pyproject.toml
 run: $(INSTALLED)
 	$(BIN)/python scripts/run_local.py
 
-test: $(INSTALLED)
+test: $(INSTALLED) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The web page's test drives Debian's Chromium; install it where we can (root, apt-get).
+# Where no browser can be installed that test is skipped, and says why.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+		echo "make: no Chromium could be installed; tests/test_web_page.py will be skipped"
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache *.egg-info

@@ -9,7 +9,8 @@ from flask import Flask, current_app, g, request
 from api.keys import KeyStore
 from shared.errors import LookalikeError
 
-OPEN = {"api.healthz", "api.readyz", "openapi_json", "openapi_docs", "openapi_assets"}
+# The web page itself is open; what it shows comes from API calls made with the key typed into it.
+OPEN = {"api.healthz", "api.readyz", "api.home", "openapi_json", "openapi_docs", "openapi_assets"}
 ANY_SCOPE = "any"  # reading results: any valid key
 SCOPE_OF = {
     "api.index_image": "index",
@@ -21,6 +22,7 @@ SCOPE_OF = {
     "api.get_task": ANY_SCOPE,
     "api.get_batch": ANY_SCOPE,
     "api.get_image": ANY_SCOPE,
+    "api.get_thumbnail": ANY_SCOPE,
     "api.get_collection": ANY_SCOPE,
     "api.list_collections": ANY_SCOPE,
     "api.list_images": ANY_SCOPE,

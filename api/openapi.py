@@ -268,7 +268,7 @@ class Ready(BaseModel):
 # --- Serving the document -------------------------------------------------------------------
 
 # Routes that are not part of the API itself and so not in the document.
-UNDOCUMENTED = {"openapi_json", "openapi_docs", "openapi_assets", "static", "api.home"}
+UNDOCUMENTED = {"openapi_json", "openapi_docs", "openapi_assets", "static"}
 
 
 def register_openapi(app: Flask) -> None:

@@ -3,7 +3,10 @@
 import uuid
 from collections import Counter
 
+from pathlib import Path
+
 from flask import Blueprint, current_app, jsonify, request, url_for
+from flask import Response as FlaskResponse
 from spectree import Response
 
 from api.auth import may_see_collection
@@ -213,7 +216,7 @@ def store_vectors(collection: str):
         except LookalikeError as error:
             error.details = {"item": position, **error.details}
             raise
-        checked.append((image_id, vector, metadata, None))  # no image, so no PDQ hash
+        checked.append((image_id, vector, metadata, None, None))  # no image, so no PDQ hash or thumbnail
     replaced = store.save_images(collection, checked, descriptor)
     return jsonify({"collection": collection, "stored": len(checked), "replaced": replaced,
                     "model": descriptor.model, "weights": descriptor.weights}), 201
@@ -444,6 +447,27 @@ def get_image(collection: str, image_id: str):
     if image is None:
         raise _image_not_found(collection, image_id)
     return jsonify(image)
+
+
+@blueprint.get("/v1/collections/<collection>/thumbnails/<path:image_id>")
+@spec.validate(resp=responses({"HTTP_200": None}, 400, 404), tags=["images"], skip_validation=True)
+def get_thumbnail(collection: str, image_id: str):
+    """A small JPEG of the image (``LOOKALIKE_THUMBNAIL_SIZE`` px a side), kept at index time."""
+    thumbnail = _context()["store"].get_thumbnail(validate_collection_name(collection), validate_image_id(image_id))
+    if thumbnail is None:
+        raise LookalikeError("thumbnail_not_found", "No thumbnail for this id: no such image, indexed from a "
+                             "vector, or thumbnails are off.", {"collection": collection, "id": image_id})
+    response = FlaskResponse(thumbnail, mimetype="image/jpeg")
+    response.headers["Cache-Control"] = "private, max-age=300"
+    return response
+
+
+@blueprint.get("/")
+@spec.validate(resp=Response(HTTP_200=None), tags=["web"], security={}, skip_validation=True)
+def home():
+    """The web page: pick a collection, drop an image, see the ranked matches."""
+    # Read, not streamed with send_from_directory: spectree's wrapper reads the body.
+    return FlaskResponse((Path(__file__).parent / "static" / "index.html").read_bytes(), mimetype="text/html")
 
 
 @blueprint.delete("/v1/collections/<collection>/images/<path:image_id>")

@@ -190,7 +190,7 @@ def measure_size(size: int, args, folder: Path) -> dict:
         used_before = store.redis.info("memory")["used_memory"]
         write_seconds = 0.0
         for start in range(0, size, WRITE_CHUNK):
-            chunk = [(f"v/{n}", vectors[n], {}, None) for n in range(start, min(size, start + WRITE_CHUNK))]
+            chunk = [(f"v/{n}", vectors[n], {}, None, None) for n in range(start, min(size, start + WRITE_CHUNK))]
             write_seconds += timed(lambda: store.save_images(COLLECTION, chunk, DESCRIPTOR))
         used_after = store.redis.info("memory")["used_memory"]
         vectors_hash = store.redis.memory_usage(f"lookalike:col:{COLLECTION}:vectors", samples=0)

@@ -42,6 +42,7 @@ CATALOGUE: dict[str, int] = {
     "image_not_found": 404,
     "collection_not_found": 404,
     "batch_not_found": 404,
+    "thumbnail_not_found": 404,
     "method_not_allowed": 405,
     # Conflicts with stored state (409).
     "descriptor_mismatch": 409,

@@ -91,3 +91,12 @@ def decode_image(data: bytes) -> np.ndarray:
     if pixels is None or pixels.size == 0:
         raise LookalikeError("image_undecodable", "The image could not be decoded; it may be truncated or corrupt.")
     return pixels
+
+
+def make_thumbnail(pixels_bgr: np.ndarray, max_side: int, quality: int = 75) -> bytes:
+    """A JPEG of at most ``max_side`` pixels a side, for showing matches (about 2-4 KB at 96-128 px)."""
+    height, width = pixels_bgr.shape[:2]
+    scale = min(1.0, max_side / max(height, width))
+    small = cv2.resize(pixels_bgr, (max(1, round(width * scale)), max(1, round(height * scale))),
+                       interpolation=cv2.INTER_AREA)
+    return cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()

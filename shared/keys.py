@@ -6,6 +6,7 @@ Layout (all under the ``lookalike:`` prefix, so Celery's own keys never collide)
   lookalike:col:{c}:vectors              hash   image id -> 512 float32, little-endian (2 KiB)
   lookalike:col:{c}:images               hash   image id -> JSON {"metadata", "indexed_at"}
   lookalike:col:{c}:pdq                  hash   image id -> PDQ hash (32 bytes) and its quality (1 byte)
+  lookalike:col:{c}:thumbs               hash   image id -> a small JPEG of the image (for the web page)
   lookalike:col:{c}:descriptor           hash   model, dimension and weights of its vectors
   lookalike:col:{c}:settings             string JSON of the collection's settings (match threshold, kind)
   lookalike:col:{c}:changes              stream change events (put/del of an id), for search replicas
@@ -38,6 +39,10 @@ def collection_images(collection: str) -> str:
 
 def collection_pdq(collection: str) -> str:
     return f"{PREFIX}:col:{collection}:pdq"
+
+
+def collection_thumbnails(collection: str) -> str:
+    return f"{PREFIX}:col:{collection}:thumbs"
 
 
 def collection_descriptor(collection: str) -> str:

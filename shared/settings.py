@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     # --- Moderation ------------------------------------------------------------------------
     pdq_min_quality: int = Field(50, ge=0, le=100, description="PDQ hashes of lower quality (flat, featureless "
                                  "images) are stored but never matched, on either side of a comparison.")
+    thumbnail_size: int = Field(96, ge=0, le=512, description="Longest side of the JPEG thumbnail kept per image "
+                                "for the web page and `GET .../thumbnails/{id}` (about 2.3 KB in Redis at 96); 0: none.")
     idempotency_ttl_seconds: int = Field(24 * 3600, gt=0, description="How long a POST's response is kept for "
                                          "replay under its `Idempotency-Key` header.")
 

@@ -62,31 +62,33 @@ class Change:
 
 
 # Run atomically inside Redis: an image's records, the change counter and the change event
-# are written together or not at all. KEYS: vectors, images, seq, changes, pdq[, descriptor, collections].
+# are written together or not at all. KEYS: vectors, images, seq, changes, pdq, thumbs[, descriptor, collections].
 # Events carry only the id: a replica reads the current vector, so events stay small.
 SAVE_IMAGE_LUA = """
-local stored = redis.call('HMGET', KEYS[6], 'model', 'dimension', 'weights')
+local stored = redis.call('HMGET', KEYS[7], 'model', 'dimension', 'weights')
 if stored[1] then
   if stored[1] ~= ARGV[6] or stored[2] ~= ARGV[7] or stored[3] ~= ARGV[8] then
     return {'mismatch', stored[1], stored[2], stored[3]}
   end
 else
-  redis.call('HSET', KEYS[6], 'model', ARGV[6], 'dimension', ARGV[7], 'weights', ARGV[8])
+  redis.call('HSET', KEYS[7], 'model', ARGV[6], 'dimension', ARGV[7], 'weights', ARGV[8])
 end
 local replaced = redis.call('HEXISTS', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 if ARGV[9] == '' then redis.call('HDEL', KEYS[5], ARGV[1]) else redis.call('HSET', KEYS[5], ARGV[1], ARGV[9]) end
-redis.call('SADD', KEYS[7], ARGV[5])
+if ARGV[10] == '' then redis.call('HDEL', KEYS[6], ARGV[1]) else redis.call('HSET', KEYS[6], ARGV[1], ARGV[10]) end
+redis.call('SADD', KEYS[8], ARGV[5])
 local seq = redis.call('INCR', KEYS[3])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'seq', seq, 'op', 'put', 'id', ARGV[1])
 return {'ok', replaced}
 """
-# KEYS: vectors, images, seq, changes, pdq.
+# KEYS: vectors, images, seq, changes, pdq, thumbs.
 DELETE_IMAGE_LUA = """
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[5], ARGV[1])
+redis.call('HDEL', KEYS[6], ARGV[1])
 local seq = redis.call('INCR', KEYS[3])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'seq', seq, 'op', 'del', 'id', ARGV[1])
 return 1
@@ -218,29 +220,31 @@ class Store:
     # --- Images and vectors -------------------------------------------------------------------
 
     def save_image(self, collection: str, image_id: str, vector: np.ndarray, metadata: dict,
-                   descriptor: Descriptor, pdq: bytes | None = None) -> bool:
+                   descriptor: Descriptor, pdq: bytes | None = None, thumbnail: bytes | None = None) -> bool:
         """Write vector, metadata, PDQ hash and a change event atomically; True when an existing image was replaced.
 
         Refuses (``descriptor_mismatch``) to mix vectors of another model or weights into a
         collection. Writing the same image twice leaves one copy, so retries are harmless.
-        ``pdq`` is the stored form of the image's PDQ hash (worker.pdq); None removes any old one.
+        ``pdq`` is the stored form of the image's PDQ hash (worker.pdq) and ``thumbnail`` a small
+        JPEG of it; None removes any old one.
         """
-        return self.save_images(collection, [(image_id, vector, metadata, pdq)], descriptor) == 1
+        return self.save_images(collection, [(image_id, vector, metadata, pdq, thumbnail)], descriptor) == 1
 
-    def save_images(self, collection: str, images: list[tuple[str, np.ndarray, dict, bytes | None]],
+    def save_images(self, collection: str, images: list[tuple[str, np.ndarray, dict, bytes | None, bytes | None]],
                     descriptor: Descriptor) -> int:
-        """:meth:`save_image` for many ``(id, vector, metadata, pdq)`` in one round trip (each written
-        atomically); returns how many replaced."""
+        """:meth:`save_image` for many ``(id, vector, metadata, pdq, thumbnail)`` in one round trip (each
+        written atomically); returns how many replaced."""
         indexed_at = utc_now()
         pipe = self.redis.pipeline(transaction=False)
         change_keys = [*self._change_keys(collection), keys.collection_descriptor(collection), keys.COLLECTIONS]
-        for image_id, vector, metadata, pdq in images:
+        for image_id, vector, metadata, pdq, thumbnail in images:
             if vector.shape != (descriptor.dimension,):
                 raise ValueError(f"vector shape {vector.shape} does not match dimension {descriptor.dimension}")
             record = json.dumps({"metadata": metadata, "indexed_at": indexed_at})
             self._save_script(keys=change_keys, client=pipe,
                               args=[image_id, encode_vector(vector), record, self.change_stream_length, collection,
-                                    descriptor.model, descriptor.dimension, descriptor.weights, pdq or b""])
+                                    descriptor.model, descriptor.dimension, descriptor.weights, pdq or b"",
+                                    thumbnail or b""])
         outcomes = pipe.execute()
         mismatch = next((outcome for outcome in outcomes if outcome[0] == b"mismatch"), None)
         if mismatch is not None:  # the descriptor is checked by the first write, so nothing was written
@@ -252,6 +256,9 @@ class Store:
                 {"collection": stored, "worker": descriptor.to_mapping()},
             )
         return sum(int(outcome[1]) for outcome in outcomes)
+
+    def get_thumbnail(self, collection: str, image_id: str) -> bytes | None:
+        return self.redis.hget(keys.collection_thumbnails(collection), image_id)
 
     def get_image(self, collection: str, image_id: str) -> dict[str, Any] | None:
         """An image's metadata and when it was indexed, plus its PDQ hash (hex) and quality where it has one."""
@@ -331,10 +338,11 @@ class Store:
 
     @staticmethod
     def _change_keys(collection: str) -> list[str]:
-        """The keys both write scripts take first: vectors, images, change counter, change stream, PDQ hashes."""
+        """The keys both write scripts take first: vectors, images, change counter, change stream, PDQ hashes,
+        thumbnails."""
         return [keys.collection_vectors(collection), keys.collection_images(collection),
                 keys.collection_change_seq(collection), keys.collection_changes(collection),
-                keys.collection_pdq(collection)]
+                keys.collection_pdq(collection), keys.collection_thumbnails(collection)]
 
     def get_metadata(self, collection: str, image_ids: list[str]) -> list[dict | None]:
         if not image_ids:

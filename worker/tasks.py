@@ -12,7 +12,7 @@ import redis
 
 from shared import logs
 from shared.errors import LookalikeError
-from shared.images import decode_image, inspect_image
+from shared.images import decode_image, inspect_image, make_thumbnail
 from shared.outbound import Allowlist
 from shared.schemas import (
     CALLBACK_PENDING,
@@ -51,7 +51,10 @@ def index_image(task_id: str, collection: str, image_id: str, metadata: dict, ur
         pixels = decode_image(_image_bytes(task_id, url))
         vector = extractor.extract([pixels])[0]
         pdq = compute_pdq(pixels)
-        replaced = get_store().save_image(collection, image_id, vector, metadata, extractor.descriptor, pdq.encode())
+        size = get_settings().thumbnail_size
+        thumbnail = make_thumbnail(pixels, size) if size else None
+        replaced = get_store().save_image(collection, image_id, vector, metadata, extractor.descriptor, pdq.encode(),
+                                          thumbnail)
         return {"collection": collection, "image_id": image_id, "replaced": replaced,
                 "pdq_quality": pdq.quality} | _model_labels()
 

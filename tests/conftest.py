@@ -13,6 +13,7 @@ import pytest
 import redis
 import requests
 
+from api.client import Client
 from shared import keys
 from shared.embedded_redis import EmbeddedRedis, free_port
 from shared.settings import Settings
@@ -165,11 +166,12 @@ def api_url(api_process) -> str:
 
 
 class ApiClient:
-    """Thin helpers over HTTP calls, so tests read as what a caller does."""
+    """Raw HTTP calls for tests that check statuses and headers, and the project's client for the rest."""
 
     def __init__(self, base_url: str):
         self.base_url = base_url
-        self.http = requests.Session()
+        self.http = requests.Session()  # for requests whose exact status and headers a test checks
+        self.client = Client(base_url, timeout=60)  # api/client.py, as callers use it
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -187,18 +189,12 @@ class ApiClient:
         return self.http.post(self.url(f"/v1/collections/{collection}/queries"), files={"image": ("query.jpg", image)}, data=form)
 
     def wait(self, submitted: requests.Response, timeout: float = 60) -> dict:
-        """Poll a submitted task until it finishes; return the task resource."""
+        """The task a submission answered, once it has finished (through the Python client)."""
         assert submitted.status_code == 202, submitted.text
-        deadline = time.monotonic() + timeout
-        while True:
-            task = self.http.get(self.base_url + submitted.json()["status_url"], params={"wait": 10}).json()
-            if task["state"] in ("succeeded", "failed") or time.monotonic() > deadline:
-                return task
+        return self.client.wait(submitted.json()["task_id"], timeout)
 
     def query_ids(self, collection: str, image: bytes, k: int = 10) -> list[str]:
-        task = self.wait(self.query(collection, image, k))
-        assert task["state"] == "succeeded", task
-        return [match["id"] for match in task["result"]["matches"]]
+        return [match["id"] for match in self.client.query(collection, image, k=k)["matches"]]
 
 
 @pytest.fixture(scope="session")

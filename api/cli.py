@@ -5,6 +5,7 @@
     lookalike check upload.jpg --collection banned --allow known-good
     lookalike task <task id>
     lookalike collections
+    lookalike calibrate pairs.jsonl --precision 0.99 --collection banned --apply
 
 ``--url`` and ``--api-key`` come from flags or LOOKALIKE_API_URL / LOOKALIKE_API_KEY.
 """
@@ -20,6 +21,7 @@ import requests
 from tqdm import tqdm
 
 from api.client import KEY_VARIABLE, URL_VARIABLE, ApiError, Client, TaskFailed
+from shared.calibration import propose_threshold
 
 class Failed(click.ClickException):
     exit_code = 2
@@ -150,6 +152,36 @@ def check(client: Client, image: str, collection: str, allow_collections: tuple[
             if result.get(label):
                 _print_matches([result[label]], title=label)
     sys.exit({"none": 0, "block": 3, "allow": 4}[result["verdict"]])
+
+
+@main.command()
+@click.argument("pairs", type=click.File("r"))
+@click.option("--precision", default=0.99, show_default=True, help="The precision the threshold must reach.")
+@click.option("--collection", "-c", default=None, help="Set the proposed threshold on this collection (--apply).")
+@click.option("--apply", is_flag=True, help="PUT the proposed match_threshold on --collection.")
+@click.pass_obj
+def calibrate(client: Client, pairs, precision: float, collection: str | None, apply: bool) -> None:
+    """Propose a match_threshold from labelled pairs: JSON lines of {"score": s, "same": true|false}.
+
+    The lowest threshold whose precision reaches --precision (the most recall it allows);
+    bench/quality.py --pairs-out writes such a file from its evaluation.
+    """
+    rows = [json.loads(line) for line in pairs if line.strip()]
+    if not rows or not all(isinstance(row.get("score"), (int, float)) and isinstance(row.get("same"), bool)
+                           for row in rows):
+        raise click.BadParameter('each line must be {"score": <number>, "same": <true|false>}', param_hint="PAIRS")
+    proposal = propose_threshold([row["score"] for row in rows], [row["same"] for row in rows], precision)
+    if proposal is None:
+        raise Failed(f"no threshold reaches precision {precision} on these {len(rows)} pairs")
+    click.echo(json.dumps({"pairs": len(rows), "target_precision": precision, **proposal}))
+    if apply:
+        if collection is None:
+            raise click.UsageError("--apply needs --collection")
+        current = _finished(lambda: client.collection(collection))["settings"]
+        updated = _finished(lambda: client.set_collection(collection, **{**current,
+                                                                         "match_threshold": proposal["threshold"]}))
+        click.echo(f"{collection}: match_threshold {current['match_threshold']} -> {updated['settings']['match_threshold']}",
+                   err=True)
 
 
 @main.command()

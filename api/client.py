@@ -150,6 +150,10 @@ class Client:
         return self._json(self.http.put(self.url + f"/v1/collections/{collection}", json=settings,
                                         timeout=self.timeout))
 
+    def drop_collection(self, collection: str) -> dict:
+        """Delete the whole collection (an admin key's right): how it changes descriptor."""
+        return self._json(self.http.delete(self.url + f"/v1/collections/{collection}", timeout=self.timeout))
+
     def image_ids(self, collection: str, page_size: int = 1000) -> set[str]:
         """Every image id in the collection (empty for a collection that does not exist)."""
         ids, cursor = set(), 0

@@ -218,6 +218,12 @@ class CollectionSettingsAnswer(BaseModel):
     settings: CollectionSettings
 
 
+class CollectionDropped(BaseModel):
+    collection: str
+    deleted: bool
+    images: int
+
+
 class CollectionList(BaseModel):
     collections: list[str]
 

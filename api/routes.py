@@ -18,6 +18,7 @@ from api.openapi import (
     BatchForm,
     CheckForm,
     CollectionInfo,
+    CollectionDropped,
     CollectionList,
     CollectionSettings,
     CollectionSettingsAnswer,
@@ -503,6 +504,22 @@ def list_images(collection: str):
                               name="limit")
     next_cursor, ids = _context()["store"].list_image_ids(collection, cursor, limit)
     return jsonify({"collection": collection, "ids": ids, "next_cursor": next_cursor or None})
+
+
+@blueprint.delete("/v1/collections/<collection>")
+@spec.validate(resp=responses({"HTTP_200": CollectionDropped}, 400, 404), tags=["collections"], skip_validation=True)
+def drop_collection(collection: str):
+    """Delete a whole collection: images, vectors, hashes, thumbnails and settings (scope ``admin``).
+
+    How a collection changes descriptor: vectors of different descriptors never mix, so it
+    is emptied and indexed again.
+    """
+    store = _context()["store"]
+    collection = validate_collection_name(collection)
+    if store.collection_info(collection) is None:
+        raise LookalikeError("collection_not_found", "Nothing was ever indexed into this collection.",
+                             {"collection": collection})
+    return jsonify({"collection": collection, "deleted": True, "images": store.drop_collection(collection)})
 
 
 @blueprint.get("/v1/collections/<collection>")

@@ -52,7 +52,7 @@ class Descriptor:
 class Change:
     stream_id: str
     seq: int
-    op: str  # "put" | "del"
+    op: str  # "put" | "del" | "drop" (the whole collection)
     image_id: str
 
     @property
@@ -95,6 +95,18 @@ return 1
 """
 
 
+# KEYS: vectors, images, seq, changes, pdq, thumbs, descriptor, settings, collections. The change
+# counter and stream survive, with a "drop" event: replicas see it and start again from empty.
+DROP_COLLECTION_LUA = """
+local images = redis.call('HLEN', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
+redis.call('SREM', KEYS[9], ARGV[1])
+local seq = redis.call('INCR', KEYS[3])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'seq', seq, 'op', 'drop', 'id', '')
+return images
+"""
+
+
 class Store:
     def __init__(self, client: redis.Redis, task_ttl_seconds: int, upload_ttl_seconds: int,
                  change_stream_length: int = 100_000):
@@ -104,6 +116,7 @@ class Store:
         self.change_stream_length = change_stream_length
         self._save_script = client.register_script(SAVE_IMAGE_LUA)
         self._delete_script = client.register_script(DELETE_IMAGE_LUA)
+        self._drop_script = client.register_script(DROP_COLLECTION_LUA)
 
     @classmethod
     def from_settings(cls, settings) -> "Store":
@@ -276,6 +289,16 @@ class Store:
     def delete_image(self, collection: str, image_id: str) -> bool:
         """Remove vector and metadata and record a change event, atomically; False if there was no such image."""
         return bool(self._delete_script(keys=self._change_keys(collection), args=[image_id, self.change_stream_length]))
+
+    def drop_collection(self, collection: str) -> int:
+        """Delete every image, hash, thumbnail and setting of a collection at once; returns how many images.
+
+        What re-indexing with another descriptor starts from: vectors of different
+        descriptors never mix, so a collection changes descriptor by being emptied.
+        """
+        drop_keys = [*self._change_keys(collection), keys.collection_descriptor(collection),
+                     keys.collection_settings(collection), keys.COLLECTIONS]
+        return int(self._drop_script(keys=drop_keys, args=[collection, self.change_stream_length]))
 
     def change_position(self, collection: str) -> tuple[int, str]:
         """Number and stream id of the collection's last change event, read together ((0, "0-0"): none)."""

@@ -119,3 +119,22 @@ def test_cli_queries_checks_and_lists(api, collection):
     unreachable = subprocess.run([str(LOOKALIKE), "--url", "http://127.0.0.1:1", "collections"],
                                  capture_output=True, text=True, timeout=60)
     assert unreachable.returncode == 2 and "cannot reach http://127.0.0.1:1" in unreachable.stderr
+
+
+def test_cli_proposes_and_applies_a_threshold(api, collection, tmp_path):
+    client = Client(api.base_url)
+    client.result(client.index(collection, DATA / "moon.jpg", image_id="moon").task_id)
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [(0.99, True), (0.97, True), (0.96, False), (0.95, True), (0.90, False), (0.85, True)]
+    pairs.write_text("".join(json.dumps({"score": score, "same": same}) + "\n" for score, same in rows))
+
+    proposed = lookalike(api, "calibrate", str(pairs), "--precision", "0.75", "-c", collection, "--apply")
+    assert proposed.returncode == 0, proposed.stderr
+    assert json.loads(proposed.stdout) == {"pairs": 6, "target_precision": 0.75, "threshold": 0.95,
+                                           "precision": 0.75, "recall": 0.75}
+    assert client.collection(collection)["settings"]["match_threshold"] == 0.95
+    strict = lookalike(api, "calibrate", str(pairs), "--precision", "1.0")
+    assert strict.returncode == 0 and json.loads(strict.stdout)["threshold"] == 0.97
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"score": "high"}\n')
+    assert lookalike(api, "calibrate", str(bad)).returncode == 2

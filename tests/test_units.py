@@ -97,3 +97,54 @@ def test_a_blank_webhook_secret_means_none():
     assert Settings(webhook_secret="").webhook_secret is None
     assert Settings(webhook_secret="  ").webhook_secret is None
     assert Settings(webhook_secret="k").webhook_secret.get_secret_value() == "k"
+
+
+def test_threshold_proposal_reaches_the_precision_with_the_most_recall():
+    from shared.calibration import precision_recall_curve, propose_threshold
+
+    scores = [0.99, 0.97, 0.95, 0.93, 0.90, 0.88, 0.85, 0.80]
+    same = [True, True, True, False, True, True, False, False]
+    assert propose_threshold(scores, same, 1.0) == {"threshold": 0.95, "precision": 1.0, "recall": 0.6}
+    assert propose_threshold(scores, same, 0.8) == {"threshold": 0.88, "precision": 0.8333, "recall": 1.0}
+    assert propose_threshold([0.5, 0.4], [False, True], 0.9) is None
+    assert propose_threshold([0.9, 0.9, 0.8], [True, False, True], 0.6) == {"threshold": 0.8, "precision": 0.6667,
+                                                                              "recall": 1.0}  # ties go together
+    curve = precision_recall_curve(scores, same, points=3)
+    assert [point["threshold"] for point in curve] == [0.99, 0.9, 0.8] and curve[-1]["recall"] == 1.0
+    assert propose_threshold(scores, same, 1.0, positives=10)["recall"] == 0.3  # recall against all true pairs
+
+
+def test_pooled_descriptors():
+    import numpy as np
+
+    from worker import descriptors
+
+    maps = np.zeros((1, 4, 4, 3), np.float32)
+    maps[0, 0, 0] = [8, 0, 0]  # one strong activation of channel 0
+    maps[0, :, :, 1] = 1  # channel 1 everywhere
+    np.testing.assert_allclose(descriptors.mac(maps), [[8 / np.sqrt(65), 1 / np.sqrt(65), 0]], rtol=1e-5)
+    np.testing.assert_allclose(descriptors.spoc(maps), [[0.5 / np.sqrt(1.25), 1 / np.sqrt(1.25), 0]], rtol=1e-5)
+    gem = descriptors.gem(maps)[0]
+    assert descriptors.spoc(maps)[0][0] < gem[0] < descriptors.mac(maps)[0][0]  # between average and max
+    regions = descriptors.rmac_regions(7, 7)
+    assert (0, 0, 7, 7) in [(t, l, s, s2) for t, l, s, s2 in regions] or regions[0][2] == 4
+    assert all(0 <= t and 0 <= l and t + s <= 7 and l + s2 <= 7 for t, l, s, s2 in regions) and len(regions) > 3
+    for pooled in (descriptors.rmac(maps), descriptors.gem(maps)):
+        assert np.isclose(np.linalg.norm(pooled), 1.0)
+
+
+def test_whitening_and_query_expansion():
+    import numpy as np
+
+    from worker import descriptors
+
+    rng = np.random.default_rng(0)
+    vectors = descriptors.l2_normalise(rng.standard_normal((200, 8)) * [10, 1, 1, 1, 1, 1, 1, 1])
+    whitening = descriptors.Whitening(vectors)
+    whitened = whitening.apply(vectors)
+    assert whitened.shape == (200, 8) and np.allclose(np.linalg.norm(whitened, axis=1), 1, atol=1e-5)
+    projected = (vectors - whitening.mean) @ whitening.projection  # before the final normalisation
+    np.testing.assert_allclose(np.cov(projected, rowvar=False), np.eye(8), atol=1e-3)  # decorrelated, unit variance
+    queries = vectors[:2] + 0.01
+    expanded = descriptors.expand_queries(descriptors.l2_normalise(queries), vectors, top=1)
+    assert (expanded @ vectors[:2].T).diagonal().min() > 0.99

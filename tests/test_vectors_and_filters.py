@@ -140,3 +140,27 @@ def test_bad_queries_are_refused_before_enqueueing(api, collection, redis_client
     assert response.status_code == status, response.text
     assert response.json()["error"]["code"] == code
     assert (store_snapshot(redis_client), redis_client.llen(INDEX_QUEUE), redis_client.llen(QUERY_QUEUE)) == before
+
+
+def test_dropping_a_collection_lets_it_change_descriptor(api, collection, redis_client):
+    from api.client import Client
+
+    client = Client(api.base_url)
+    vectors = unit_vectors(3, seed=31)
+    stored = store_vectors(api, collection, [{"id": f"v/{n}", "vector": v.tolist()} for n, v in enumerate(vectors)],
+                           model="other-model", weights="other-weights")
+    assert stored.status_code == 201
+    assert [m["id"] for m in query_by_vector(api, collection, vectors[0], k=1)] == ["v/0"]  # the replica holds it
+    refused = api.wait(api.index(collection, natural_images()["moon"], "moon"))
+    assert refused["state"] == "failed" and refused["error"]["code"] == "descriptor_mismatch"
+
+    dropped = api.http.delete(api.url(f"/v1/collections/{collection}"))
+    assert dropped.status_code == 200 and dropped.json() == {"collection": collection, "deleted": True, "images": 3}
+    assert api.http.get(api.url(f"/v1/collections/{collection}")).status_code == 404
+    assert [key for key in redis_client.scan_iter(f"lookalike:col:{collection}:*")
+            if not key.endswith((b":changes", b":seq"))] == []
+
+    assert api.wait(api.index(collection, natural_images()["moon"], "moon"))["state"] == "succeeded"
+    assert client.collection(collection)["model"] == "vgg16-notop-maxpool-224"
+    assert [m["id"] for m in client.query(collection, natural_images()["moon"], k=10)["matches"]] == ["moon"]
+    assert api.http.delete(api.url(f"/v1/collections/{collection}-never")).status_code == 404

@@ -260,6 +260,11 @@ class Replicas:
                 log.warning("replica of %s is behind its trimmed change stream; reloading", collection)
                 replica = self._load(collection, use_snapshot=False)
                 continue
+            if any(change.op == "drop" for change in changes):  # emptied: start again from its (new) contents
+                log.info("collection %s was dropped; its replica starts again", collection)
+                self._forget_snapshots(collection)
+                replica = self._load(collection, use_snapshot=False)
+                continue
             if lag is None:  # how long the oldest change waited for this replica
                 lag = max(0.0, time.time() - changes[0].written_at)
             self._apply(collection, replica, changes)
@@ -367,6 +372,10 @@ class Replicas:
             return None
         log.info("collection %s: snapshot at change %d of %d loaded", collection, position["seq"], current_seq)
         return CollectionReplica(index, self._load_hashes(collection), position["seq"], position["stream_id"])
+
+    def _forget_snapshots(self, collection: str) -> None:
+        if self.snapshot_dir is not None:
+            shutil.rmtree(self.snapshot_dir / collection, ignore_errors=True)
 
     def _snapshot(self, collection: str, replica: CollectionReplica) -> None:
         if self.snapshot_dir is None or not isinstance(replica.index, HnswIndex):

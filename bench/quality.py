@@ -1,0 +1,348 @@
+"""Retrieval quality: a copy-detection evaluation in the style of INRIA Copydays, in one run.
+
+    make bench                      # or: .venv/bin/python bench/quality.py [--json] [--weights PATH]
+
+Data (all shipped inside scikit-image, so nothing is downloaded):
+- base images: the bundled photographs; those at least 400 px on both sides are cut into
+  four quadrants, each its own base (siblings share colour and texture: a harder test);
+- distractors, indexed beside the bases: 100 of the LFW faces, the synthetic images;
+- negatives, never indexed, queried to measure false positives: the other 100 faces.
+
+Each base is queried through transformed copies in nine families: crop (10-50% removed),
+JPEG (quality 75, 30, 10), downscale (to 50% and 20%), rotation (+-10 degrees), horizontal
+flip, brightness, contrast, a text overlay, blur. Reported per family: recall@1 and mAP
+(one relevant image per query, so AP = 1 / rank of the original).
+
+Compared on the same data and the same weights, from shared forward passes:
+- Lookalike's descriptor options: pooling MAC / SPoC / GeM / R-MAC of VGG16's last conv
+  block; input squashed to 224x224 or aspect kept (longest side 224); two scales
+  (224 and 160) summed; PCA-whitening learned from the indexed images; query expansion;
+- the original write-up's approach: the flattened 7x7x512 map of a /255-scaled input,
+  Euclidean distance;
+- PDQ hashes (Hamming distance), and the service's combined check (CNN and PDQ).
+
+Also: the precision-recall curve of the near-duplicate threshold for the default
+descriptor (top-1 score of each query, negatives included), and ``--pairs-out`` writes the
+labelled pairs that ``lookalike calibrate`` turns into a proposed ``match_threshold``.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.throughput import report  # noqa: E402
+from shared.calibration import precision_recall_curve, propose_threshold  # noqa: E402
+from worker import descriptors  # noqa: E402
+from worker.pdq import compute_pdq  # noqa: E402
+
+SEED = 0
+FACES_INDEXED = 100
+QUADRANT_MIN_SIDE = 400
+PDQ_MAX_DISTANCE, PDQ_MIN_QUALITY = 31, 50
+TARGET_PRECISION = 0.99
+
+
+# --- The data ----------------------------------------------------------------------------------
+
+
+def _bgr(image: np.ndarray) -> np.ndarray:
+    if image.dtype != np.uint8:
+        image = (np.clip(image.astype(np.float64), 0, 1) * 255).astype(np.uint8)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_RGBA2BGR)
+    return cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+
+
+def dataset() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``(bases, distractors, negatives)``: name -> BGR uint8 pixels."""
+    import skimage.data as data
+
+    photographs = {
+        "astronaut": data.astronaut(), "brick": data.brick(), "camera": data.camera(), "cell": data.cell(),
+        "chelsea": data.chelsea(), "clock": data.clock(), "coffee": data.coffee(), "coins": data.coins(),
+        "grass": data.grass(), "gravel": data.gravel(), "hubble": data.hubble_deep_field(),
+        "ihc": data.immunohistochemistry(), "moon": data.moon(), "page": data.page(), "retina": data.retina(),
+        "rocket": data.rocket(), "text": data.text(), "motorcycle": data.stereo_motorcycle()[0],
+    }
+    bases = {}
+    for name, image in photographs.items():
+        pixels = _bgr(image)
+        height, width = pixels.shape[:2]
+        if min(height, width) >= QUADRANT_MIN_SIDE:
+            half_h, half_w = height // 2, width // 2
+            for row, col in ((0, 0), (0, 1), (1, 0), (1, 1)):
+                bases[f"{name}-q{2 * row + col}"] = pixels[row * half_h:(row + 1) * half_h, col * half_w:(col + 1) * half_w]
+        else:
+            bases[name] = pixels
+    faces = [cv2.resize(_bgr(face), (100, 100), interpolation=cv2.INTER_CUBIC) for face in data.lfw_subset()]
+    distractors = {f"face-{n}": face for n, face in enumerate(faces[:FACES_INDEXED])}
+    distractors.update({"colorwheel": _bgr(data.colorwheel()), "logo": _bgr(data.logo()),
+                        "phantom": _bgr(data.shepp_logan_phantom()), "horse": _bgr(data.horse().astype(np.uint8) * 255)})
+    negatives = {f"face-{n}": face for n, face in enumerate(faces[FACES_INDEXED:], FACES_INDEXED)}
+    return bases, distractors, negatives
+
+
+# --- Transformations, by family ---------------------------------------------------------------
+
+
+def crop(pixels: np.ndarray, keep_area: float, anchor: str = "centre") -> np.ndarray:
+    height, width = pixels.shape[:2]
+    scale = np.sqrt(keep_area)
+    new_h, new_w = max(8, int(height * scale)), max(8, int(width * scale))
+    top, left = {"centre": ((height - new_h) // 2, (width - new_w) // 2), "corner": (0, 0)}[anchor]
+    return pixels[top:top + new_h, left:left + new_w]
+
+
+def jpeg(pixels: np.ndarray, quality: int) -> np.ndarray:
+    return cv2.imdecode(cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, quality])[1], cv2.IMREAD_COLOR)
+
+
+def downscale(pixels: np.ndarray, factor: float) -> np.ndarray:
+    height, width = pixels.shape[:2]
+    return cv2.resize(pixels, (max(8, int(width * factor)), max(8, int(height * factor))), interpolation=cv2.INTER_AREA)
+
+
+def rotate(pixels: np.ndarray, degrees: float) -> np.ndarray:
+    height, width = pixels.shape[:2]
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), degrees, 1.0)
+    return cv2.warpAffine(pixels, matrix, (width, height), borderMode=cv2.BORDER_CONSTANT)
+
+
+def brightness(pixels: np.ndarray, shift: int) -> np.ndarray:
+    return cv2.convertScaleAbs(pixels, alpha=1.0, beta=shift)
+
+
+def contrast(pixels: np.ndarray, factor: float) -> np.ndarray:
+    mean = pixels.mean()
+    return np.clip((pixels.astype(np.float32) - mean) * factor + mean, 0, 255).astype(np.uint8)
+
+
+def text_overlay(pixels: np.ndarray) -> np.ndarray:
+    out = pixels.copy()
+    height, width = out.shape[:2]
+    scale = width / 300
+    for colour, thickness in (((0, 0, 0), 6), ((255, 255, 255), 2)):
+        cv2.putText(out, "LOOKALIKE 2026", (int(width * 0.05), int(height * 0.55)), cv2.FONT_HERSHEY_SIMPLEX,
+                    scale, colour, max(1, int(thickness * scale)), cv2.LINE_AA)
+    return out
+
+
+def blur(pixels: np.ndarray, sigma: float) -> np.ndarray:
+    return cv2.GaussianBlur(pixels, (0, 0), sigma)
+
+
+TRANSFORMS = {
+    "crop": [("keep90", lambda p: crop(p, 0.9)), ("keep70", lambda p: crop(p, 0.7)), ("keep50", lambda p: crop(p, 0.5)),
+             ("keep70-corner", lambda p: crop(p, 0.7, "corner"))],
+    "jpeg": [("q75", lambda p: jpeg(p, 75)), ("q30", lambda p: jpeg(p, 30)), ("q10", lambda p: jpeg(p, 10))],
+    "downscale": [("50%", lambda p: downscale(p, 0.5)), ("20%", lambda p: downscale(p, 0.2))],
+    "rotate": [("+10", lambda p: rotate(p, 10)), ("-10", lambda p: rotate(p, -10))],
+    "flip": [("horizontal", lambda p: cv2.flip(p, 1))],
+    "brightness": [("+50", lambda p: brightness(p, 50)), ("-50", lambda p: brightness(p, -50))],
+    "contrast": [("x1.6", lambda p: contrast(p, 1.6)), ("x0.5", lambda p: contrast(p, 0.5))],
+    "text": [("overlay", text_overlay)],
+    "blur": [("sigma2", lambda p: blur(p, 2)), ("sigma5", lambda p: blur(p, 5))],
+}
+
+
+# --- Features --------------------------------------------------------------------------------
+
+
+class Features:
+    """VGG16's last conv block for any input, with the weights the service would use."""
+
+    def __init__(self, weights: str):
+        import keras
+        import tensorflow as tf
+
+        from worker.extractor import FeatureExtractor
+        from worker.weights import resolve_weights
+
+        service = FeatureExtractor(resolve_weights(weights, SEED), seed=SEED)  # the worker's own model and weights
+        self.weights_label = service.weights.label
+        self.model = keras.applications.VGG16(include_top=False, weights=None, input_shape=(None, None, 3))
+        self.model.set_weights(service.model.get_weights())  # pooling has no weights: the same conv stack
+        self._forward = tf.function(lambda batch: self.model(batch, training=False), reduce_retracing=True)
+        self._preprocess = keras.applications.vgg16.preprocess_input
+
+    def maps(self, images: list[np.ndarray], size: tuple[int, int] | None, scaling: str = "vgg") -> list[np.ndarray]:
+        """Feature maps of each image: squashed to ``size`` (batched), or as given (one at a time).
+
+        ``scaling``: ``vgg`` (the service's: BGR, ImageNet means subtracted) or ``unit`` (RGB / 255,
+        the write-up's).
+        """
+        prepared = [self._prepare(image, size, scaling) for image in images]
+        if size is None:
+            return [self._forward(batch[None]).numpy()[0] for batch in prepared]
+        out = []
+        for start in range(0, len(prepared), 32):
+            out.extend(self._forward(np.stack(prepared[start:start + 32])).numpy())
+        return out
+
+    def _prepare(self, pixels: np.ndarray, size: tuple[int, int] | None, scaling: str) -> np.ndarray:
+        if size is not None:
+            shrinking = pixels.shape[0] * pixels.shape[1] > size[0] * size[1]
+            pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+        rgb = pixels[..., ::-1].astype(np.float32)
+        return rgb / 255.0 if scaling == "unit" else self._preprocess(rgb)
+
+
+def aspect_size(pixels: np.ndarray, longest: int = 224, shortest: int = 32) -> np.ndarray:
+    """The image with its aspect ratio kept, longest side ``longest`` (and no side under ``shortest``)."""
+    height, width = pixels.shape[:2]
+    scale = longest / max(height, width)
+    size = (max(shortest, round(width * scale)), max(shortest, round(height * scale)))
+    shrinking = size[0] * size[1] < width * height
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+# --- Evaluation ------------------------------------------------------------------------------
+
+
+def ranks(similarity: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """1-based rank of each query's true match; ties count against it (conservative)."""
+    true_scores = similarity[np.arange(len(truth)), truth]
+    others = similarity.copy()
+    others[np.arange(len(truth)), truth] = -np.inf
+    return 1 + (others >= true_scores[:, None]).sum(axis=1)
+
+
+def by_family(query_ranks: np.ndarray, families: list[str]) -> dict:
+    out = {}
+    families_array = np.array(families)
+    for family in TRANSFORMS:
+        chosen = query_ranks[families_array == family]
+        out[family] = {"recall@1": round(float((chosen == 1).mean()), 4), "mAP": round(float((1 / chosen).mean()), 4)}
+    out["mean"] = {metric: round(float(np.mean([out[family][metric] for family in TRANSFORMS])), 4)
+                   for metric in ("recall@1", "mAP")}
+    return out
+
+
+def hamming_matrix(queries: list[bytes], database: list[bytes]) -> np.ndarray:
+    q = np.stack([np.frombuffer(bits, np.uint8) for bits in queries])
+    d = np.stack([np.frombuffer(bits, np.uint8) for bits in database])
+    return np.stack([np.bitwise_count(row[None] ^ d).sum(axis=1) for row in q]).astype(np.float64)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Lookalike retrieval-quality evaluation")
+    parser.add_argument("--weights", default="random", help="random (seeded), imagenet, or a weights file")
+    parser.add_argument("--max-bases", type=int, default=0, help="evaluate on the first N bases only (quick runs)")
+    parser.add_argument("--pairs-out", type=Path, help="write labelled (score, same) pairs for `lookalike calibrate`")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    started = time.monotonic()
+
+    bases, distractors, negatives = dataset()
+    if args.max_bases:
+        bases = dict(list(bases.items())[: args.max_bases])
+    base_names = list(bases)
+    indexed = [*bases.values(), *distractors.values()]
+    queries, truth, families = [], [], []
+    for number, pixels in enumerate(bases.values()):
+        for family, variants in TRANSFORMS.items():
+            for _, transform in variants:
+                queries.append(transform(pixels))
+                truth.append(number)
+                families.append(family)
+    negative_images = list(negatives.values())
+    everything = indexed + queries + negative_images
+    n_indexed, n_queries = len(indexed), len(queries)
+
+    features = Features(args.weights)
+    squash = features.maps(everything, (224, 224))
+    small = features.maps(everything, (160, 160))
+    aspect = features.maps([aspect_size(image) for image in everything], None)
+    writeup = features.maps(everything, (224, 224), scaling="unit")
+
+    def split(vectors: np.ndarray):
+        return vectors[:n_indexed], vectors[n_indexed:n_indexed + n_queries], vectors[n_indexed + n_queries:]
+
+    results, stacked = {}, {}
+    truth_array = np.array(truth)
+
+    def evaluate(name: str, vectors: np.ndarray, similarity=None) -> None:
+        database, query_vectors, _ = split(vectors)
+        stacked[name] = vectors
+        similarity = query_vectors @ database.T if similarity is None else similarity
+        results[name] = by_family(ranks(similarity, truth_array), families)
+
+    squash_maps = np.stack(squash)
+    for pooling in descriptors.POOLINGS:
+        evaluate(f"squash224-{pooling}", descriptors.pool(squash_maps, pooling))
+    for pooling in ("mac", "gem", "rmac"):
+        evaluate(f"aspect224-{pooling}", np.concatenate([descriptors.pool(m[None], pooling) for m in aspect]))
+    small_maps = np.stack(small)
+    for pooling in ("mac", "gem"):
+        combined = descriptors.pool(squash_maps, pooling) + descriptors.pool(small_maps, pooling)
+        evaluate(f"multiscale-{pooling}", descriptors.l2_normalise(combined))
+    best_plain = max(results, key=lambda name: results[name]["mean"]["recall@1"])
+    whitening = descriptors.Whitening(split(stacked[best_plain])[0])
+    evaluate(f"{best_plain}+whiten", whitening.apply(stacked[best_plain]))
+    database, query_vectors, _ = split(stacked[best_plain])
+    expanded = descriptors.expand_queries(query_vectors, database, top=1)
+    evaluate(f"{best_plain}+qe1", stacked[best_plain], expanded @ database.T)
+
+    # References: the write-up's flattened map with Euclidean distance, and PDQ.
+    flat = np.stack([m.reshape(-1) for m in writeup]).astype(np.float32)
+    flat_db, flat_q, _ = split(flat)
+    distances = (flat_q**2).sum(1)[:, None] + (flat_db**2).sum(1)[None] - 2 * flat_q @ flat_db.T
+    results["reference: write-up (7x7x512 /255, Euclidean)"] = by_family(ranks(-distances, truth_array), families)
+    hashes = [compute_pdq(image) for image in everything]
+    hash_db, hash_q, hash_neg = hashes[:n_indexed], hashes[n_indexed:n_indexed + n_queries], hashes[n_indexed + n_queries:]
+    hamming = hamming_matrix([h.bits for h in hash_q], [h.bits for h in hash_db])
+    results["reference: PDQ (Hamming)"] = by_family(ranks(-hamming, truth_array), families)
+
+    # The default: the service's descriptor (squash 224, MAC) unless another wins on the numbers.
+    default = "squash224-mac"
+    db, q, neg = split(stacked[default])
+    top_scores = np.concatenate([(q @ db.T).max(axis=1), (neg @ db.T).max(axis=1)])
+    top_correct = np.concatenate([(q @ db.T).argmax(axis=1) == truth_array, np.zeros(len(neg), bool)])
+    curve = precision_recall_curve(top_scores, top_correct, positives=len(q))
+    threshold = propose_threshold(top_scores, top_correct, TARGET_PRECISION)
+
+    # The service's combined check: near-duplicates by either signal first, then CNN score.
+    cnn_similarity = q @ db.T
+    usable_db = np.array([h.quality >= PDQ_MIN_QUALITY for h in hash_db])
+    usable_q = np.array([h.quality >= PDQ_MIN_QUALITY for h in hash_q])
+    pdq_hit = (hamming <= PDQ_MAX_DISTANCE) & usable_db[None] & usable_q[:, None]
+    cnn_hit = cnn_similarity >= (threshold["threshold"] if threshold else np.inf)
+    combined = (pdq_hit | cnn_hit) * 10.0 + cnn_similarity  # scores are in [-1, 1]: hits always rank first
+    results[f"check: {default} + PDQ"] = by_family(ranks(combined, truth_array), families)
+
+    if args.pairs_out:
+        with args.pairs_out.open("w") as out:
+            for score, correct in zip(top_scores, top_correct):
+                out.write(json.dumps({"score": round(float(score), 6), "same": bool(correct)}) + "\n")
+
+    figures = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}",
+        "weights": features.weights_label,
+        "data": {"bases": len(base_names), "distractors": len(distractors), "queries": n_queries,
+                 "negative_queries": len(negative_images)},
+        "mean_recall@1": {name: result["mean"]["recall@1"] for name, result in results.items()},
+        "by_family": results,
+        "default": default,
+        "best_by_mean_recall@1": max((name for name in results if not name.startswith(("reference", "check"))),
+                                     key=lambda name: results[name]["mean"]["recall@1"]),
+        "threshold_for_precision": {"target": TARGET_PRECISION, **(threshold or {"threshold": None})},
+        "precision_recall": curve,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    report(figures, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(
         5.0, ge=0, description="How long a forward pass waits after its first image for more to join it."
     )
+    pooling: Literal["mac", "spoc", "gem", "rmac"] = Field(
+        "rmac", description="How the last conv block becomes one vector: max (MAC), average (SPoC), generalised mean "
+        "(GeM, p=3) or regional max (R-MAC). Part of the descriptor: collections keep the one they were indexed with "
+        "(docs/quality.md).")
+    input_mode: Literal["squash", "pad"] = Field(
+        "pad", description="`squash` images to 224x224, or `pad`: keep the aspect ratio within 224x224 and pool "
+        "only what the image covers. Part of the descriptor, like `LOOKALIKE_POOLING`.")
     mixed_precision: bool = Field(
         False, description="float16 compute (float32 weights and vectors); for GPUs with tensor cores."
     )

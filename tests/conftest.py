@@ -19,6 +19,7 @@ from shared.embedded_redis import EmbeddedRedis, free_port
 from shared.settings import Settings
 from shared.store import Store
 from tests.local_http import LocalHttpServer
+from worker.extractor import model_name
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
@@ -43,6 +44,8 @@ def redis_client(redis_server) -> redis.Redis:
     return redis.Redis.from_url(redis_server.url)
 
 
+# The descriptor label of a worker with the default settings (what the session worker stores).
+DEFAULT_MODEL = model_name(Settings.model_fields["pooling"].default, Settings.model_fields["input_mode"].default)
 # The session worker's Prometheus endpoint; other workers started by tests serve none.
 WORKER_METRICS_PORT = free_port()
 # Webhooks are signed with this in the test services; receivers in tests check it.

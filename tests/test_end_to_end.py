@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import natural_images
+from tests.conftest import DEFAULT_MODEL, natural_images
 
 
 def edited_copy(jpeg: bytes, scale: float = 0.6, quality: int = 60) -> bytes:
@@ -76,7 +76,7 @@ def test_image_and_collection_resources(api, indexed_collection):
         "collection": collection,
         "images": len(images),
         "dimension": 512,
-        "model": "vgg16-notop-maxpool-224",
+        "model": DEFAULT_MODEL,
         "weights": "random(seed=0)",
         "settings": {"match_threshold": 0.9, "pdq_max_distance": 31, "kind": "block"},
     }
@@ -133,7 +133,7 @@ def test_health_and_readiness_name_random_weights(api):
     body = ready.json()
     assert body["weights"] == ["random(seed=0)"]
     assert "RANDOM" in body["warning"]
-    assert body["workers"][0]["model"] == "vgg16-notop-maxpool-224"
+    assert body["workers"][0]["model"] == DEFAULT_MODEL
 
 
 def test_readiness_is_503_without_a_worker(redis_server):

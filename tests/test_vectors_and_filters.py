@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from shared.schemas import INDEX_QUEUE, QUERY_QUEUE
-from tests.conftest import natural_images, store_snapshot
+from tests.conftest import DEFAULT_MODEL, natural_images, store_snapshot
 
 
 def unit_vectors(count: int, seed: int) -> np.ndarray:
@@ -161,6 +161,6 @@ def test_dropping_a_collection_lets_it_change_descriptor(api, collection, redis_
             if not key.endswith((b":changes", b":seq"))] == []
 
     assert api.wait(api.index(collection, natural_images()["moon"], "moon"))["state"] == "succeeded"
-    assert client.collection(collection)["model"] == "vgg16-notop-maxpool-224"
+    assert client.collection(collection)["model"] == DEFAULT_MODEL
     assert [m["id"] for m in client.query(collection, natural_images()["moon"], k=10)["matches"]] == ["moon"]
     assert api.http.delete(api.url(f"/v1/collections/{collection}-never")).status_code == 404

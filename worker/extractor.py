@@ -1,4 +1,11 @@
-"""VGG16 feature extraction: decoded pixels in, L2-normalised 512-d float32 vectors out."""
+"""VGG16 feature extraction: decoded pixels in, L2-normalised 512-d float32 vectors out.
+
+The descriptor is chosen by two settings (docs/quality.md has the measurements behind the
+defaults): ``LOOKALIKE_INPUT_MODE`` -- ``squash`` the image to 224x224, or ``pad``: keep its
+aspect ratio within 224x224 and pad the rest with the mean colour, pooling only the cells
+the image covers -- and ``LOOKALIKE_POOLING`` of the last conv block (worker.descriptors).
+Both keep inputs the same size, so forward passes still batch.
+"""
 
 import logging
 
@@ -7,17 +14,21 @@ import numpy as np
 
 from shared.schemas import VECTOR_DIMENSION
 from shared.store import Descriptor
+from worker import descriptors
 from worker.batcher import INDEX_PRIORITY, DynamicBatcher
 from worker.weights import WeightsSource
 
 log = logging.getLogger(__name__)
 
 INPUT_SIZE = 224
+CELL = 32  # VGG16's five poolings: one feature-map cell per 32x32 input pixels
 DIMENSION = VECTOR_DIMENSION
-# Max pooling of the last conv block (MAC, Tolias et al. 2016): a 512-d global descriptor
-# that keeps the strongest response of every filter.
-POOLING = "max"
-MODEL_NAME = f"vgg16-notop-{POOLING}pool-{INPUT_SIZE}"
+POOLING_LABELS = {"mac": "maxpool", "spoc": "avgpool", "gem": "gem3", "rmac": "rmac3"}
+
+
+def model_name(pooling: str, input_mode: str) -> str:
+    """The descriptor's label, stored with every collection: vectors of different labels never mix."""
+    return f"vgg16-notop-{POOLING_LABELS[pooling]}-{'pad' if input_mode == 'pad' else ''}{INPUT_SIZE}"
 
 
 def resize_for_model(pixels_bgr: np.ndarray) -> np.ndarray:
@@ -26,6 +37,19 @@ def resize_for_model(pixels_bgr: np.ndarray) -> np.ndarray:
     shrinking = height * width > INPUT_SIZE * INPUT_SIZE
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
     return cv2.resize(pixels_bgr, (INPUT_SIZE, INPUT_SIZE), interpolation=interpolation)
+
+
+def pad_to_square(pixels_bgr: np.ndarray, preprocess) -> tuple[np.ndarray, tuple[int, int]]:
+    """Aspect kept within 224x224 (longest side 224), preprocessed, then padded with zeros -- the mean
+    colour after preprocessing -- at the bottom and right; with the (rows, cols) of map cells it covers."""
+    height, width = pixels_bgr.shape[:2]
+    scale = INPUT_SIZE / max(height, width)
+    size = (max(CELL, min(INPUT_SIZE, round(width * scale))), max(CELL, min(INPUT_SIZE, round(height * scale))))
+    shrinking = size[0] * size[1] < width * height
+    resized = cv2.resize(pixels_bgr, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    canvas = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), np.float32)
+    canvas[: size[1], : size[0]] = preprocess(resized[..., ::-1].astype(np.float32))
+    return canvas, (-(-size[1] // CELL), -(-size[0] // CELL))
 
 
 def enable_gpu_memory_growth() -> None:
@@ -50,6 +74,8 @@ class FeatureExtractor:
         max_batch: int = 32,
         batch_wait_seconds: float = 0.005,
         mixed_precision: bool = False,
+        pooling: str = "mac",
+        input_mode: str = "squash",
     ):
         import keras
         import tensorflow as tf
@@ -57,15 +83,15 @@ class FeatureExtractor:
         enable_gpu_memory_growth()
         self.weights = weights
         self.mixed_precision = mixed_precision
+        self.pooling, self.input_mode = pooling, input_mode
         if weights.is_random:
             keras.utils.set_random_seed(seed)
         previous_policy = keras.mixed_precision.global_policy()
         # float16 compute with float32 variables (so float32 weight files load as they are).
         keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
         try:
-            self.model = keras.applications.VGG16(
-                include_top=False, weights=None, input_shape=(INPUT_SIZE, INPUT_SIZE, 3), pooling=POOLING
-            )
+            # No pooling layer: the feature maps come out, pooled by worker.descriptors.
+            self.model = keras.applications.VGG16(include_top=False, weights=None, input_shape=(INPUT_SIZE, INPUT_SIZE, 3))
         finally:
             keras.mixed_precision.set_global_policy(previous_policy)
         if weights.path is not None:
@@ -77,24 +103,31 @@ class FeatureExtractor:
             lambda batch: tf.cast(self.model(batch, training=False), tf.float32),
             input_signature=[tf.TensorSpec((None, INPUT_SIZE, INPUT_SIZE, 3), tf.float32)],
         )
-        self.batcher = DynamicBatcher(self.forward, max_batch, batch_wait_seconds)
-        self.descriptor = Descriptor(model=MODEL_NAME, dimension=DIMENSION, weights=weights.label)
+        self.batcher = DynamicBatcher(self.feature_maps, max_batch, batch_wait_seconds)
+        self.descriptor = Descriptor(model=model_name(pooling, input_mode), dimension=DIMENSION, weights=weights.label)
+
+    def prepare(self, pixels_bgr: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+        """Decoded BGR uint8 pixels -> the float32 input Keras' VGG16 expects (BGR, ImageNet means
+        subtracted; no /255), and the (rows, cols) of feature-map cells that show the image."""
+        if self.input_mode == "pad":
+            return pad_to_square(pixels_bgr, self._preprocess_input)
+        rgb = resize_for_model(pixels_bgr)[..., ::-1].astype(np.float32)
+        return self._preprocess_input(rgb), (INPUT_SIZE // CELL, INPUT_SIZE // CELL)
 
     def preprocess(self, pixels_bgr: np.ndarray) -> np.ndarray:
-        """Decoded BGR uint8 pixels -> the float32 input Keras' VGG16 expects (BGR, ImageNet means subtracted)."""
-        rgb = resize_for_model(pixels_bgr)[..., ::-1].astype(np.float32)
-        return self._preprocess_input(rgb)  # flips RGB to BGR and subtracts the ImageNet means; no /255
+        return self.prepare(pixels_bgr)[0]
+
+    def feature_maps(self, batch: np.ndarray) -> np.ndarray:
+        """One forward pass -> (n, 7, 7, 512) feature maps. Only the batcher's thread calls it."""
+        return self._forward(batch).numpy()
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
-        """One forward pass over preprocessed inputs -> unit vectors. Only the batcher's thread calls it."""
-        return l2_normalise(self._forward(batch).numpy())
+        """One forward pass over preprocessed, unpadded inputs -> unit vectors (benchmarks, tests)."""
+        return descriptors.pool(self.feature_maps(batch), self.pooling)
 
     def extract(self, images_bgr: list[np.ndarray], priority: int = INDEX_PRIORITY) -> np.ndarray:
         """An (n, 512) float32 matrix of unit vectors, one row per image; passes shared with other callers."""
-        return self.batcher.run_all([self.preprocess(pixels) for pixels in images_bgr], priority)
-
-
-def l2_normalise(features: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    # An all-zero feature map (possible with random weights) stays zero instead of NaN.
-    return (features / np.maximum(norms, 1e-12)).astype(np.float32)
+        prepared = [self.prepare(pixels) for pixels in images_bgr]
+        maps = self.batcher.run_all([model_input for model_input, _ in prepared], priority)
+        return np.concatenate([descriptors.pool(m[None, :rows, :cols], self.pooling)
+                               for m, (_, (rows, cols)) in zip(maps, prepared)])

@@ -65,6 +65,8 @@ def get_extractor() -> FeatureExtractor:
                 max_batch=settings.max_batch,
                 batch_wait_seconds=settings.batch_wait_ms / 1000,
                 mixed_precision=settings.mixed_precision,
+                pooling=settings.pooling,
+                input_mode=settings.input_mode,
             )
             log.info("VGG16 loaded with weights %s in %.1f s", source.label, time.monotonic() - started)
             if source.is_random:

@@ -134,8 +134,9 @@ def _ranked_matches(collection: str, probe: Probe, settings: dict, k: int, min_s
     """The best ``k`` matches by the probe's signals, each marked near-duplicate or not.
 
     Candidates are the CNN's top k and the PDQ hashes within the collection's distance;
-    each candidate is then scored by every signal in use. Near-duplicates (by either
-    signal) rank first, then by CNN score (by PDQ distance when the CNN is not used).
+    each candidate is then scored by every signal in use. Near-duplicates rank first (by
+    both signals, then by PDQ, then by the CNN alone), then by CNN score (by PDQ distance
+    when the CNN is not used).
     """
     signals = probe.signals
     candidates: dict[str, dict] = {}
@@ -157,11 +158,15 @@ def _ranked_matches(collection: str, probe: Probe, settings: dict, k: int, min_s
         ) if hit]
         matches.append({"id": match["id"], "score": match["score"], "pdq_distance": match["pdq_distance"],
                         "near_duplicate": bool(matched_by), "matched_by": matched_by, "metadata": match["metadata"]})
-    if CNN in signals:
-        matches.sort(key=lambda match: (not match["near_duplicate"], -match["score"]))
-    else:
-        matches.sort(key=lambda match: match["pdq_distance"])
+    matches.sort(key=lambda match: (_trust(match["matched_by"]),
+                                    -match["score"] if CNN in signals else match["pdq_distance"]))
     return matches[:k]
+
+
+def _trust(matched_by: list[str]) -> int:
+    """Near-duplicates by both signals first, then by PDQ (a hash within distance is rarely wrong about
+    re-encodes), then by the CNN alone, then the rest (bench/quality.py measured this order)."""
+    return 0 if len(matched_by) == 2 else 1 if matched_by == [PDQ] else 2 if matched_by == [CNN] else 3
 
 
 def _cnn_candidates(collection: str, vector: np.ndarray, k: int, min_score: float | None,

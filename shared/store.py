@@ -264,8 +264,9 @@ class Store:
             stored = {"model": mismatch[1].decode(), "dimension": mismatch[2].decode(), "weights": mismatch[3].decode()}
             raise LookalikeError(
                 "descriptor_mismatch",
-                "This collection holds vectors from another model or weights; index into a new collection "
-                "or re-index this one with the current worker.",
+                "This collection holds vectors of another descriptor (model, pooling, input or weights), which "
+                "never mix with these; index into a new collection, or re-index this one: drop it "
+                "(DELETE /v1/collections/{collection}) and index its images again.",
                 {"collection": stored, "worker": descriptor.to_mapping()},
             )
         return sum(int(outcome[1]) for outcome in outcomes)

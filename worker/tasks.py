@@ -250,8 +250,9 @@ def _check_descriptor(info: dict | None, descriptor) -> None:
     if info and info["model"] is not None and (info["model"], info["weights"]) != (descriptor.model, descriptor.weights):
         raise LookalikeError(
             "descriptor_mismatch",
-            "This collection was indexed with another model or weights than this worker uses; "
-            "its scores would mean nothing.",
+            "This collection was indexed with another descriptor (model, pooling, input or weights) than this "
+            "worker computes, so its scores would mean nothing; re-index it (drop it with DELETE "
+            "/v1/collections/{collection}, then index its images again) or run workers with its descriptor.",
             {"collection": {"model": info["model"], "weights": info["weights"]}, "worker": descriptor.to_mapping()},
         )
 

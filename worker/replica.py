@@ -226,25 +226,36 @@ class Replicas:
         self._locks_lock = threading.Lock()
         self._builds: dict[str, threading.Thread] = {}  # HNSW builds in progress, by collection
 
-    def search(self, collection: str, query: np.ndarray, k: int, min_score: float | None = None) -> SearchResult:
-        """The ``k`` most similar ids with their scores (at least ``min_score``), over the collection as it is now."""
+    def search(self, collection: str, query: np.ndarray, k: int, min_score: float | None = None, *,
+               refresh: bool = True) -> SearchResult:
+        """The ``k`` most similar ids with their scores (at least ``min_score``), over the collection as it is now.
+
+        ``refresh=False``: as of the last refresh -- for the second and later lookups of one
+        query, which saw the collection as it was when it started.
+        """
         with self._lock(collection):
-            replica = self.refresh(collection)
+            replica = self._current(collection, refresh)
             ids, scores = replica.index.search(query, k)
             matches = [(image_id, float(score)) for image_id, score in zip(ids, scores)
                        if min_score is None or score >= min_score]
             return SearchResult(matches, len(replica.index))
 
-    def search_hashes(self, collection: str, query: bytes, max_distance: int) -> list[tuple[str, int]]:
+    def search_hashes(self, collection: str, query: bytes, max_distance: int, *,
+                      refresh: bool = True) -> list[tuple[str, int]]:
         """Every image whose usable PDQ hash is within ``max_distance`` bits of ``query``, nearest first."""
         with self._lock(collection):
-            return self.refresh(collection).hashes.within(query, max_distance)
+            return self._current(collection, refresh).hashes.within(query, max_distance)
 
-    def hash_distances(self, collection: str, image_ids: list[str], query: bytes) -> list[int | None]:
+    def hash_distances(self, collection: str, image_ids: list[str], query: bytes, *,
+                       refresh: bool = True) -> list[int | None]:
         """The PDQ distance from ``query`` to each image (None: it has no usable hash)."""
         with self._lock(collection):
-            hashes = self.refresh(collection).hashes
+            hashes = self._current(collection, refresh).hashes
             return [hashes.distance_to(image_id, query) for image_id in image_ids]
+
+    def _current(self, collection: str, refresh: bool) -> CollectionReplica:
+        replica = self._replicas.get(collection)
+        return self.refresh(collection) if refresh or replica is None else replica
 
     def refresh(self, collection: str) -> CollectionReplica:
         """The collection's replica, brought up to date (call with the collection's lock held)."""

@@ -140,11 +140,13 @@ def _ranked_matches(collection: str, probe: Probe, settings: dict, k: int, min_s
     """
     signals = probe.signals
     candidates: dict[str, dict] = {}
+    # The first lookup brings the replica up to date; the others see the same state (one round trip).
     if CNN in signals:
         for image_id, score, metadata in _cnn_candidates(collection, probe.vector, k, min_score, wanted):
             candidates[image_id] = {"id": image_id, "score": score, "pdq_distance": None, "metadata": metadata}
     if PDQ in signals:
-        for image_id, distance, metadata in _pdq_candidates(collection, probe.pdq.bits, settings, k, wanted):
+        for image_id, distance, metadata in _pdq_candidates(collection, probe.pdq.bits, settings, k, wanted,
+                                                            refresh=CNN not in signals):
             candidates.setdefault(image_id, {"id": image_id, "score": None, "pdq_distance": None, "metadata": metadata})
             candidates[image_id]["pdq_distance"] = distance
         _fill_pdq_distances(collection, probe.pdq.bits, candidates.values())
@@ -179,8 +181,10 @@ def _cnn_candidates(collection: str, vector: np.ndarray, k: int, min_score: floa
     """
     store = get_store()
     depth = k if not wanted else max(4 * k, FILTER_FIRST_DEPTH)
+    refresh = True
     while True:
-        found = get_replicas().search(collection, vector, depth, min_score)
+        found = get_replicas().search(collection, vector, depth, min_score, refresh=refresh)
+        refresh = False  # deeper rounds of the same query read the same state
         metadata = store.get_metadata(collection, [image_id for image_id, _ in found.matches])
         matches = [
             (image_id, round(score, 6), meta)
@@ -193,9 +197,10 @@ def _cnn_candidates(collection: str, vector: np.ndarray, k: int, min_score: floa
         depth *= 4
 
 
-def _pdq_candidates(collection: str, bits: bytes, settings: dict, k: int, wanted: dict) -> list[tuple[str, int, dict]]:
+def _pdq_candidates(collection: str, bits: bytes, settings: dict, k: int, wanted: dict,
+                    refresh: bool = True) -> list[tuple[str, int, dict]]:
     """Up to ``k`` ``(id, distance, metadata)`` within the collection's PDQ distance, nearest first."""
-    within = get_replicas().search_hashes(collection, bits, settings["pdq_max_distance"])
+    within = get_replicas().search_hashes(collection, bits, settings["pdq_max_distance"], refresh=refresh)
     found = []
     for start in range(0, len(within), max(k, 100)):  # near-identical flat images can be many: read in rounds
         chunk = within[start:start + max(k, 100)]
@@ -209,7 +214,7 @@ def _pdq_candidates(collection: str, bits: bytes, settings: dict, k: int, wanted
 
 def _fill_pdq_distances(collection: str, bits: bytes, candidates) -> None:
     missing = [match for match in candidates if match["pdq_distance"] is None]
-    distances = get_replicas().hash_distances(collection, [match["id"] for match in missing], bits)
+    distances = get_replicas().hash_distances(collection, [match["id"] for match in missing], bits, refresh=False)
     for match, distance in zip(missing, distances):
         match["pdq_distance"] = distance
 

@@ -324,8 +324,8 @@ def main() -> None:
     flat_db, flat_q, _ = split(flat)
     distances = (flat_q**2).sum(1)[:, None] + (flat_db**2).sum(1)[None] - 2 * flat_q @ flat_db.T
     results["reference: write-up (7x7x512 /255, Euclidean)"] = by_family(ranks(-distances, truth_array), families)
-    hashes = [compute_pdq(image) for image in everything]
-    hash_db, hash_q, hash_neg = hashes[:n_indexed], hashes[n_indexed:n_indexed + n_queries], hashes[n_indexed + n_queries:]
+    hashes = [compute_pdq(image) for image in everything[:n_indexed + n_queries]]  # negatives: CNN threshold only
+    hash_db, hash_q = hashes[:n_indexed], hashes[n_indexed:]
     hamming = hamming_matrix([h.bits for h in hash_q], [h.bits for h in hash_db])
     results["reference: PDQ (Hamming)"] = by_family(ranks(-hamming, truth_array), families)
 

@@ -28,7 +28,6 @@ import json
 import multiprocessing
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from tests.conftest import natural_images, store_snapshot
-from tests.test_vectors_and_filters import store_vectors, unit_vectors
+from tests.test_vectors_and_filters import unit_vectors
 
 
 def post_image(api, collection, image: bytes, key: str | None, **form):

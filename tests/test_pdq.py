@@ -8,7 +8,11 @@ import pytest
 
 from tests.conftest import natural_images, store_snapshot
 from tests.test_vectors_and_filters import unit_vectors
-from worker.pdq import HashIndex, PdqHash, compute_pdq, hamming
+from worker.pdq import HashIndex, PdqHash, compute_pdq
+
+
+def hamming(a: bytes, b: bytes) -> int:
+    return int(np.bitwise_count(np.frombuffer(a, np.uint8) ^ np.frombuffer(b, np.uint8)).sum())
 
 
 def decoded(data: bytes) -> np.ndarray:

@@ -126,7 +126,7 @@ def test_min_score_and_collection_size(store, name):
 
 # --- HNSW above exact_max, and snapshots -------------------------------------------------------
 
-from worker.replica import ExactIndex, HnswIndex  # noqa: E402
+from worker.replica import HnswIndex  # noqa: E402
 
 
 def clustered(count: int, seed: int, dimension: int = DIMENSION) -> np.ndarray:

@@ -50,10 +50,6 @@ def compute_pdq(pixels_bgr: np.ndarray) -> PdqHash:
     return PdqHash(np.packbits(bits.astype(np.uint8)).tobytes(), int(quality))
 
 
-def hamming(a: bytes, b: bytes) -> int:
-    return int(np.bitwise_count(np.frombuffer(a, np.uint8) ^ np.frombuffer(b, np.uint8)).sum())
-
-
 class HashIndex:
     """A collection's usable PDQ hashes as one (n, 4) uint64 matrix; exhaustive Hamming search.
 

@@ -6,10 +6,10 @@ against the field names here.
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     input_mode: Literal["squash", "pad"] = Field(
         "pad", description="`squash` images to 224x224, or `pad`: keep the aspect ratio within 224x224 and pool "
         "only what the image covers. Part of the descriptor, like `LOOKALIKE_POOLING`.")
+    scales: Annotated[tuple[int, ...], NoDecode] = Field(
+        (224,), description="Longest side of the image in each forward pass, comma-separated (32-224), e.g. "
+        "`224,160` for two scales whose descriptors are summed: a pass each. Part of the descriptor, like "
+        "`LOOKALIKE_POOLING`.")
     mixed_precision: bool = Field(
         False, description="float16 compute (float32 weights and vectors); for GPUs with tensor cores."
     )
@@ -99,6 +103,12 @@ class Settings(BaseSettings):
     snapshot_dir: Path | None = Field(None, description="Where query workers save HNSW replicas, so a restarted "
                                       "worker catches up instead of rebuilding; default `LOOKALIKE_DATA_DIR`/snapshots.")
     snapshot_every_changes: int = Field(10_000, ge=1, description="Changes applied to an HNSW replica between snapshots.")
+    whitening_min_images: int = Field(100, ge=2, description="A collection with `whitening` on learns it once it "
+                                      "holds this many images; until then it is searched unwhitened.")
+    whitening_relearn_growth: float = Field(2.0, gt=1, description="Whitening is learned again when the collection "
+                                            "has grown this many times over the images it was learned from.")
+    whitening_sample_images: int = Field(50_000, ge=2, description="Most vectors (a random sample) whitening is "
+                                         "learned from.")
 
     # --- Moderation ------------------------------------------------------------------------
     pdq_min_quality: int = Field(50, ge=0, le=100, description="PDQ hashes of lower quality (flat, featureless "
@@ -130,6 +140,20 @@ class Settings(BaseSettings):
                                                "it under `LOOKALIKE_VISIBILITY_TIMEOUT_SECONDS`.")
     webhook_timeout_seconds: float = Field(10.0, gt=0, description="How long one delivery waits for the receiver.")
 
+    @field_validator("scales", mode="before")
+    @classmethod
+    def _comma_separated_scales(cls, value):
+        if isinstance(value, str):
+            value = tuple(int(part) for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("scales")
+    @classmethod
+    def _scales_fit_the_input(cls, value):
+        if not value or any(not 32 <= scale <= 224 for scale in value) or len(set(value)) != len(value):
+            raise ValueError("give one or more different sizes from 32 to 224, e.g. 224,160")
+        return value
+
     @field_validator("webhook_secret", mode="before")
     @classmethod
     def _blank_secret_is_none(cls, value):
@@ -139,6 +163,11 @@ class Settings(BaseSettings):
     @property
     def snapshot_path(self) -> Path:
         return self.snapshot_dir or self.data_dir / "snapshots"
+
+
+def as_environment_value(value) -> str:
+    """A setting's value as it is written in its environment variable (lists comma-separated)."""
+    return ",".join(str(part) for part in value) if isinstance(value, tuple) else str(value)
 
 
 @lru_cache(maxsize=1)

@@ -45,7 +45,8 @@ def redis_client(redis_server) -> redis.Redis:
 
 
 # The descriptor label of a worker with the default settings (what the session worker stores).
-DEFAULT_MODEL = model_name(Settings.model_fields["pooling"].default, Settings.model_fields["input_mode"].default)
+DEFAULT_MODEL = model_name(Settings.model_fields["pooling"].default, Settings.model_fields["input_mode"].default,
+                           Settings.model_fields["scales"].default)
 # The session worker's Prometheus endpoint; other workers started by tests serve none.
 WORKER_METRICS_PORT = free_port()
 # Webhooks are signed with this in the test services; receivers in tests check it.

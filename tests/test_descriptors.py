@@ -1,4 +1,5 @@
-"""The worker's descriptor options (LOOKALIKE_POOLING, LOOKALIKE_INPUT_MODE) compute what bench/quality.py measured."""
+"""The worker's descriptor options (LOOKALIKE_POOLING, LOOKALIKE_INPUT_MODE, LOOKALIKE_SCALES) compute what
+bench/quality.py measured."""
 
 import keras
 import numpy as np
@@ -46,3 +47,34 @@ def test_padded_input_pools_only_the_cells_the_image_covers(images, pooling):
         assert np.isclose(np.linalg.norm(vector), 1.0)
     wide = extractor.prepare(images[0])[1]
     assert wide[0] < wide[1] == 7  # the wide page covers all columns and only some rows
+
+
+@pytest.mark.parametrize("input_mode", ["pad", "squash"])
+def test_two_scales_sum_the_descriptors_of_a_pass_at_each(images, input_mode):
+    extractor = FeatureExtractor(WEIGHTS, seed=4, pooling="rmac", input_mode=input_mode, scales=(224, 160))
+    assert extractor.descriptor.model == model_name("rmac", input_mode, (224, 160))
+    assert extractor.descriptor.model.endswith(("-pad224+160", "-224+160"))
+    vectors = extractor.extract(images)
+    for image, vector in zip(images, vectors):
+        pooled = []
+        for scale in (224, 160):
+            model_input, (rows, cols) = extractor.prepare(image, scale)
+            assert max(rows, cols) == -(-scale // CELL)  # the longest side is `scale`, on the 224 canvas
+            assert not model_input[-(-scale // CELL) * CELL:].any()
+            pooled.append(descriptors.pool(extractor.feature_maps(model_input[None])[:, :rows, :cols], "rmac")[0])
+        np.testing.assert_allclose(vector, descriptors.l2_normalise(pooled[0] + pooled[1]), atol=1e-5)
+    single = FeatureExtractor(WEIGHTS, seed=4, pooling="rmac", input_mode=input_mode).extract(images)
+    assert not np.allclose(single, vectors, atol=1e-3)  # the second scale changes the vector
+
+
+def test_scales_setting_reads_a_comma_separated_list(monkeypatch):
+    from pydantic import ValidationError
+
+    from shared.settings import Settings
+
+    monkeypatch.setenv("LOOKALIKE_SCALES", "224, 160")
+    assert Settings().scales == (224, 160)
+    for bad in ("300", "16", "224,224", ""):
+        monkeypatch.setenv("LOOKALIKE_SCALES", bad)
+        with pytest.raises(ValidationError):
+            Settings()

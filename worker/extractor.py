@@ -1,10 +1,12 @@
 """VGG16 feature extraction: decoded pixels in, L2-normalised 512-d float32 vectors out.
 
-The descriptor is chosen by two settings (docs/quality.md has the measurements behind the
-defaults): ``LOOKALIKE_INPUT_MODE`` -- ``squash`` the image to 224x224, or ``pad``: keep its
-aspect ratio within 224x224 and pad the rest with the mean colour, pooling only the cells
-the image covers -- and ``LOOKALIKE_POOLING`` of the last conv block (worker.descriptors).
-Both keep inputs the same size, so forward passes still batch.
+The descriptor is chosen by three settings (docs/quality.md has the measurements behind the
+defaults): ``LOOKALIKE_INPUT_MODE`` -- ``squash`` the image to a square, or ``pad``: keep its
+aspect ratio and pad the rest with the mean colour, pooling only the cells the image covers
+--, ``LOOKALIKE_POOLING`` of the last conv block (worker.descriptors), and
+``LOOKALIKE_SCALES``: the image's longest side in each forward pass (several: their
+descriptors are summed). Every input is laid on the same 224x224 canvas, so forward passes
+of any image at any scale batch together.
 """
 
 import logging
@@ -26,30 +28,38 @@ DIMENSION = VECTOR_DIMENSION
 POOLING_LABELS = {"mac": "maxpool", "spoc": "avgpool", "gem": "gem3", "rmac": "rmac3"}
 
 
-def model_name(pooling: str, input_mode: str) -> str:
+def model_name(pooling: str, input_mode: str, scales: tuple[int, ...] = (INPUT_SIZE,)) -> str:
     """The descriptor's label, stored with every collection: vectors of different labels never mix."""
-    return f"vgg16-notop-{POOLING_LABELS[pooling]}-{'pad' if input_mode == 'pad' else ''}{INPUT_SIZE}"
+    sizes = "+".join(str(scale) for scale in scales)
+    return f"vgg16-notop-{POOLING_LABELS[pooling]}-{'pad' if input_mode == 'pad' else ''}{sizes}"
 
 
-def resize_for_model(pixels_bgr: np.ndarray) -> np.ndarray:
-    """Squash to 224x224, with area averaging when shrinking (no aliasing) and bilinear when enlarging."""
-    height, width = pixels_bgr.shape[:2]
-    shrinking = height * width > INPUT_SIZE * INPUT_SIZE
-    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return cv2.resize(pixels_bgr, (INPUT_SIZE, INPUT_SIZE), interpolation=interpolation)
+def _resize(pixels_bgr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize to ``(width, height)``: area averaging when shrinking (no aliasing), bilinear when enlarging."""
+    shrinking = size[0] * size[1] < pixels_bgr.shape[0] * pixels_bgr.shape[1]
+    return cv2.resize(pixels_bgr, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
-def pad_to_square(pixels_bgr: np.ndarray, preprocess) -> tuple[np.ndarray, tuple[int, int]]:
-    """Aspect kept within 224x224 (longest side 224), preprocessed, then padded with zeros -- the mean
-    colour after preprocessing -- at the bottom and right; with the (rows, cols) of map cells it covers."""
-    height, width = pixels_bgr.shape[:2]
-    scale = INPUT_SIZE / max(height, width)
-    size = (max(CELL, min(INPUT_SIZE, round(width * scale))), max(CELL, min(INPUT_SIZE, round(height * scale))))
-    shrinking = size[0] * size[1] < width * height
-    resized = cv2.resize(pixels_bgr, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+def _on_canvas(resized_bgr: np.ndarray, preprocess) -> tuple[np.ndarray, tuple[int, int]]:
+    """The preprocessed image at the top left of a 224x224 canvas of zeros -- the mean colour after
+    preprocessing -- with the (rows, cols) of feature-map cells it covers."""
+    height, width = resized_bgr.shape[:2]
     canvas = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), np.float32)
-    canvas[: size[1], : size[0]] = preprocess(resized[..., ::-1].astype(np.float32))
-    return canvas, (-(-size[1] // CELL), -(-size[0] // CELL))
+    canvas[:height, :width] = preprocess(resized_bgr[..., ::-1].astype(np.float32))
+    return canvas, (-(-height // CELL), -(-width // CELL))
+
+
+def squash(pixels_bgr: np.ndarray, preprocess, side: int = INPUT_SIZE) -> tuple[np.ndarray, tuple[int, int]]:
+    """Squashed to side x side (the aspect ratio lost), preprocessed, on the canvas."""
+    return _on_canvas(_resize(pixels_bgr, (side, side)), preprocess)
+
+
+def pad_to_square(pixels_bgr: np.ndarray, preprocess, longest: int = INPUT_SIZE) -> tuple[np.ndarray, tuple[int, int]]:
+    """Aspect kept with the longest side ``longest`` (no side under one cell), preprocessed, on the canvas."""
+    height, width = pixels_bgr.shape[:2]
+    scale = longest / max(height, width)
+    size = (max(CELL, min(longest, round(width * scale))), max(CELL, min(longest, round(height * scale))))
+    return _on_canvas(_resize(pixels_bgr, size), preprocess)
 
 
 def enable_gpu_memory_growth() -> None:
@@ -76,6 +86,7 @@ class FeatureExtractor:
         mixed_precision: bool = False,
         pooling: str = "mac",
         input_mode: str = "squash",
+        scales: tuple[int, ...] = (INPUT_SIZE,),
     ):
         import keras
         import tensorflow as tf
@@ -83,7 +94,7 @@ class FeatureExtractor:
         enable_gpu_memory_growth()
         self.weights = weights
         self.mixed_precision = mixed_precision
-        self.pooling, self.input_mode = pooling, input_mode
+        self.pooling, self.input_mode, self.scales = pooling, input_mode, tuple(scales)
         if weights.is_random:
             keras.utils.set_random_seed(seed)
         previous_policy = keras.mixed_precision.global_policy()
@@ -104,15 +115,14 @@ class FeatureExtractor:
             input_signature=[tf.TensorSpec((None, INPUT_SIZE, INPUT_SIZE, 3), tf.float32)],
         )
         self.batcher = DynamicBatcher(self.feature_maps, max_batch, batch_wait_seconds)
-        self.descriptor = Descriptor(model=model_name(pooling, input_mode), dimension=DIMENSION, weights=weights.label)
+        self.descriptor = Descriptor(model=model_name(pooling, input_mode, self.scales), dimension=DIMENSION, weights=weights.label)
 
-    def prepare(self, pixels_bgr: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    def prepare(self, pixels_bgr: np.ndarray, scale: int = INPUT_SIZE) -> tuple[np.ndarray, tuple[int, int]]:
         """Decoded BGR uint8 pixels -> the float32 input Keras' VGG16 expects (BGR, ImageNet means
-        subtracted; no /255), and the (rows, cols) of feature-map cells that show the image."""
+        subtracted; no /255) at one scale, and the (rows, cols) of feature-map cells that show the image."""
         if self.input_mode == "pad":
-            return pad_to_square(pixels_bgr, self._preprocess_input)
-        rgb = resize_for_model(pixels_bgr)[..., ::-1].astype(np.float32)
-        return self._preprocess_input(rgb), (INPUT_SIZE // CELL, INPUT_SIZE // CELL)
+            return pad_to_square(pixels_bgr, self._preprocess_input, scale)
+        return squash(pixels_bgr, self._preprocess_input, scale)
 
     def preprocess(self, pixels_bgr: np.ndarray) -> np.ndarray:
         return self.prepare(pixels_bgr)[0]
@@ -126,8 +136,15 @@ class FeatureExtractor:
         return descriptors.pool(self.feature_maps(batch), self.pooling)
 
     def extract(self, images_bgr: list[np.ndarray], priority: int = INDEX_PRIORITY) -> np.ndarray:
-        """An (n, 512) float32 matrix of unit vectors, one row per image; passes shared with other callers."""
-        prepared = [self.prepare(pixels) for pixels in images_bgr]
+        """An (n, 512) float32 matrix of unit vectors, one row per image; passes shared with other callers.
+
+        With several scales each image takes a pass per scale; its pooled descriptors are
+        summed and normalised again (multi-scale pooling, Tolias et al. 2016).
+        """
+        prepared = [self.prepare(pixels, scale) for pixels in images_bgr for scale in self.scales]
         maps = self.batcher.run_all([model_input for model_input, _ in prepared], priority)
-        return np.concatenate([descriptors.pool(m[None, :rows, :cols], self.pooling)
-                               for m, (_, (rows, cols)) in zip(maps, prepared)])
+        pooled = np.concatenate([descriptors.pool(m[None, :rows, :cols], self.pooling)
+                                 for m, (_, (rows, cols)) in zip(maps, prepared)])
+        if len(self.scales) == 1:
+            return pooled
+        return descriptors.l2_normalise(pooled.reshape(len(images_bgr), len(self.scales), -1).sum(axis=1))

@@ -67,6 +67,7 @@ def get_extractor() -> FeatureExtractor:
                 mixed_precision=settings.mixed_precision,
                 pooling=settings.pooling,
                 input_mode=settings.input_mode,
+                scales=settings.scales,
             )
             log.info("VGG16 loaded with weights %s in %.1f s", source.label, time.monotonic() - started)
             if source.is_random:

@@ -120,11 +120,14 @@ def _index_batch(client: Client, collection: str, batch: list[tuple[str, Path]],
 @click.option("--collection", "-c", required=True)
 @click.option("-k", default=10, show_default=True, help="Matches wanted.")
 @click.option("--signals", type=click.Choice(["cnn", "pdq", "both"]), default=None)
+@click.option("--expand", type=click.IntRange(0, 10), default=None, help="Query expansion: average the query "
+              "with this many of its best matches and search again.")
 @click.option("--json", "as_json", is_flag=True, help="Print the task's result as JSON.")
 @click.pass_obj
-def query(client: Client, image: str, collection: str, k: int, signals: str | None, as_json: bool) -> None:
+def query(client: Client, image: str, collection: str, k: int, signals: str | None, expand: int | None,
+          as_json: bool) -> None:
     """Rank a collection against an image."""
-    result = _finished(lambda: client.query(collection, image, k=k, signals=signals))
+    result = _finished(lambda: client.query(collection, image, k=k, signals=signals, expand=expand))
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

@@ -98,9 +98,12 @@ class Client:
 
     def query(self, collection: str, image: ImageInput | None = None, *, vector: list[float] | None = None,
               url: str | None = None, k: int = 10, min_score: float | None = None, filter: dict | None = None,  # noqa: A002
-              signals: str | None = None, timeout: float | None = None) -> dict:
-        """Rank the collection against an image, a ``url`` or a ``vector``; the finished task's result."""
-        form = _form(vector=vector, url=url, k=k, min_score=min_score, filter=filter, signals=signals)
+              signals: str | None = None, expand: int | None = None, timeout: float | None = None) -> dict:
+        """Rank the collection against an image, a ``url`` or a ``vector``; the finished task's result.
+
+        ``expand``: query expansion over that many best matches (see docs/api.md)."""
+        form = _form(vector=vector, url=url, k=k, min_score=min_score, filter=filter, signals=signals,
+                     expand=expand)
         submitted = _submitted(self._post(f"/v1/collections/{collection}/queries", form, _image_files(image)))
         return self.result(submitted.task_id, timeout)
 

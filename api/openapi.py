@@ -92,6 +92,8 @@ class QueryForm(BaseModel):
     min_score: float | None = Field(None, description="Only CNN scores of at least this, -1 to 1.")
     filter: str | None = Field(None, description="A JSON object of metadata fields that must be equal.")
     signals: Signals | None = Field(None, description="What decides a match (default cnn).")
+    expand: int | None = Field(None, description="Query expansion: average the query with this many of its best "
+                               "CNN matches and search again, 0-10 (default 0).")
     callback_url: str | None = None
 
 
@@ -108,10 +110,20 @@ class CheckForm(BaseModel):
 
 class CollectionSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"match_threshold": 0.9, "pdq_max_distance": 31, "kind": "block"}]})
+        {"match_threshold": 0.9, "pdq_max_distance": 31, "kind": "block", "whitening": False}]})
     match_threshold: float = Field(0.9, ge=-1, le=1)
     pdq_max_distance: int = Field(31, ge=0, le=256)
     kind: Literal["block", "allow"] = "block"
+    whitening: bool = Field(False, description="Search in a PCA-whitened space learned from the collection's own "
+                            "vectors (once it holds enough; re-learned as it grows). Changes what scores mean: "
+                            "calibrate `match_threshold` again.")
+
+
+class WhiteningSummary(BaseModel):
+    learned_from: int = Field(description="Vectors in the random sample it was learned from.")
+    collection_size: int = Field(description="Images the collection held then.")
+    learned_at: str
+    dimensions: int = Field(description="Components kept (those the sample varies along).")
 
 
 class VectorItem(BaseModel):
@@ -199,6 +211,7 @@ class Task(BaseModel):
     min_score: float | None = None
     filter: dict[str, Any] | None = None
     signals: list[str] | None = None
+    expand: int | None = None
     allow_collections: list[str] | None = None
     request_id: str | None = None
     callback: dict[str, Any] | None = None
@@ -211,6 +224,7 @@ class CollectionInfo(BaseModel):
     model: str | None
     weights: str | None
     settings: CollectionSettings
+    whitening: WhiteningSummary | None = Field(description="The whitening learned, used while `whitening` is on.")
 
 
 class CollectionSettingsAnswer(BaseModel):

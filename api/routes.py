@@ -47,6 +47,7 @@ from shared.schemas import (
     CHECK_TASK,
     CNN,
     INDEX_TASK,
+    MAX_EXPAND,
     MAX_K,
     QUERY_TASK,
     TASK_KINDS,
@@ -121,11 +122,17 @@ def index_image(collection: str):
 @spec.validate(form=QueryForm, resp=responses({"HTTP_202": Accepted}, 400, 409, 413, 415, 422), tags=["queries"],
                skip_validation=True)
 def query_image(collection: str):
-    """Rank the collection against an uploaded ``image`` or a given ``vector``."""
+    """Rank the collection against an uploaded ``image`` or a given ``vector``.
+
+    ``expand`` (0-10): average query expansion -- the query is averaged with that many of its
+    best CNN matches and searched again.
+    """
     settings = _context()["settings"]
     k = parse_bounded_int(request.form.get("k"), default=settings.default_k, low=1, high=MAX_K, code="invalid_k", name="k")
+    expand = parse_bounded_int(request.form.get("expand"), default=0, low=0, high=MAX_EXPAND, code="invalid_expand",
+                               name="expand")
     return _submit_query(QUERY_TASK, collection, k=k, min_score=parse_min_score(request.form.get("min_score")),
-                         default_signals="cnn")
+                         default_signals="cnn", extra={"expand": expand} if expand else None)
 
 
 @blueprint.post("/v1/collections/<collection>/checks")
@@ -175,7 +182,8 @@ def _submit_query(task_name: str, collection: str, *, k: int, min_score: float |
 @spec.validate(json=CollectionSettings, resp=responses({"HTTP_200": CollectionSettingsAnswer}, 400, 413),
                tags=["collections"], skip_validation=True)
 def put_collection(collection: str):
-    """Set a collection's settings: ``match_threshold`` for near-duplicates and ``kind`` (block or allow)."""
+    """Set a collection's settings: ``match_threshold`` for near-duplicates, ``pdq_max_distance``, ``kind``
+    (block or allow) and ``whitening`` (search in a PCA-whitened space learned from the collection)."""
     collection = validate_collection_name(collection)
     settings = validate_collection_settings(request.get_json(silent=True))
     _context()["store"].put_collection_settings(collection, settings)

@@ -15,6 +15,7 @@ CATALOGUE: dict[str, int] = {
     "invalid_image_id": 400,
     "invalid_metadata": 400,
     "invalid_k": 400,
+    "invalid_expand": 400,
     "invalid_wait": 400,
     "invalid_cursor": 400,
     "invalid_limit": 400,

@@ -9,7 +9,9 @@ Layout (all under the ``lookalike:`` prefix, so Celery's own keys never collide)
   lookalike:col:{c}:thumbs               hash   image id -> a small JPEG of the image (for the web page)
   lookalike:col:{c}:descriptor           hash   model, dimension and weights of its vectors
   lookalike:col:{c}:settings             string JSON of the collection's settings (match threshold, kind)
-  lookalike:col:{c}:changes              stream change events (put/del of an id), for search replicas
+  lookalike:col:{c}:whitening            hash   its learned PCA-whitening: mean, projection, when and from what
+  lookalike:col:{c}:whitening:claim      string held (with a TTL) while a worker learns the whitening
+  lookalike:col:{c}:changes              stream change events (put/del of an id, drop, whiten), for replicas
   lookalike:col:{c}:seq                  string number of the last change event (detects trimmed gaps)
   lookalike:upload:{task_id}             string uploaded image bytes, until the worker has them
   lookalike:task:{task_id}               hash   the task resource served by GET /v1/tasks/{id}
@@ -51,6 +53,14 @@ def collection_descriptor(collection: str) -> str:
 
 def collection_settings(collection: str) -> str:
     return f"{PREFIX}:col:{collection}:settings"
+
+
+def collection_whitening(collection: str) -> str:
+    return f"{PREFIX}:col:{collection}:whitening"
+
+
+def collection_whitening_claim(collection: str) -> str:
+    return f"{PREFIX}:col:{collection}:whitening:claim"
 
 
 def collection_changes(collection: str) -> str:

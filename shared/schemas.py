@@ -18,15 +18,18 @@ WEBHOOK_TASK = "lookalike.deliver_webhook"
 INDEX_QUEUE = "index"
 QUERY_QUEUE = "query"
 WEBHOOK_QUEUE = "webhooks"
-TASK_QUEUES = {INDEX_TASK: INDEX_QUEUE, QUERY_TASK: QUERY_QUEUE, CHECK_TASK: QUERY_QUEUE, WEBHOOK_TASK: WEBHOOK_QUEUE}
+WHITEN_TASK = "lookalike.whiten"  # learns a collection's whitening; started by workers, not by callers
+TASK_QUEUES = {INDEX_TASK: INDEX_QUEUE, QUERY_TASK: QUERY_QUEUE, CHECK_TASK: QUERY_QUEUE, WEBHOOK_TASK: WEBHOOK_QUEUE,
+               WHITEN_TASK: INDEX_QUEUE}
 # The tasks callers submit, by the kind their task records show.
 TASK_KINDS = {INDEX_TASK: "index", QUERY_TASK: "query", CHECK_TASK: "check"}
 
 # --- Collection settings -------------------------------------------------------------------
 COLLECTION_KINDS = ("block", "allow")
 # match_threshold: CNN cosine at or above which a match is a near-duplicate;
-# pdq_max_distance: PDQ Hamming distance at or below which it is (Meta's suggested 31).
-DEFAULT_COLLECTION_SETTINGS = {"match_threshold": 0.9, "pdq_max_distance": 31, "kind": "block"}
+# pdq_max_distance: PDQ Hamming distance at or below which it is (Meta's suggested 31);
+# whitening: search in a PCA-whitened space learned from the collection's own vectors.
+DEFAULT_COLLECTION_SETTINGS = {"match_threshold": 0.9, "pdq_max_distance": 31, "kind": "block", "whitening": False}
 PDQ_BITS = 256
 
 # --- Matching signals: the CNN vector, the PDQ hash, or both ---------------------------------
@@ -40,8 +43,8 @@ FINISHED_STATES = (SUCCEEDED, FAILED)
 # A task's webhook: waiting for the task (pending), between failed attempts (retrying), done.
 CALLBACK_PENDING, CALLBACK_RETRYING, CALLBACK_DELIVERED, CALLBACK_FAILED = "pending", "retrying", "delivered", "failed"
 # Request fields a task record keeps and its resource shows.
-TASK_REQUEST_FIELDS = ("collection", "image_id", "url", "k", "min_score", "filter", "signals", "allow_collections",
-                       "request_id")
+TASK_REQUEST_FIELDS = ("collection", "image_id", "url", "k", "min_score", "filter", "signals", "expand",
+                       "allow_collections", "request_id")
 
 
 def task_resource(record: dict[str, Any], *, with_callback: bool = True) -> dict[str, Any]:
@@ -70,6 +73,7 @@ IMAGE_ID_MAX_CHARS = 256
 # What the form parser puts in place of bytes that are not UTF-8.
 REPLACEMENT_CHARACTER = "\ufffd"
 MAX_K = 1000
+MAX_EXPAND = 10  # best matches a query may be averaged with (query expansion)
 
 
 def validate_collection_name(name: str) -> str:
@@ -136,8 +140,8 @@ def parse_aligned_array(raw: str | None, length: int, *, code: str, name: str) -
 
 
 def validate_collection_settings(value: Any) -> dict[str, Any]:
-    """A complete settings object: ``match_threshold`` (-1 to 1), ``pdq_max_distance`` (0-256)
-    and ``kind`` (block or allow); fields left out take their defaults."""
+    """A complete settings object: ``match_threshold`` (-1 to 1), ``pdq_max_distance`` (0-256),
+    ``kind`` (block or allow) and ``whitening`` (true or false); fields left out take their defaults."""
     problem = None
     if not isinstance(value, dict) or set(value) - set(DEFAULT_COLLECTION_SETTINGS):
         problem = f"Send a JSON object with only {sorted(DEFAULT_COLLECTION_SETTINGS)}."
@@ -150,10 +154,12 @@ def validate_collection_settings(value: Any) -> dict[str, Any]:
             problem = f"'pdq_max_distance' must be a whole number from 0 to {PDQ_BITS}."
         elif value["kind"] not in COLLECTION_KINDS:
             problem = f"'kind' must be one of {list(COLLECTION_KINDS)}."
+        elif not isinstance(value["whitening"], bool):
+            problem = "'whitening' must be true or false."
     if problem:
         raise LookalikeError("invalid_collection_settings", problem)
     return {"match_threshold": float(value["match_threshold"]), "pdq_max_distance": value["pdq_max_distance"],
-            "kind": value["kind"]}
+            "kind": value["kind"], "whitening": value["whitening"]}
 
 
 def parse_signals(raw: str | None, default: str) -> tuple[str, ...]:

@@ -52,7 +52,7 @@ class Descriptor:
 class Change:
     stream_id: str
     seq: int
-    op: str  # "put" | "del" | "drop" (the whole collection)
+    op: str  # "put" | "del" | "drop" (the whole collection) | "whiten" (its whitening changed)
     image_id: str
 
     @property
@@ -95,16 +95,56 @@ return 1
 """
 
 
-# KEYS: vectors, images, seq, changes, pdq, thumbs, descriptor, settings, collections. The change
-# counter and stream survive, with a "drop" event: replicas see it and start again from empty.
+# KEYS: vectors, images, seq, changes, pdq, thumbs, descriptor, settings, collections, whitening. The
+# change counter and stream survive, with a "drop" event: replicas see it and start again from empty.
 DROP_COLLECTION_LUA = """
 local images = redis.call('HLEN', KEYS[1])
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[10])
 redis.call('SREM', KEYS[9], ARGV[1])
 local seq = redis.call('INCR', KEYS[3])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'seq', seq, 'op', 'drop', 'id', '')
 return images
 """
+
+# KEYS: seq, changes, whitening, descriptor, settings. Writes a learned whitening (ARGV[3:]: field,
+# value pairs) with a "whiten" event, unless the collection's descriptor is no longer the one it was
+# learned from (ARGV[2]) or whitening was turned off meanwhile: then nothing (returns 0).
+SAVE_WHITENING_LUA = """
+if redis.call('HGET', KEYS[4], 'model') ~= ARGV[2] then return 0 end
+local settings = redis.call('GET', KEYS[5])
+if not settings or not cjson.decode(settings)['whitening'] then return 0 end
+redis.call('DEL', KEYS[3])
+redis.call('HSET', KEYS[3], unpack(ARGV, 3))
+local seq = redis.call('INCR', KEYS[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'seq', seq, 'op', 'whiten', 'id', '')
+return 1
+"""
+# KEYS: settings, collections, seq, changes, whitening. New settings; turning whitening off forgets
+# the learned one, with a "whiten" event so replicas search unwhitened again.
+PUT_SETTINGS_LUA = """
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+if ARGV[3] == '0' and redis.call('DEL', KEYS[5]) == 1 then
+  local seq = redis.call('INCR', KEYS[3])
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'seq', seq, 'op', 'whiten', 'id', '')
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class StoredWhitening:
+    """A collection's learned whitening as stored: the maths (worker.descriptors.Whitening) and its record."""
+
+    mean: np.ndarray
+    projection: np.ndarray
+    learned_from: int  # vectors in the sample it was learned from
+    collection_size: int  # images the collection held then (re-learned as it grows past a multiple)
+    learned_at: str
+
+    def summary(self) -> dict[str, Any]:
+        return {"learned_from": self.learned_from, "collection_size": self.collection_size,
+                "learned_at": self.learned_at, "dimensions": int(self.projection.shape[1])}
 
 
 class Store:
@@ -117,6 +157,8 @@ class Store:
         self._save_script = client.register_script(SAVE_IMAGE_LUA)
         self._delete_script = client.register_script(DELETE_IMAGE_LUA)
         self._drop_script = client.register_script(DROP_COLLECTION_LUA)
+        self._save_whitening_script = client.register_script(SAVE_WHITENING_LUA)
+        self._put_settings_script = client.register_script(PUT_SETTINGS_LUA)
 
     @classmethod
     def from_settings(cls, settings) -> "Store":
@@ -298,7 +340,7 @@ class Store:
         descriptors never mix, so a collection changes descriptor by being emptied.
         """
         drop_keys = [*self._change_keys(collection), keys.collection_descriptor(collection),
-                     keys.collection_settings(collection), keys.COLLECTIONS]
+                     keys.collection_settings(collection), keys.COLLECTIONS, keys.collection_whitening(collection)]
         return int(self._drop_script(keys=drop_keys, args=[collection, self.change_stream_length]))
 
     def change_position(self, collection: str) -> tuple[int, str]:
@@ -350,6 +392,44 @@ class Store:
         return [(None if blob is None else np.frombuffer(blob, VECTOR_DTYPE).reshape(dimension), pdq)
                 for blob, pdq in zip(blobs, hashes)]
 
+    def sample_vectors(self, collection: str, count: int, dimension: int) -> np.ndarray:
+        """Up to ``count`` of the collection's vectors, distinct and chosen at random (all when it holds fewer)."""
+        stored = self.redis.hrandfield(keys.collection_vectors(collection), count, withvalues=True)
+        return decode_vectors(stored[1::2], dimension)
+
+    # --- Whitening ----------------------------------------------------------------------------
+
+    def save_whitening(self, collection: str, whitening: StoredWhitening, model: str) -> bool:
+        """Store a learned whitening with a "whiten" change event; False (nothing written) when the collection
+        no longer holds vectors of ``model`` or no longer wants whitening."""
+        fields = {"mean": encode_vector(whitening.mean), "projection": encode_vector(whitening.projection),
+                  "input_dimension": whitening.projection.shape[0], "dimensions": whitening.projection.shape[1],
+                  "learned_from": whitening.learned_from, "collection_size": whitening.collection_size,
+                  "learned_at": whitening.learned_at}
+        whitening_keys = [keys.collection_change_seq(collection), keys.collection_changes(collection),
+                          keys.collection_whitening(collection), keys.collection_descriptor(collection),
+                          keys.collection_settings(collection)]
+        args = [self.change_stream_length, model, *[part for pair in fields.items() for part in pair]]
+        return bool(self._save_whitening_script(keys=whitening_keys, args=args))
+
+    def get_whitening(self, collection: str) -> StoredWhitening | None:
+        stored = self.redis.hgetall(keys.collection_whitening(collection))
+        if not stored:
+            return None
+        rows, columns = int(stored[b"input_dimension"]), int(stored[b"dimensions"])
+        return StoredWhitening(
+            mean=np.frombuffer(stored[b"mean"], VECTOR_DTYPE).copy(),
+            projection=np.frombuffer(stored[b"projection"], VECTOR_DTYPE).reshape(rows, columns).copy(),
+            learned_from=int(stored[b"learned_from"]), collection_size=int(stored[b"collection_size"]),
+            learned_at=stored[b"learned_at"].decode())
+
+    def claim_whitening(self, collection: str, seconds: int) -> bool:
+        """True for one caller at a time (for ``seconds`` at most): whoever gets it has the whitening learned."""
+        return bool(self.redis.set(keys.collection_whitening_claim(collection), b"1", nx=True, ex=seconds))
+
+    def release_whitening_claim(self, collection: str) -> None:
+        self.redis.delete(keys.collection_whitening_claim(collection))
+
     def scan_hashes(self, collection: str, chunk: int):
         """Yield the collection's (id, stored PDQ hash) pairs in chunks of about ``chunk``."""
         cursor = 0
@@ -395,10 +475,12 @@ class Store:
         return cursor, [image_id.decode() for image_id in page]
 
     def put_collection_settings(self, collection: str, settings: dict[str, Any]) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(keys.collection_settings(collection), json.dumps(settings))
-        pipe.sadd(keys.COLLECTIONS, collection)
-        pipe.execute()
+        """Replace the collection's settings; whitening turned off forgets any learned one (a "whiten" event)."""
+        settings_keys = [keys.collection_settings(collection), keys.COLLECTIONS, keys.collection_change_seq(collection),
+                         keys.collection_changes(collection), keys.collection_whitening(collection)]
+        self._put_settings_script(keys=settings_keys, args=[json.dumps(settings), collection,
+                                                            int(bool(settings.get("whitening"))),
+                                                            self.change_stream_length])
 
     def collection_info(self, collection: str) -> dict[str, Any] | None:
         pipe = self.redis.pipeline(transaction=False)
@@ -406,7 +488,8 @@ class Store:
         pipe.hlen(keys.collection_vectors(collection))
         pipe.hgetall(keys.collection_descriptor(collection))
         pipe.get(keys.collection_settings(collection))
-        known, count, descriptor, settings = pipe.execute()
+        pipe.hmget(keys.collection_whitening(collection), "learned_from", "collection_size", "learned_at", "dimensions")
+        known, count, descriptor, settings, whitening = pipe.execute()
         if not known:
             return None
         descriptor = {k.decode(): v.decode() for k, v in descriptor.items()}
@@ -417,6 +500,10 @@ class Store:
             "model": descriptor.get("model"),
             "weights": descriptor.get("weights"),
             "settings": DEFAULT_COLLECTION_SETTINGS | (json.loads(settings) if settings else {}),
+            # the whitening learned (what searches use while the setting is on), or None
+            "whitening": None if whitening[0] is None else {
+                "learned_from": int(whitening[0]), "collection_size": int(whitening[1]),
+                "learned_at": whitening[2].decode(), "dimensions": int(whitening[3])},
         }
 
     # --- Worker heartbeats (for /readyz) -------------------------------------------------------

@@ -231,3 +231,106 @@ def test_snapshots_are_renewed_after_enough_changes(store, name, tmp_path):
     fill(store, name, clustered(12, seed=14), prefix="more")
     replicas.search(name, probe, 5)
     assert [p.name for p in (tmp_path / name).iterdir()] == [f"{112:015d}"]  # the older one is gone
+
+
+# --- Whitening and query expansion ----------------------------------------------------------------
+
+from shared.store import StoredWhitening, utc_now  # noqa: E402
+from worker.descriptors import Whitening, l2_normalise  # noqa: E402
+
+
+def learn_and_save(store: Store, name: str) -> Whitening:
+    """What the worker's whitening task does, from every vector: learn, then store with a "whiten" event."""
+    vectors = np.stack(list(stored(store, name).values()))
+    whitening = Whitening.learn(vectors)
+    saved = store.save_whitening(name, StoredWhitening(whitening.mean, whitening.projection, len(vectors),
+                                                       len(vectors), utc_now()), DESCRIPTOR.model)
+    assert saved
+    return whitening
+
+
+def whitened_ranking(store: Store, name: str, whitening: Whitening, query: np.ndarray) -> list[tuple[str, float]]:
+    vectors = stored(store, name)
+    ids = list(vectors)
+    scores = whitening.apply(np.stack([vectors[i] for i in ids])) @ whitening.apply(query[None])[0]
+    order = np.argsort(-scores, kind="stable")
+    return [(ids[row], float(scores[row])) for row in order]
+
+
+def whitening_on(store: Store, name: str, on: bool = True) -> None:
+    store.put_collection_settings(name, {"match_threshold": 0.9, "pdq_max_distance": 31, "kind": "block",
+                                         "whitening": on})
+
+
+def test_a_whitened_collection_is_searched_and_scored_in_the_whitened_space(store, name):
+    fill(store, name, clustered(60, seed=20))
+    replicas = Replicas(store, DIMENSION)
+    query = clustered(1, seed=21)[0]
+    found = replicas.search(name, query, 10)
+    assert found.whitening is None
+    assert_same_ranking(found.matches, exact_ranking(store, name, query)[:10])
+
+    assert not store.save_whitening(name, StoredWhitening(np.zeros(8), np.eye(8), 60, 60, utc_now()),
+                                    DESCRIPTOR.model)  # refused: the collection does not want whitening
+    whitening_on(store, name)
+    assert not store.save_whitening(name, StoredWhitening(np.zeros(8), np.eye(8), 60, 60, utc_now()),
+                                    "another-model")  # refused: learned from another descriptor's vectors
+    whitening = learn_and_save(store, name)
+    found = replicas.search(name, query, 10)
+    assert found.whitening["learned_from"] == 60 and found.whitening["dimensions"] == whitening.dimension
+    assert_same_ranking(found.matches, whitened_ranking(store, name, whitening, query)[:10])
+    assert found.matches != exact_ranking(store, name, query)[:10]  # whitening changed the scores
+    ids = [image_id for image_id, _ in found.matches[:3]] + ["gone"]
+    np.testing.assert_allclose(replicas.scores(name, query, ids)[:3], [s for _, s in found.matches[:3]], atol=1e-6)
+    assert replicas.scores(name, query, ids)[3] is None
+
+    store.save_image(name, "late", query, {}, DESCRIPTOR)  # a put after learning is whitened on arrival
+    [(best, score)] = replicas.search(name, query, 1).matches
+    assert best == "late" and score == pytest.approx(1.0, abs=1e-5)
+
+    whitening_on(store, name, False)  # off: the learned whitening is forgotten, searches are plain again
+    assert store.get_whitening(name) is None and store.collection_info(name)["whitening"] is None
+    found = replicas.search(name, query, 10)
+    assert found.whitening is None
+    assert_same_ranking(found.matches, exact_ranking(store, name, query)[:10])
+
+
+def test_an_hnsw_replica_is_whitened_and_a_snapshot_of_another_whitening_is_not_loaded(store, name, tmp_path, caplog):
+    fill(store, name, clustered(150, seed=22))
+    whitening_on(store, name)
+    first_whitening = learn_and_save(store, name)
+    first = Replicas(store, DIMENSION, exact_max=50, snapshot_dir=tmp_path)
+    probe = clustered(1, seed=23)[0]
+    first.search(name, probe, 5)
+    first.wait_for_builds()
+    assert isinstance(first._replicas[name].index, HnswIndex)
+    expected = whitened_ranking(store, name, first_whitening, probe)
+    assert first.search(name, probe, 1).matches[0] == (expected[0][0], pytest.approx(expected[0][1], abs=1e-5))
+
+    fill(store, name, clustered(150, seed=24), prefix="more")  # grown: learned again
+    second_whitening = learn_and_save(store, name)
+    with caplog.at_level(logging.INFO, logger="worker.replica"):
+        restarted = Replicas(store, DIMENSION, exact_max=50, snapshot_dir=tmp_path)
+        found = restarted.search(name, probe, 300)
+    assert "snapshot at change" not in caplog.text  # its vectors went through the first whitening
+    assert found.whitening["collection_size"] == 300
+    assert_same_ranking(found.matches, whitened_ranking(store, name, second_whitening, probe))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="worker.replica"):
+        first.search(name, probe, 1)  # the running one sees the "whiten" event and loads again
+    assert "whitening changed" in caplog.text
+
+
+def test_query_expansion_averages_the_query_with_its_best_matches(store, name):
+    vectors = clustered(40, seed=25)
+    fill(store, name, vectors)
+    replicas = Replicas(store, DIMENSION)
+    query = clustered(1, seed=26)[0]
+    plain = replicas.search(name, query, 40).matches
+    top_two = [vectors[int(image_id.split("/")[1])] for image_id, _ in plain[:2]]
+    expanded_query = l2_normalise(query + np.sum(top_two, axis=0))
+    expanded = replicas.search(name, query, 40, expand=2)
+    assert_same_ranking(expanded.matches, exact_ranking(store, name, expanded_query))
+    ids = [image_id for image_id, _ in expanded.matches[:5]]
+    np.testing.assert_allclose(replicas.scores(name, query, ids, expand=2), [s for _, s in expanded.matches[:5]],
+                               atol=1e-6)

@@ -140,11 +140,19 @@ def test_whitening_and_query_expansion():
 
     rng = np.random.default_rng(0)
     vectors = descriptors.l2_normalise(rng.standard_normal((200, 8)) * [10, 1, 1, 1, 1, 1, 1, 1])
-    whitening = descriptors.Whitening(vectors)
+    whitening = descriptors.Whitening.learn(vectors, shrinkage=0)  # plain PCA-whitening
     whitened = whitening.apply(vectors)
     assert whitened.shape == (200, 8) and np.allclose(np.linalg.norm(whitened, axis=1), 1, atol=1e-5)
     projected = (vectors - whitening.mean) @ whitening.projection  # before the final normalisation
     np.testing.assert_allclose(np.cov(projected, rowvar=False), np.eye(8), atol=1e-3)  # decorrelated, unit variance
+    # From fewer vectors than dimensions, only the n - 1 directions they vary along are kept.
+    few = descriptors.Whitening.learn(vectors[:5])
+    assert few.dimension == 4
+    assert descriptors.Whitening.learn(vectors, dimensions=3).dimension == 3
+    # Shrinkage leaves strong components nearly whitened and damps weak ones: variances shrink towards 0.
+    shrunk = descriptors.Whitening.learn(vectors, shrinkage=1.0)
+    variances = np.var((vectors - shrunk.mean) @ shrunk.projection, axis=0, ddof=1)
+    assert np.all(variances < 1) and variances[0] > variances[-1]
     queries = vectors[:2] + 0.01
     expanded = descriptors.expand_queries(descriptors.l2_normalise(queries), vectors, top=1)
     assert (expanded @ vectors[:2].T).diagonal().min() > 0.99

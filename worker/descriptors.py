@@ -19,6 +19,9 @@ import numpy as np
 POOLINGS = ("mac", "spoc", "gem", "rmac")
 GEM_P = 3.0
 RMAC_LEVELS = 3
+# Regularised whitening: each component's variance plus this share of the mean variance
+# (bench/quality.py: 0.1 to 1.0 all within a point; none, 3 points worse).
+WHITENING_SHRINKAGE = 0.3
 
 
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
@@ -70,18 +73,42 @@ def pool(maps: np.ndarray, pooling: str) -> np.ndarray:
 
 
 class Whitening:
-    """PCA-whitening learned from a set of unit vectors: centre, rotate, scale each axis to unit variance.
+    """PCA-whitening: centre, rotate onto the principal axes, scale each to unit variance, normalise.
 
-    ``dimensions`` keeps the strongest components (all by default); the result is
-    normalised again, so cosine similarity stays the measure.
+    Learned from a sample of a collection's own unit vectors (:meth:`learn`); the result is
+    normalised again, so cosine similarity stays the measure -- in the whitened space.
     """
 
-    def __init__(self, vectors: np.ndarray, dimensions: int | None = None, epsilon: float = 1e-6):
-        self.mean = vectors.mean(axis=0)
-        covariance = np.cov(vectors - self.mean, rowvar=False)
+    def __init__(self, mean: np.ndarray, projection: np.ndarray):
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.projection = np.asarray(projection, dtype=np.float32)  # (input dimension, kept components)
+
+    @property
+    def dimension(self) -> int:
+        return self.projection.shape[1]
+
+    @classmethod
+    def learn(cls, vectors: np.ndarray, dimensions: int | None = None, shrinkage: float = WHITENING_SHRINKAGE,
+              relative_floor: float = 1e-5) -> "Whitening":
+        """Learn from ``vectors`` (n, d), keeping at most ``dimensions`` components.
+
+        Only components the sample shows variance along are kept (at most n - 1, and none
+        under ``relative_floor`` of the largest): from fewer images than dimensions most
+        directions never vary. ``shrinkage`` adds that share of the mean variance to each
+        before scaling, so weak, noisy components are not blown up to full weight
+        (regularised whitening; bench/quality.py measured it).
+        """
+        if vectors.shape[0] < 2:
+            raise ValueError("whitening needs at least two vectors")
+        mean = vectors.mean(axis=0, dtype=np.float64)
+        covariance = np.cov(vectors - mean, rowvar=False)
         values, axes = np.linalg.eigh(covariance)
-        order = np.argsort(values)[::-1][: dimensions or vectors.shape[1]]
-        self.projection = (axes[:, order] / np.sqrt(values[order] + epsilon)).astype(np.float32)
+        order = np.argsort(values)[::-1]
+        values, axes = values[order], axes[:, order]
+        keep = int(np.sum(values > values[0] * relative_floor))
+        keep = min(keep, vectors.shape[0] - 1, dimensions or vectors.shape[1])
+        scales = np.sqrt(values[:keep] + shrinkage * values[:keep].mean())
+        return cls(mean, axes[:, :keep] / scales)
 
     def apply(self, vectors: np.ndarray) -> np.ndarray:
         return l2_normalise((vectors - self.mean) @ self.projection)

@@ -15,6 +15,11 @@ newest snapshot and catches up from the stream instead of rebuilding.
 Beside the vectors, each replica holds the collection's usable PDQ hashes (worker.pdq),
 changed by the same events; at 32 bytes each they are always scanned from Redis on load
 rather than snapshotted.
+
+A collection with a learned PCA-whitening (its ``whitening`` setting) is searched in the
+whitened space: Redis keeps the vectors as extracted, the replica holds them whitened, and
+queries are whitened the same way under the same lock. A new whitening (a ``whiten`` event)
+makes replicas load the collection again.
 """
 
 import json
@@ -32,6 +37,7 @@ import numpy as np
 
 from shared.store import Change, Store
 from worker import metrics
+from worker.descriptors import Whitening, l2_normalise
 from worker.pdq import HashIndex, PdqHash
 from worker.search import RowsById, top_k
 
@@ -44,6 +50,7 @@ LOAD_CHUNK = 10_000
 class SearchResult(NamedTuple):
     matches: list[tuple[str, float]]  # (id, score), best first
     searched: int  # how many vectors the collection held
+    whitening: dict | None  # the whitening the search used (StoredWhitening.summary()), if any
 
 
 class VectorIndex(Protocol):
@@ -51,6 +58,7 @@ class VectorIndex(Protocol):
     def put(self, image_id: str, vector: np.ndarray) -> None: ...
     def delete(self, image_id: str) -> None: ...
     def search(self, query: np.ndarray, k: int) -> tuple[list[str], np.ndarray]: ...
+    def vectors_of(self, image_ids: list[str]) -> list[np.ndarray | None]: ...
 
 
 class ExactIndex:
@@ -78,6 +86,9 @@ class ExactIndex:
     def search(self, query: np.ndarray, k: int) -> tuple[list[str], np.ndarray]:
         rows, scores = top_k(self._rows.matrix, query, k)
         return [self._rows.ids[row] for row in rows], scores
+
+    def vectors_of(self, image_ids: list[str]) -> list[np.ndarray | None]:
+        return [self._rows.row_of(image_id) for image_id in image_ids]
 
 
 @dataclass(frozen=True)
@@ -153,13 +164,20 @@ class HnswIndex:
         labels, distances = self.graph.knn_query(query[None], k=k)
         return [self.ids[label] for label in labels[0]], (1.0 - distances[0]).astype(np.float32)
 
+    def vectors_of(self, image_ids: list[str]) -> list[np.ndarray | None]:
+        labels = [self.labels.get(image_id) for image_id in image_ids]
+        present = [label for label in labels if label is not None]
+        stored = iter(np.asarray(self.graph.get_items(present), dtype=np.float32) if present else [])
+        return [None if label is None else next(stored) for label in labels]
+
     def _has_deleted_slots(self) -> bool:
         return self.graph.get_current_count() > len(self.labels)
 
     # --- Snapshots -------------------------------------------------------------------------
 
-    def save(self, folder: Path, position: dict) -> None:
-        """Save the graph and its ids with the stream ``position`` they include, as ``folder/<seq>/``.
+    def save(self, folder: Path, position: dict, whitening: str | None = None) -> None:
+        """Save the graph and its ids with the stream ``position`` they include, as ``folder/<seq>/``;
+        ``whitening``: when the whitening its vectors went through was learned (None: none).
 
         Written under a temporary name and renamed whole, so a reader finds complete
         snapshots only; older ones are removed afterwards.
@@ -170,7 +188,7 @@ class HnswIndex:
         staging.mkdir(parents=True)
         self.graph.save_index(str(staging / "graph.bin"))
         meta = {"position": position, "labels": self.labels, "next_label": self._next_label,
-                "dimension": self.dimension, "config": self.config.__dict__}
+                "dimension": self.dimension, "config": self.config.__dict__, "whitening": whitening}
         (staging / "replica.json").write_text(json.dumps(meta))
         shutil.rmtree(final, ignore_errors=True)
         os.rename(staging, final)
@@ -179,14 +197,15 @@ class HnswIndex:
                 shutil.rmtree(older, ignore_errors=True)
 
     @classmethod
-    def load(cls, folder: Path, dimension: int) -> tuple["HnswIndex", dict] | None:
-        """The newest complete snapshot in ``folder`` and the stream position it includes, if any."""
+    def load(cls, folder: Path, dimension: int, whitening: str | None = None) -> tuple["HnswIndex", dict] | None:
+        """The newest complete snapshot in ``folder`` and the stream position it includes, if any holds vectors
+        of ``dimension`` through the same whitening (learned at ``whitening``; None: none)."""
         complete = sorted(p for p in folder.glob("*") if p.is_dir() and not p.name.endswith(".tmp")) if folder.is_dir() else []
         if not complete:
             return None
         newest = complete[-1]
         meta = json.loads((newest / "replica.json").read_text())
-        if meta["dimension"] != dimension:
+        if meta["dimension"] != dimension or meta.get("whitening") != whitening:
             return None
         graph = hnswlib.Index(space="ip", dim=dimension)
         graph.load_index(str(newest / "graph.bin"), allow_replace_deleted=True)
@@ -196,17 +215,36 @@ class HnswIndex:
         index._next_label = meta["next_label"]
         return index, meta["position"]
 
+@dataclass(frozen=True)
+class LearnedWhitening:
+    transform: Whitening
+    summary: dict  # StoredWhitening.summary(): reported with results
+
+    @staticmethod
+    def apply(whitening: "LearnedWhitening | None", vectors: np.ndarray) -> np.ndarray:
+        """Stored (or query) vectors as a replica holds them: whitened when the collection is."""
+        return vectors if whitening is None else whitening.transform.apply(vectors)
+
+
 @dataclass
 class CollectionReplica:
     index: ExactIndex | HnswIndex
     hashes: HashIndex
     seq: int  # number of the last change event applied
     stream_id: str  # its id in the change stream ("0-0": none)
+    whitening: LearnedWhitening | None = None
     changes_since_snapshot: int = 0
 
     @property
     def position(self) -> dict:
         return {"seq": self.seq, "stream_id": self.stream_id}
+
+    @property
+    def whitening_label(self) -> str | None:
+        return None if self.whitening is None else self.whitening.summary["learned_at"]
+
+    def to_search_space(self, vectors: np.ndarray) -> np.ndarray:
+        return LearnedWhitening.apply(self.whitening, vectors)
 
 
 class Replicas:
@@ -227,18 +265,39 @@ class Replicas:
         self._builds: dict[str, threading.Thread] = {}  # HNSW builds in progress, by collection
 
     def search(self, collection: str, query: np.ndarray, k: int, min_score: float | None = None, *,
-               refresh: bool = True) -> SearchResult:
+               refresh: bool = True, expand: int = 0) -> SearchResult:
         """The ``k`` most similar ids with their scores (at least ``min_score``), over the collection as it is now.
 
         ``refresh=False``: as of the last refresh -- for the second and later lookups of one
-        query, which saw the collection as it was when it started.
+        query, which saw the collection as it was when it started. ``expand``: average query
+        expansion over that many best matches first.
         """
         with self._lock(collection):
             replica = self._current(collection, refresh)
-            ids, scores = replica.index.search(query, k)
+            ids, scores = replica.index.search(self._query_vector(replica, query, expand), k)
             matches = [(image_id, float(score)) for image_id, score in zip(ids, scores)
                        if min_score is None or score >= min_score]
-            return SearchResult(matches, len(replica.index))
+            whitening = None if replica.whitening is None else replica.whitening.summary
+            return SearchResult(matches, len(replica.index), whitening)
+
+    def scores(self, collection: str, query: np.ndarray, image_ids: list[str], *,
+               expand: int = 0) -> list[float | None]:
+        """The score :meth:`search` gives each image for ``query`` (None: not in the collection), as of the
+        last refresh."""
+        with self._lock(collection):
+            replica = self._current(collection, refresh=False)
+            vector = self._query_vector(replica, query, expand)
+            return [None if stored is None else float(stored @ vector) for stored in replica.index.vectors_of(image_ids)]
+
+    @staticmethod
+    def _query_vector(replica: CollectionReplica, query: np.ndarray, expand: int) -> np.ndarray:
+        """The query in the replica's space; with ``expand``, averaged with its best matches (average QE)."""
+        vector = replica.to_search_space(query[None])[0]
+        if expand:
+            best, _ = replica.index.search(vector, expand)
+            neighbours = [stored for stored in replica.index.vectors_of(best) if stored is not None]
+            vector = l2_normalise(vector + np.sum(neighbours, axis=0)) if neighbours else vector
+        return vector
 
     def search_hashes(self, collection: str, query: bytes, max_distance: int, *,
                       refresh: bool = True) -> list[tuple[str, int]]:
@@ -271,8 +330,8 @@ class Replicas:
                 log.warning("replica of %s is behind its trimmed change stream; reloading", collection)
                 replica = self._load(collection, use_snapshot=False)
                 continue
-            if any(change.op == "drop" for change in changes):  # emptied: start again from its (new) contents
-                log.info("collection %s was dropped; its replica starts again", collection)
+            if any(change.op in ("drop", "whiten") for change in changes):  # start again from its (new) contents
+                log.info("collection %s was dropped or its whitening changed; its replica starts again", collection)
                 self._forget_snapshots(collection)
                 replica = self._load(collection, use_snapshot=False)
                 continue
@@ -315,16 +374,18 @@ class Replicas:
         """
         try:
             seq, stream_id = self.store.change_position(collection)
+            whitening = self._read_whitening(collection)
             count = self.store.count_vectors(collection)
-            index = HnswIndex(self.dimension, self.hnsw, capacity=max(1024, count * 5 // 4))
+            index = HnswIndex(self._dimension_of(whitening), self.hnsw, capacity=max(1024, count * 5 // 4))
             index.graph.set_num_threads(os.cpu_count() or 1)  # a bulk build may use every core
             for chunk in self.store.scan_vectors(collection, self.dimension, LOAD_CHUNK):
-                index.put_many(chunk)
+                index.put_many(list(zip([image_id for image_id, _ in chunk],
+                                        LearnedWhitening.apply(whitening, np.stack([vector for _, vector in chunk])))))
             index.graph.set_num_threads(1)
             with self._lock(collection):
                 # The hashes are taken over from the replica answering now: they are at a
                 # later position, and replaying events re-reads current state, so it is exact.
-                built = CollectionReplica(index, self._replicas[collection].hashes, seq, stream_id)
+                built = CollectionReplica(index, self._replicas[collection].hashes, seq, stream_id, whitening)
                 self._replicas[collection] = built
                 self.refresh(collection)
                 self._snapshot(collection, built)
@@ -353,11 +414,24 @@ class Replicas:
         the position read before it starts makes the result exact either way.
         """
         seq, stream_id = self.store.change_position(collection)
-        exact = ExactIndex(self.dimension, capacity=self.store.count_vectors(collection))
+        whitening = self._read_whitening(collection)
+        replica = CollectionReplica(ExactIndex(self._dimension_of(whitening), self.store.count_vectors(collection)),
+                                    HashIndex(self.pdq_min_quality), seq, stream_id, whitening)
         for chunk in self.store.scan_vectors(collection, self.dimension, LOAD_CHUNK):
-            for image_id, vector in chunk:
-                exact.put(image_id, vector)
-        return CollectionReplica(exact, self._load_hashes(collection), seq, stream_id)
+            vectors = replica.to_search_space(np.stack([vector for _, vector in chunk]))
+            for (image_id, _), vector in zip(chunk, vectors):
+                replica.index.put(image_id, vector)
+        replica.hashes = self._load_hashes(collection)
+        return replica
+
+    def _read_whitening(self, collection: str) -> LearnedWhitening | None:
+        stored = self.store.get_whitening(collection)
+        if stored is None or stored.projection.shape[0] != self.dimension:
+            return None
+        return LearnedWhitening(Whitening(stored.mean, stored.projection), stored.summary())
+
+    def _dimension_of(self, whitening: LearnedWhitening | None) -> int:
+        return self.dimension if whitening is None else whitening.transform.dimension
 
     def _load_hashes(self, collection: str) -> HashIndex:
         """The collection's PDQ hashes as they are now (read after the position, like the vectors)."""
@@ -370,8 +444,10 @@ class Replicas:
     def _load_snapshot(self, collection: str) -> CollectionReplica | None:
         if self.snapshot_dir is None:
             return None
+        whitening = self._read_whitening(collection)
         try:
-            loaded = HnswIndex.load(self.snapshot_dir / collection, self.dimension)
+            loaded = HnswIndex.load(self.snapshot_dir / collection, self._dimension_of(whitening),
+                                    None if whitening is None else whitening.summary["learned_at"])
         except Exception:  # a damaged snapshot costs a rebuild, not an outage
             log.warning("snapshot of %s unreadable; rebuilding from Redis", collection, exc_info=True)
             return None
@@ -382,7 +458,8 @@ class Replicas:
         if position["seq"] > current_seq:  # from another store, or the collection was recreated
             return None
         log.info("collection %s: snapshot at change %d of %d loaded", collection, position["seq"], current_seq)
-        return CollectionReplica(index, self._load_hashes(collection), position["seq"], position["stream_id"])
+        return CollectionReplica(index, self._load_hashes(collection), position["seq"], position["stream_id"],
+                                 whitening)
 
     def _forget_snapshots(self, collection: str) -> None:
         if self.snapshot_dir is not None:
@@ -391,7 +468,7 @@ class Replicas:
     def _snapshot(self, collection: str, replica: CollectionReplica) -> None:
         if self.snapshot_dir is None or not isinstance(replica.index, HnswIndex):
             return
-        replica.index.save(self.snapshot_dir / collection, replica.position)
+        replica.index.save(self.snapshot_dir / collection, replica.position, replica.whitening_label)
         replica.changes_since_snapshot = 0
 
     def _apply(self, collection: str, replica: CollectionReplica, changes: list[Change]) -> None:
@@ -400,7 +477,11 @@ class Replicas:
         # right, and the later events will then change nothing.
         changed = list(dict.fromkeys(change.image_id for change in changes))
         current = self.store.get_vectors_and_hashes(collection, changed, self.dimension)
+        present = [vector for vector, _ in current if vector is not None]
+        searchable = iter(replica.to_search_space(np.stack(present)) if present else [])
         for image_id, (vector, stored_hash) in zip(changed, current):
+            if vector is not None:
+                vector = next(searchable)
             if vector is None:
                 replica.index.delete(image_id)
                 replica.hashes.delete(image_id)

@@ -1,4 +1,5 @@
-"""The index and query tasks. Each keeps its own outcome in its task record (shared.store)."""
+"""The index, query and check tasks, each keeping its own outcome in its task record (shared.store),
+and the learning of a collection's whitening, which workers start themselves."""
 
 import logging
 import time
@@ -25,14 +26,16 @@ from shared.schemas import (
     INDEX_TASK,
     QUERY_TASK,
     SUCCEEDED,
+    WHITEN_TASK,
     matches_filter,
     verdict,
 )
 from shared.settings import get_settings
-from shared.store import VECTOR_DTYPE
+from shared.store import VECTOR_DTYPE, StoredWhitening, utc_now
 from worker.batcher import QUERY_PRIORITY
 from worker import metrics
 from worker.celery_app import app
+from worker.descriptors import Whitening
 from worker.outbound import fetch_image
 from worker.pdq import PdqHash, compute_pdq
 from worker.runtime import RANDOM_WEIGHTS_WARNING, get_extractor, get_replicas, get_store
@@ -42,6 +45,8 @@ log = logging.getLogger(__name__)
 
 # Candidates read in the first round of a filtered query (at least 4k).
 FILTER_FIRST_DEPTH = 100
+# Longest a worker may take to learn a whitening before another may try (the claim's lifetime).
+WHITENING_CLAIM_SECONDS = 600
 
 
 @app.task(name=INDEX_TASK)
@@ -53,8 +58,10 @@ def index_image(task_id: str, collection: str, image_id: str, metadata: dict, ur
         pdq = compute_pdq(pixels)
         size = get_settings().thumbnail_size
         thumbnail = make_thumbnail(pixels, size) if size else None
-        replaced = get_store().save_image(collection, image_id, vector, metadata, extractor.descriptor, pdq.encode(),
-                                          thumbnail)
+        store = get_store()
+        replaced = store.save_image(collection, image_id, vector, metadata, extractor.descriptor, pdq.encode(),
+                                    thumbnail)
+        _learn_whitening_when_due(collection, store.collection_info(collection))
         return {"collection": collection, "image_id": image_id, "replaced": replaced,
                 "pdq_quality": pdq.quality} | _model_labels()
 
@@ -64,14 +71,15 @@ def index_image(task_id: str, collection: str, image_id: str, metadata: dict, ur
 @app.task(name=QUERY_TASK)
 def query_image(task_id: str, collection: str, k: int, min_score: float | None = None,
                 filter: dict | None = None, by_vector: bool = False,  # noqa: A002 - the API's name
-                signals: tuple[str, ...] = (CNN,), url: str | None = None) -> None:
+                signals: tuple[str, ...] = (CNN,), url: str | None = None, expand: int = 0) -> None:
     def query() -> dict:
         info, settings = _collection(collection)
-        probe = _probe(task_id, url, info, by_vector, signals)
-        matches = _ranked_matches(collection, probe, settings, k, min_score, filter or {})
+        _learn_whitening_when_due(collection, info)
+        probe = _probe(task_id, url, info, by_vector, signals, expand)
+        matches, whitened = _ranked_matches(collection, probe, settings, k, min_score, filter or {})
         near_duplicate = bool(matches) and matches[0]["near_duplicate"]
         return {"matches": matches, "verdict": verdict(settings["kind"], near_duplicate), **settings,
-                **probe.report()} | _model_labels()
+                "whitened": whitened, "expand": expand, **probe.report()} | _model_labels()
 
     _run(task_id, query)
 
@@ -83,17 +91,60 @@ def check_image(task_id: str, collection: str, k: int = 1, min_score: float | No
                 url: str | None = None) -> None:
     def check() -> dict:
         info, settings = _collection(collection)
+        _learn_whitening_when_due(collection, info)
         probe = _probe(task_id, url, info, by_vector, signals)
-        best = next(iter(_ranked_matches(collection, probe, settings, 1, None, filter or {})), None)
+        matches, whitened = _ranked_matches(collection, probe, settings, 1, None, filter or {})
+        best = next(iter(matches), None)
         near_duplicate = best is not None and best["near_duplicate"]
         outcome = verdict(settings["kind"], near_duplicate)
         allow_match = _allow_match(probe, allow_collections or []) if outcome == "block" else None
         if allow_match is not None:  # a known-good image overrides the block list: moderation's false-positive control
             outcome = "allow"
         return {"verdict": outcome, "near_duplicate": near_duplicate, "best_match": best, "allow_match": allow_match,
-                **settings, **probe.report()} | _model_labels()
+                **settings, "whitened": whitened, **probe.report()} | _model_labels()
 
     _run(task_id, check)
+
+
+@app.task(name=WHITEN_TASK)
+def learn_whitening(collection: str) -> None:
+    """Learn the collection's PCA-whitening from a random sample of its vectors and store it.
+
+    Started by :func:`_learn_whitening_when_due`, which holds the collection's claim; stored
+    only if the collection still holds the same descriptor and still wants whitening.
+    """
+    store, settings = get_store(), get_settings()
+    started = time.perf_counter()
+    outcome = "skipped"
+    try:
+        info = store.collection_info(collection)
+        if info is not None and info["settings"]["whitening"] and info["images"] >= settings.whitening_min_images:
+            sample = store.sample_vectors(collection, settings.whitening_sample_images, info["dimension"])
+            whitening = Whitening.learn(sample)
+            stored = StoredWhitening(whitening.mean, whitening.projection, learned_from=len(sample),
+                                     collection_size=info["images"], learned_at=utc_now())
+            outcome = SUCCEEDED if store.save_whitening(collection, stored, info["model"]) else "skipped"
+            log.info("whitening of %s learned from %d vectors (%d dimensions kept) in %.1f ms: %s", collection,
+                     len(sample), whitening.dimension, 1000 * (time.perf_counter() - started), outcome)
+    except Exception:
+        outcome = FAILED
+        log.exception("learning the whitening of %s failed; the next index or query tries again", collection)
+    finally:
+        store.release_whitening_claim(collection)
+        metrics.TASK_SECONDS.labels("whiten").observe(time.perf_counter() - started)
+        metrics.TASKS.labels("whiten", outcome, "").inc()
+
+
+def _learn_whitening_when_due(collection: str, info: dict | None) -> None:
+    """Start learning the collection's whitening if it wants one and has none, or has outgrown it."""
+    if info is None or not info["settings"]["whitening"]:
+        return
+    settings = get_settings()
+    learned = info["whitening"]
+    due = info["images"] >= settings.whitening_min_images and (
+        learned is None or info["images"] >= settings.whitening_relearn_growth * learned["collection_size"])
+    if due and get_store().claim_whitening(collection, WHITENING_CLAIM_SECONDS):
+        learn_whitening.delay(collection)
 
 
 @dataclass
@@ -103,6 +154,7 @@ class Probe:
     vector: np.ndarray | None
     pdq: PdqHash | None
     requested: tuple[str, ...]
+    expand: int = 0  # average query expansion over this many best CNN matches
 
     @property
     def signals(self) -> tuple[str, ...]:
@@ -116,22 +168,24 @@ class Probe:
         return {"signals": list(self.signals), "pdq_quality": None if self.pdq is None else self.pdq.quality}
 
 
-def _probe(task_id: str, url: str | None, info: dict | None, by_vector: bool, signals: tuple[str, ...]) -> Probe:
+def _probe(task_id: str, url: str | None, info: dict | None, by_vector: bool, signals: tuple[str, ...],
+           expand: int = 0) -> Probe:
     """The query's unit vector (as sent, or extracted) and PDQ hash, computing only what the signals need."""
     if by_vector:  # the API refuses pdq-only queries by vector; "both" falls back to the CNN
-        return Probe(np.frombuffer(_load_upload_bytes(task_id), dtype=VECTOR_DTYPE), None, signals)
+        return Probe(np.frombuffer(_load_upload_bytes(task_id), dtype=VECTOR_DTYPE), None, signals, expand)
     pixels = decode_image(_image_bytes(task_id, url))
     vector = None
     if CNN in signals:
         extractor = get_extractor()
         vector = extractor.extract([pixels], priority=QUERY_PRIORITY)[0]
         _check_descriptor(info, extractor.descriptor)  # image vectors only compare with their own kind
-    return Probe(vector, compute_pdq(pixels) if PDQ in signals else None, signals)
+    return Probe(vector, compute_pdq(pixels) if PDQ in signals else None, signals, expand)
 
 
 def _ranked_matches(collection: str, probe: Probe, settings: dict, k: int, min_score: float | None,
-                    wanted: dict) -> list[dict]:
-    """The best ``k`` matches by the probe's signals, each marked near-duplicate or not.
+                    wanted: dict) -> tuple[list[dict], dict | None]:
+    """The best ``k`` matches by the probe's signals, each marked near-duplicate or not, and the
+    whitening the CNN scores were taken in (None: none).
 
     Candidates are the CNN's top k and the PDQ hashes within the collection's distance;
     each candidate is then scored by every signal in use. Near-duplicates rank first (by
@@ -140,9 +194,11 @@ def _ranked_matches(collection: str, probe: Probe, settings: dict, k: int, min_s
     """
     signals = probe.signals
     candidates: dict[str, dict] = {}
+    whitened = None
     # The first lookup brings the replica up to date; the others see the same state (one round trip).
     if CNN in signals:
-        for image_id, score, metadata in _cnn_candidates(collection, probe.vector, k, min_score, wanted):
+        found, whitened = _cnn_candidates(collection, probe, k, min_score, wanted)
+        for image_id, score, metadata in found:
             candidates[image_id] = {"id": image_id, "score": score, "pdq_distance": None, "metadata": metadata}
     if PDQ in signals:
         for image_id, distance, metadata in _pdq_candidates(collection, probe.pdq.bits, settings, k, wanted,
@@ -151,7 +207,7 @@ def _ranked_matches(collection: str, probe: Probe, settings: dict, k: int, min_s
             candidates[image_id]["pdq_distance"] = distance
         _fill_pdq_distances(collection, probe.pdq.bits, candidates.values())
     if CNN in signals:
-        _fill_cnn_scores(collection, probe.vector, candidates, min_score)
+        _fill_cnn_scores(collection, probe, candidates, min_score)
     matches = []
     for match in candidates.values():
         matched_by = [signal for signal, hit in (
@@ -162,7 +218,7 @@ def _ranked_matches(collection: str, probe: Probe, settings: dict, k: int, min_s
                         "near_duplicate": bool(matched_by), "matched_by": matched_by, "metadata": match["metadata"]})
     matches.sort(key=lambda match: (_trust(match["matched_by"]),
                                     -match["score"] if CNN in signals else match["pdq_distance"]))
-    return matches[:k]
+    return matches[:k], whitened
 
 
 def _trust(matched_by: list[str]) -> int:
@@ -171,9 +227,10 @@ def _trust(matched_by: list[str]) -> int:
     return 0 if len(matched_by) == 2 else 1 if matched_by == [PDQ] else 2 if matched_by == [CNN] else 3
 
 
-def _cnn_candidates(collection: str, vector: np.ndarray, k: int, min_score: float | None,
-                    wanted: dict) -> list[tuple[str, float, dict]]:
-    """The best ``k`` ``(id, score, metadata)`` by cosine whose metadata passes the filter.
+def _cnn_candidates(collection: str, probe: Probe, k: int, min_score: float | None,
+                    wanted: dict) -> tuple[list[tuple[str, float, dict]], dict | None]:
+    """The best ``k`` ``(id, score, metadata)`` by cosine whose metadata passes the filter, and the
+    whitening the search used.
 
     Without a filter, the search's top k. With one, candidates are read in score order,
     in ever deeper rounds, until k pass or the collection (or ``min_score``) is exhausted:
@@ -183,7 +240,8 @@ def _cnn_candidates(collection: str, vector: np.ndarray, k: int, min_score: floa
     depth = k if not wanted else max(4 * k, FILTER_FIRST_DEPTH)
     refresh = True
     while True:
-        found = get_replicas().search(collection, vector, depth, min_score, refresh=refresh)
+        found = get_replicas().search(collection, probe.vector, depth, min_score, refresh=refresh,
+                                      expand=probe.expand)
         refresh = False  # deeper rounds of the same query read the same state
         metadata = store.get_metadata(collection, [image_id for image_id, _ in found.matches])
         matches = [
@@ -193,7 +251,7 @@ def _cnn_candidates(collection: str, vector: np.ndarray, k: int, min_score: floa
         ]
         exhausted = len(found.matches) < depth or depth >= found.searched
         if len(matches) >= k or exhausted:
-            return matches[:k]
+            return matches[:k], found.whitening
         depth *= 4
 
 
@@ -219,16 +277,16 @@ def _fill_pdq_distances(collection: str, bits: bytes, candidates) -> None:
         match["pdq_distance"] = distance
 
 
-def _fill_cnn_scores(collection: str, vector: np.ndarray, candidates: dict[str, dict], min_score: float | None) -> None:
-    """Score the PDQ-found candidates by cosine too; drop any deleted since, or under ``min_score``."""
+def _fill_cnn_scores(collection: str, probe: Probe, candidates: dict[str, dict], min_score: float | None) -> None:
+    """Score the PDQ-found candidates by cosine too, as the search would; drop any deleted since, or under
+    ``min_score``."""
     missing = [match for match in candidates.values() if match["score"] is None]
-    stored = get_store().get_vectors(collection, [match["id"] for match in missing], vector.shape[0])
-    for match, candidate_vector in zip(missing, stored):
-        score = None if candidate_vector is None else round(float(candidate_vector @ vector), 6)
+    scores = get_replicas().scores(collection, probe.vector, [match["id"] for match in missing], expand=probe.expand)
+    for match, score in zip(missing, scores):
         if score is None or (min_score is not None and score < min_score):
             del candidates[match["id"]]
         else:
-            match["score"] = score
+            match["score"] = round(score, 6)
 
 
 def _allow_match(probe: Probe, allow_collections: list[str]) -> dict | None:
@@ -239,7 +297,7 @@ def _allow_match(probe: Probe, allow_collections: list[str]) -> dict | None:
             continue
         if CNN in probe.signals:
             _check_descriptor(info, get_extractor().descriptor)
-        best = next(iter(_ranked_matches(allow_collection, probe, settings, 1, None, {})), None)
+        best = next(iter(_ranked_matches(allow_collection, probe, settings, 1, None, {})[0]), None)
         if best is not None and best["near_duplicate"]:
             return {"collection": allow_collection, **best}
     return None

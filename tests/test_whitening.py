@@ -1,0 +1,130 @@
+"""Whitening learned per collection and query expansion, through the real API and worker.
+
+Vectors are stored through the API (no forward passes), so a collection big enough to learn
+from costs milliseconds; the scores are checked against the same maths done here.
+"""
+
+import time
+
+import numpy as np
+import pytest
+
+from shared.settings import Settings
+from tests.conftest import natural_images, store_snapshot
+from tests.test_vectors_and_filters import store_vectors, unit_vectors
+from worker.descriptors import Whitening, l2_normalise
+
+MIN_IMAGES = Settings.model_fields["whitening_min_images"].default
+GROWTH = Settings.model_fields["whitening_relearn_growth"].default
+
+
+def put_vectors(api, collection: str, vectors: np.ndarray, start: int = 0) -> None:
+    items = [{"id": f"v{start + n}", "vector": vector.tolist()} for n, vector in enumerate(vectors)]
+    response = store_vectors(api, collection, items)
+    assert response.status_code == 201, response.text
+
+
+def query_result(api, collection: str, vector: np.ndarray, **options) -> dict:
+    return api.client.query(collection, vector=vector.tolist(), **options)
+
+
+def learned_whitening(api, collection: str, collection_size: int, timeout: float = 30) -> dict:
+    """The collection's whitening once one learned at ``collection_size`` images is in place."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = api.client.collection(collection)
+        if info["whitening"] and info["whitening"]["collection_size"] == collection_size:
+            return info["whitening"]
+        time.sleep(0.1)
+    raise AssertionError(f"no whitening learned at {collection_size} images: {info}")
+
+
+def ranking(database: np.ndarray, query: np.ndarray, k: int) -> tuple[list[str], np.ndarray]:
+    scores = database @ query
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [f"v{row}" for row in order], scores[order]
+
+
+def test_whitening_is_learned_used_relearned_as_the_collection_grows_and_forgotten(api, collection):
+    vectors = unit_vectors(MIN_IMAGES + 20, seed=40)
+    put_vectors(api, collection, vectors)
+    query = l2_normalise(vectors[3] + 0.05 * unit_vectors(1, seed=41)[0])
+    plain = query_result(api, collection, query, k=5)
+    assert plain["whitening"] is False and plain["whitened"] is None
+    assert [m["id"] for m in plain["matches"]] == ranking(vectors, query, 5)[0]
+
+    settings = api.client.set_collection(collection, whitening=True)["settings"]
+    assert settings["whitening"] is True and settings["match_threshold"] == 0.9
+    query_result(api, collection, query, k=5)  # the first query finds it due and starts learning
+    learned = learned_whitening(api, collection, len(vectors))
+    assert learned["learned_from"] == len(vectors) and learned["dimensions"] == len(vectors) - 1
+
+    whitened = query_result(api, collection, query, k=5)
+    assert whitened["whitened"] == learned
+    expected = Whitening.learn(vectors)  # the same maths from the same vectors (in another order)
+    ids, scores = ranking(expected.apply(vectors), expected.apply(query[None])[0], 5)
+    assert [m["id"] for m in whitened["matches"]] == ids
+    np.testing.assert_allclose([m["score"] for m in whitened["matches"]], scores, atol=1e-4)
+    assert [m["score"] for m in whitened["matches"]] != [m["score"] for m in plain["matches"]]
+
+    grown = int(GROWTH * len(vectors))
+    put_vectors(api, collection, unit_vectors(grown - len(vectors), seed=42), start=len(vectors))
+    query_result(api, collection, query, k=1)  # grown past GROWTH x: learned again
+    assert learned_whitening(api, collection, grown)["learned_from"] == grown
+
+    api.client.set_collection(collection, whitening=False)
+    assert api.client.collection(collection)["whitening"] is None
+    again = query_result(api, collection, query, k=5)
+    assert again["whitened"] is None and again["matches"][0] == plain["matches"][0]
+
+
+def test_a_small_collection_is_not_whitened(api, collection):
+    vectors = unit_vectors(MIN_IMAGES // 2, seed=43)
+    put_vectors(api, collection, vectors)
+    api.client.set_collection(collection, whitening=True)
+    for _ in range(2):
+        assert query_result(api, collection, vectors[0], k=1)["whitened"] is None
+    time.sleep(0.5)
+    assert api.client.collection(collection)["whitening"] is None
+
+
+def test_query_expansion_averages_the_query_with_its_best_matches(api, collection):
+    vectors = unit_vectors(30, seed=44)
+    put_vectors(api, collection, vectors)
+    query = l2_normalise(vectors[7] + vectors[8])
+    result = query_result(api, collection, query, k=5, expand=2)
+    assert result["expand"] == 2
+    top_two, _ = ranking(vectors, query, 2)
+    expanded = l2_normalise(query + vectors[[int(i[1:]) for i in top_two]].sum(axis=0))
+    ids, scores = ranking(vectors, expanded, 5)
+    assert [m["id"] for m in result["matches"]] == ids
+    np.testing.assert_allclose([m["score"] for m in result["matches"]], scores, atol=1e-5)
+
+
+def test_query_expansion_through_an_image_query(api, collection):
+    images = natural_images()
+    for name in ("astronaut", "camera", "coffee"):
+        api.wait(api.index(collection, images[name], image_id=name))
+    task = api.wait(api.http.post(api.url(f"/v1/collections/{collection}/queries"),
+                                  files={"image": ("q.jpg", images["astronaut"])}, data={"expand": "1"}))
+    assert task["state"] == "succeeded" and task["expand"] == 1 and task["result"]["expand"] == 1
+    # expanded with its own copy, the query is that copy: score 1
+    assert task["result"]["matches"][0]["id"] == "astronaut"
+    assert task["result"]["matches"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("form", [{"expand": "11"}, {"expand": "-1"}, {"expand": "two"}, {"expand": "1.5"}])
+def test_bad_expand_is_refused_and_changes_nothing(api, collection, redis_client, form):
+    put_vectors(api, collection, unit_vectors(3, seed=45))
+    before = store_snapshot(redis_client)
+    response = api.http.post(api.url(f"/v1/collections/{collection}/queries"),
+                             data={"vector": str(unit_vectors(1, seed=46)[0].tolist()), **form})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_expand"
+    assert store_snapshot(redis_client) == before
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_bad_whitening_setting_is_refused(api, collection, value):
+    response = api.http.put(api.url(f"/v1/collections/{collection}"), json={"whitening": value})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_collection_settings"
+    assert api.http.get(api.url(f"/v1/collections/{collection}")).status_code == 404

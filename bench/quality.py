@@ -16,18 +16,20 @@ flip, brightness, contrast, a text overlay, blur. Reported per family: recall@1 
 Compared on the same data and the same weights, from shared forward passes:
 - Lookalike's descriptor options: pooling MAC / SPoC / GeM / R-MAC of VGG16's last conv
   block; input squashed to 224x224, or aspect kept (longest side 224) either as it is
-  (one pass per image) or padded into 224x224 (the service's ``pad``, batched); two scales
-  (224 and 160) summed; PCA-whitening learned from the indexed images; query expansion;
+  (one pass per image) or padded into 224x224 (the service's ``pad``, batched); and the
+  service's options on top of its default: two scales (``LOOKALIKE_SCALES=224,160``),
+  PCA-whitening learned from the indexed images (a collection's ``whitening``), query
+  expansion over 1-3 matches (a query's ``expand``);
 - the original write-up's approach: the flattened 7x7x512 map of a /255-scaled input,
   Euclidean distance;
 - PDQ hashes (Hamming distance), and the service's combined check (CNN and PDQ).
 
 Also: the precision-recall curve of the near-duplicate threshold for the default
-descriptor (top-1 score of each query, negatives included); check recall per family
+descriptor, plain and whitened (top-1 score of each query, negatives included); check recall per family
 (the best match is the original and is called a near-duplicate) for the CNN at the
 threshold reaching 99% precision, for PDQ, and for both as the service combines them;
 and ``--pairs-out`` writes the labelled pairs that ``lookalike calibrate`` turns into a
-proposed ``match_threshold``.
+proposed ``match_threshold`` (``--whitening``: the whitened default's pairs).
 """
 
 import argparse
@@ -44,7 +46,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.throughput import report  # noqa: E402
+from bench.throughput import median_seconds, report  # noqa: E402
 from shared.calibration import precision_recall_curve, propose_threshold  # noqa: E402
 from worker import descriptors  # noqa: E402
 from shared.settings import Settings  # noqa: E402
@@ -207,12 +209,12 @@ class Features:
         return rgb / 255.0 if scaling == "unit" else self._preprocess(rgb)
 
 
-def padded(features: "Features", images: list[np.ndarray]) -> list[np.ndarray]:
-    """The service's ``pad`` input: aspect kept within 224x224, padded with the mean colour (zeros after
-    preprocessing), batched; each map cut to the cells the image covers."""
+def padded(features: "Features", images: list[np.ndarray], longest: int = 224) -> list[np.ndarray]:
+    """The service's ``pad`` input: aspect kept with the longest side ``longest``, padded into 224x224 with
+    the mean colour (zeros after preprocessing), batched; each map cut to the cells the image covers."""
     from worker.extractor import pad_to_square
 
-    prepared = [pad_to_square(aspect_size(image), features._preprocess) for image in images]
+    prepared = [pad_to_square(image, features._preprocess, longest) for image in images]
     out = []
     for start in range(0, len(prepared), 32):
         chunk = prepared[start:start + 32]
@@ -228,6 +230,33 @@ def aspect_size(pixels: np.ndarray, longest: int = 224, shortest: int = 32) -> n
     size = (max(shortest, round(width * scale)), max(shortest, round(height * scale)))
     shrinking = size[0] * size[1] < width * height
     return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+# --- What the options cost ------------------------------------------------------------------------
+
+
+def measure_costs(weights: str, images: list[np.ndarray], repeats: int = 3) -> dict:
+    """Side by side in one process: the service's extractor at one scale and at two (images/s through
+    ``FeatureExtractor.extract``, batched as a worker batches), and learning and applying a whitening."""
+    from worker.extractor import FeatureExtractor
+    from worker.weights import resolve_weights
+
+    source = resolve_weights(weights, SEED)
+    pooling, input_mode = Settings.model_fields["pooling"].default, Settings.model_fields["input_mode"].default
+    rates = {}
+    for scales in ((224,), (224, 160)):
+        extractor = FeatureExtractor(source, seed=SEED, pooling=pooling, input_mode=input_mode, scales=scales)
+        extractor.extract(images)  # warm-up
+        rates["+".join(map(str, scales))] = len(images) / median_seconds(lambda: extractor.extract(images), repeats)
+    sample = descriptors.l2_normalise(np.random.default_rng(SEED).standard_normal((50_000, 512)).astype(np.float32))
+    learn_seconds = median_seconds(lambda: descriptors.Whitening.learn(sample), repeats)
+    whitening = descriptors.Whitening.learn(sample)
+    query = sample[:1]
+    apply_seconds = median_seconds(lambda: [whitening.apply(query) for _ in range(1000)], repeats) / 1000
+    return {"extract_images_per_second": {scales: round(rate, 2) for scales, rate in rates.items()},
+            "two_scales_over_one": round(rates["224+160"] / rates["224"], 3),
+            "whitening_learn_50k_seconds": round(learn_seconds, 3),
+            "whitening_apply_per_query_us": round(1e6 * apply_seconds, 1)}
 
 
 # --- Evaluation ------------------------------------------------------------------------------
@@ -263,6 +292,8 @@ def main() -> None:
     parser.add_argument("--weights", default="random", help="random (seeded), imagenet, or a weights file")
     parser.add_argument("--max-bases", type=int, default=0, help="evaluate on the first N bases only (quick runs)")
     parser.add_argument("--pairs-out", type=Path, help="write labelled (score, same) pairs for `lookalike calibrate`")
+    parser.add_argument("--whitening", action="store_true",
+                        help="--pairs-out of the default descriptor whitened (a collection with whitening on)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     started = time.monotonic()
@@ -285,9 +316,9 @@ def main() -> None:
 
     features = Features(args.weights)
     squash = features.maps(everything, (224, 224))
-    small = features.maps(everything, (160, 160))
     aspect = features.maps([aspect_size(image) for image in everything], None)
     pad = padded(features, everything)
+    pad_small = padded(features, everything, 160)
     writeup = features.maps(everything, (224, 224), scaling="unit")
 
     def split(vectors: np.ndarray):
@@ -308,16 +339,29 @@ def main() -> None:
     for pooling in descriptors.POOLINGS:
         evaluate(f"aspect224-{pooling}", np.concatenate([descriptors.pool(m[None], pooling) for m in aspect]))
         evaluate(f"pad224-{pooling}", np.concatenate([descriptors.pool(m[None], pooling) for m in pad]))
-    small_maps = np.stack(small)
-    for pooling in ("mac", "gem"):
-        combined = descriptors.pool(squash_maps, pooling) + descriptors.pool(small_maps, pooling)
-        evaluate(f"multiscale-{pooling}", descriptors.l2_normalise(combined))
     best_plain = max(results, key=lambda name: results[name]["mean"]["recall@1"])
-    whitening = descriptors.Whitening(split(stacked[best_plain])[0])
-    evaluate(f"{best_plain}+whiten", whitening.apply(stacked[best_plain]))
-    database, query_vectors, _ = split(stacked[best_plain])
-    expanded = descriptors.expand_queries(query_vectors, database, top=1)
-    evaluate(f"{best_plain}+qe1", stacked[best_plain], expanded @ database.T)
+
+    # The service's options, on its default descriptor: as a collection's whitening, a query's
+    # expand and LOOKALIKE_SCALES=224,160 compute them (worker.descriptors, worker.extractor).
+    default = DEFAULT_DESCRIPTOR
+    indexed_vectors = split(stacked[default])[0]
+    evaluate(f"{default} + whitening", descriptors.Whitening.learn(indexed_vectors).apply(stacked[default]))
+    evaluate(f"{default} + whitening without shrinkage",
+             descriptors.Whitening.learn(indexed_vectors, shrinkage=0).apply(stacked[default]))
+    for count in (100, 50, 20):  # a collection that has just reached (or not yet) the minimum
+        subset = indexed_vectors[np.random.default_rng(SEED).permutation(len(indexed_vectors))[:count]]
+        evaluate(f"{default} + whitening learned from {count} images",
+                 descriptors.Whitening.learn(subset).apply(stacked[default]))
+    database, query_vectors, _ = split(stacked[default])
+    for top in (1, 2, 3):
+        expanded = descriptors.expand_queries(query_vectors, database, top=top)
+        evaluate(f"{default} + query expansion {top}", stacked[default], expanded @ database.T)
+    for pooling in descriptors.POOLINGS:
+        small = np.concatenate([descriptors.pool(m[None], pooling) for m in pad_small])
+        evaluate(f"pad224+160-{pooling}", descriptors.l2_normalise(stacked[f"pad224-{pooling}"] + small))
+    multiscale = f"pad224+160-{Settings.model_fields['pooling'].default}"
+    evaluate(f"{multiscale} + whitening",
+             descriptors.Whitening.learn(split(stacked[multiscale])[0]).apply(stacked[multiscale]))
 
     # References: the write-up's flattened map with Euclidean distance, and PDQ.
     flat = np.stack([m.reshape(-1) for m in writeup]).astype(np.float32)
@@ -329,23 +373,14 @@ def main() -> None:
     hamming = hamming_matrix([h.bits for h in hash_q], [h.bits for h in hash_db])
     results["reference: PDQ (Hamming)"] = by_family(ranks(-hamming, truth_array), families)
 
-    # The service's default descriptor (LOOKALIKE_POOLING, LOOKALIKE_INPUT_MODE).
-    default = DEFAULT_DESCRIPTOR
-    db, q, neg = split(stacked[default])
-    top_scores = np.concatenate([(q @ db.T).max(axis=1), (neg @ db.T).max(axis=1)])
-    top_correct = np.concatenate([(q @ db.T).argmax(axis=1) == truth_array, np.zeros(len(neg), bool)])
-    curve = precision_recall_curve(top_scores, top_correct, positives=len(q))
-    threshold = propose_threshold(top_scores, top_correct, TARGET_PRECISION)
-
+    # The service's default descriptor (LOOKALIKE_POOLING, LOOKALIKE_INPUT_MODE), whitened with --whitening.
     # Checks, as the service makes them: is the best match the original, and called a near-duplicate?
-    # CNN alone at the calibrated threshold, PDQ alone (usable hashes within 31 bits), and both,
-    # ordered as worker.tasks orders them: by both signals, then by PDQ, then by the CNN alone.
-    cnn_similarity = q @ db.T
+    # CNN alone at the threshold reaching the target precision, PDQ alone (usable hashes within 31
+    # bits), and both, ordered as worker.tasks orders them: by both signals, then by PDQ, then by the
+    # CNN alone. For the default descriptor, plain and whitened.
     usable_db = np.array([h.quality >= PDQ_MIN_QUALITY for h in hash_db])
     usable_q = np.array([h.quality >= PDQ_MIN_QUALITY for h in hash_q])
     pdq_hit = (hamming <= PDQ_MAX_DISTANCE) & usable_db[None] & usable_q[:, None]
-    cnn_hit = cnn_similarity >= (threshold["threshold"] if threshold else np.inf)
-    trust = np.where(cnn_hit & pdq_hit, 3, np.where(pdq_hit, 2, np.where(cnn_hit, 1, 0)))
     rows = np.arange(len(truth_array))
 
     def check_recall(order_key: np.ndarray, hit: np.ndarray) -> dict:
@@ -353,19 +388,30 @@ def main() -> None:
         correct = (best == truth_array) & hit[rows, best]
         return by_family(np.where(correct, 1, 2), families)  # rank 1 = a right, near-duplicate answer
 
-    checks = {
-        f"check by CNN ({default}, threshold {threshold['threshold'] if threshold else None})":
-            check_recall(cnn_similarity, cnn_hit),
-        "check by PDQ (<= 31 bits, quality >= 50)": check_recall(np.where(pdq_hit, -hamming, -np.inf), pdq_hit),
-        "check by both (the service's default for checks)": check_recall(trust * 10.0 + cnn_similarity,
-                                                                         cnn_hit | pdq_hit),
-    }
+    checks = {"check by PDQ (<= 31 bits, quality >= 50)": check_recall(np.where(pdq_hit, -hamming, -np.inf), pdq_hit)}
+    curves, thresholds, pairs = {}, {}, {}
+    for name in (default, f"{default} + whitening"):
+        db, q, neg = split(stacked[name])
+        cnn_similarity = q @ db.T
+        top_scores = np.concatenate([cnn_similarity.max(axis=1), (neg @ db.T).max(axis=1)])
+        top_correct = np.concatenate([cnn_similarity.argmax(axis=1) == truth_array, np.zeros(len(neg), bool)])
+        pairs[name] = list(zip(top_scores, top_correct))
+        curves[name] = precision_recall_curve(top_scores, top_correct, positives=len(q))
+        threshold = propose_threshold(top_scores, top_correct, TARGET_PRECISION)
+        thresholds[name] = {"target": TARGET_PRECISION, **(threshold or {"threshold": None})}
+        cnn_hit = cnn_similarity >= (threshold["threshold"] if threshold else np.inf)
+        trust = np.where(cnn_hit & pdq_hit, 3, np.where(pdq_hit, 2, np.where(cnn_hit, 1, 0)))
+        checks[f"check by CNN ({name}, threshold {thresholds[name]['threshold']})"] = check_recall(cnn_similarity,
+                                                                                                  cnn_hit)
+        checks[f"check by both ({name})"] = check_recall(trust * 10.0 + cnn_similarity, cnn_hit | pdq_hit)
     check_recall_at_1 = {name: {family: result[family]["recall@1"] for family in (*TRANSFORMS, "mean")}
                          for name, result in checks.items()}
 
+    costs = measure_costs(args.weights, [aspect_size(image) for image in list(bases.values())[:32]])
+
     if args.pairs_out:
         with args.pairs_out.open("w") as out:
-            for score, correct in zip(top_scores, top_correct):
+            for score, correct in pairs[f"{default} + whitening" if args.whitening else default]:
                 out.write(json.dumps({"score": round(float(score), 6), "same": bool(correct)}) + "\n")
 
     figures = {
@@ -377,10 +423,12 @@ def main() -> None:
         "by_family": results,
         "default": default,
         "check_recall": check_recall_at_1,
+        "best_without_options": best_plain,
         "best_by_mean_recall@1": max((name for name in results if not name.startswith("reference")),
                                      key=lambda name: results[name]["mean"]["recall@1"]),
-        "threshold_for_precision": {"target": TARGET_PRECISION, **(threshold or {"threshold": None})},
-        "precision_recall": curve,
+        "threshold_for_precision": thresholds,
+        "precision_recall": curves,
+        "costs": costs,
         "seconds": round(time.monotonic() - started, 1),
     }
     report(figures, args.json)

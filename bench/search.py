@@ -10,6 +10,9 @@ so its memory is its own:
 - exact replica (one contiguous matrix): cold load from Redis, query latency p50/p99
   (refresh round trip included, as a worker does per query, and of the index alone),
   resident bytes per vector;
+- exact replica, then whitened: reading a sample and learning a whitening from it, the
+  replica's reload when the whitening is stored (queries to the collection wait for it),
+  and query latency in the whitened space;
 - HNSW replica (hnswlib): cold load from Redis (queryable once the exact replica is in,
   index ready once the graph built in the background is), restart from its snapshot,
   latency p50/p99, recall@10 against exact search at several ef, bytes per vector.
@@ -128,10 +131,36 @@ def replica_child(redis_url: str, kind: str, snapshot_dir: str, queries: np.ndar
                 found.append(ids)
             figures["ef_sweep"][ef] = {"recall_at_10": round(float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth)])), 4),
                                        **percentiles_ms(timings)}
+    if kind == "exact":
+        figures["whitening"] = measure_whitening(store, replicas, queries, k)
     if kind == "hnsw":  # a restarted worker: newest snapshot, then catch up from the stream
         restarted = Replicas(store, DIMENSION, exact_max=exact_max, hnsw=config, snapshot_dir=Path(snapshot_dir))
         figures["restart_from_snapshot_s"] = round(timed(lambda: restarted.search(COLLECTION, queries[0], k)), 2)
     results.put(figures)
+
+
+def measure_whitening(store: Store, replicas, queries: np.ndarray, k: int) -> dict:
+    """What a collection's whitening costs, done as the worker's whitening task does it; turned off again after."""
+    from shared.schemas import DEFAULT_COLLECTION_SETTINGS
+    from shared.store import StoredWhitening, utc_now
+    from worker.descriptors import Whitening
+
+    settings = Settings()
+    store.put_collection_settings(COLLECTION, DEFAULT_COLLECTION_SETTINGS | {"whitening": True})
+    started = time.perf_counter()
+    sample = store.sample_vectors(COLLECTION, settings.whitening_sample_images, DIMENSION)
+    read_seconds = time.perf_counter() - started
+    learn_seconds = timed(lambda: Whitening.learn(sample))
+    whitening = Whitening.learn(sample)
+    size = store.count_vectors(COLLECTION)
+    store.save_whitening(COLLECTION, StoredWhitening(whitening.mean, whitening.projection, len(sample), size,
+                                                     utc_now()), DESCRIPTOR.model)
+    reload_seconds = timed(lambda: replicas.search(COLLECTION, queries[0], k))  # the "whiten" event: reload
+    latencies = [timed(lambda: replicas.search(COLLECTION, query, k)) for query in queries]
+    store.put_collection_settings(COLLECTION, DEFAULT_COLLECTION_SETTINGS)  # forgotten: the next child sees it plain
+    return {"sample": len(sample), "sample_read_s": round(read_seconds, 2), "learn_s": round(learn_seconds, 2),
+            "replica_reload_s": round(reload_seconds, 2), "dimensions": whitening.dimension,
+            **percentiles_ms(latencies)}
 
 
 def measure_replica(redis_url: str, kind: str, snapshot_dir: Path, queries, truth, k: int, ef_search: int) -> dict:

@@ -276,6 +276,8 @@ def test_a_whitened_collection_is_searched_and_scored_in_the_whitened_space(stor
     assert not store.save_whitening(name, StoredWhitening(np.zeros(8), np.eye(8), 60, 60, utc_now()),
                                     "another-model")  # refused: learned from another descriptor's vectors
     whitening = learn_and_save(store, name)
+    assert replicas.search(name, query, 10).matches == found.matches  # the old replica answers meanwhile
+    replicas.wait_for_builds()  # the replica in the new whitening is loaded in the background
     found = replicas.search(name, query, 10)
     assert found.whitening["learned_from"] == 60 and found.whitening["dimensions"] == whitening.dimension
     assert_same_ranking(found.matches, whitened_ranking(store, name, whitening, query)[:10])
@@ -290,6 +292,9 @@ def test_a_whitened_collection_is_searched_and_scored_in_the_whitened_space(stor
 
     whitening_on(store, name, False)  # off: the learned whitening is forgotten, searches are plain again
     assert store.get_whitening(name) is None and store.collection_info(name)["whitening"] is None
+    store.save_image(name, "later", -query, {}, DESCRIPTOR)  # applied to the old replica meanwhile
+    assert replicas.search(name, query, 100).matches[-1][0] == "later"
+    replicas.wait_for_builds()
     found = replicas.search(name, query, 10)
     assert found.whitening is None
     assert_same_ranking(found.matches, exact_ranking(store, name, query)[:10])
@@ -317,8 +322,13 @@ def test_an_hnsw_replica_is_whitened_and_a_snapshot_of_another_whitening_is_not_
     assert_same_ranking(found.matches, whitened_ranking(store, name, second_whitening, probe))
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="worker.replica"):
-        first.search(name, probe, 1)  # the running one sees the "whiten" event and loads again
-    assert "whitening changed" in caplog.text
+        assert first.search(name, probe, 1).whitening["collection_size"] == 150  # answers, in the old whitening
+        first.wait_for_builds()  # the reload in the new one, then (past exact_max) its graph
+    assert "new whitening" in caplog.text and "replica in its new whitening in place (300 vectors)" in caplog.text
+    found = first.search(name, probe, 300)
+    assert isinstance(first._replicas[name].index, HnswIndex) and found.whitening["collection_size"] == 300
+    best, score = whitened_ranking(store, name, second_whitening, probe)[0]
+    assert found.matches[0] == (best, pytest.approx(score, abs=1e-5))
 
 
 def test_query_expansion_averages_the_query_with_its_best_matches(store, name):

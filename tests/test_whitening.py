@@ -39,6 +39,17 @@ def learned_whitening(api, collection: str, collection_size: int, timeout: float
     raise AssertionError(f"no whitening learned at {collection_size} images: {info}")
 
 
+def whitened_by(api, collection: str, vector: np.ndarray, whitening: dict | None, timeout: float = 30) -> dict:
+    """A query's result once it is answered in ``whitening`` (None: unwhitened): a worker answers in the old
+    whitening while it loads the collection in the new one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = query_result(api, collection, vector, k=5)
+        if result["whitened"] == whitening or time.monotonic() > deadline:
+            return result
+        time.sleep(0.1)
+
+
 def ranking(database: np.ndarray, query: np.ndarray, k: int) -> tuple[list[str], np.ndarray]:
     scores = database @ query
     order = np.argsort(-scores, kind="stable")[:k]
@@ -66,7 +77,7 @@ def test_whitening_is_learned_used_relearned_as_the_collection_grows_and_forgott
     learned = learned_whitening(api, collection, len(vectors))
     assert learned["learned_from"] == len(vectors) and learned["dimensions"] == len(vectors) - 1
 
-    whitened = query_result(api, collection, query, k=5)
+    whitened = whitened_by(api, collection, query, learned)
     assert whitened["whitened"] == learned
     expected = Whitening.learn(vectors)  # the same maths from the same vectors (in another order)
     ids, scores = ranking(expected.apply(vectors), expected.apply(query[None])[0], 5)
@@ -80,7 +91,7 @@ def test_whitening_is_learned_used_relearned_as_the_collection_grows_and_forgott
 
     api.client.set_collection(collection, whitening=False)
     assert api.client.collection(collection)["whitening"] is None
-    again = query_result(api, collection, query, k=5)
+    again = whitened_by(api, collection, query, None)
     assert again["whitened"] is None and again["matches"][0] == plain["matches"][0]
 
 

@@ -19,7 +19,8 @@ rather than snapshotted.
 A collection with a learned PCA-whitening (its ``whitening`` setting) is searched in the
 whitened space: Redis keeps the vectors as extracted, the replica holds them whitened, and
 queries are whitened the same way under the same lock. A new whitening (a ``whiten`` event)
-makes replicas load the collection again.
+has a replica in it loaded in the background; the old one answers, in its own whitening
+and kept up to date, until the new one is swapped in (as HNSW builds are).
 """
 
 import json
@@ -262,7 +263,8 @@ class Replicas:
         self._replicas: dict[str, CollectionReplica] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
-        self._builds: dict[str, threading.Thread] = {}  # HNSW builds in progress, by collection
+        # Background work in progress, by (kind, collection): HNSW builds, reloads in a new whitening.
+        self._background: dict[tuple[str, str], threading.Thread] = {}
 
     def search(self, collection: str, query: np.ndarray, k: int, min_score: float | None = None, *,
                refresh: bool = True, expand: int = 0) -> SearchResult:
@@ -330,48 +332,75 @@ class Replicas:
                 log.warning("replica of %s is behind its trimmed change stream; reloading", collection)
                 replica = self._load(collection, use_snapshot=False)
                 continue
-            if any(change.op in ("drop", "whiten") for change in changes):  # start again from its (new) contents
-                log.info("collection %s was dropped or its whitening changed; its replica starts again", collection)
+            if any(change.op == "drop" for change in changes):  # emptied: start again from its (new) contents
+                log.info("collection %s was dropped; its replica starts again", collection)
                 self._forget_snapshots(collection)
                 replica = self._load(collection, use_snapshot=False)
                 continue
+            if any(change.op == "whiten" for change in changes):  # this one answers until the new one is in
+                log.info("collection %s has a new whitening: loading its replica in it in the background", collection)
+                self._start_background("whiten", collection, self._reload_whitened)
             if lag is None:  # how long the oldest change waited for this replica
                 lag = max(0.0, time.time() - changes[0].written_at)
             self._apply(collection, replica, changes)
         metrics.REPLICA_LAG.labels(collection).set(lag or 0.0)
         metrics.REPLICA_VECTORS.labels(collection).set(len(replica.index))
         if isinstance(replica.index, ExactIndex) and len(replica.index) > self.exact_max:
-            self._start_hnsw_build(collection)  # searched exactly until the graph is ready
+            self._start_background("hnsw", collection, self._build_hnsw)  # searched exactly until the graph is ready
         elif replica.changes_since_snapshot >= self.snapshot_every_changes:
             self._snapshot(collection, replica)
         return replica
 
     def wait_for_builds(self) -> None:
-        """Block until every HNSW build in progress has finished (tests, benchmarks)."""
+        """Block until every background build and reload in progress has finished (tests, benchmarks)."""
         while True:
             with self._locks_lock:
-                builds = list(self._builds.values())
-            if not builds:
+                running = list(self._background.values())
+            if not running:
                 return
-            for build in builds:
-                build.join()
+            for thread in running:
+                thread.join()
 
-    def _start_hnsw_build(self, collection: str) -> None:
+    def _start_background(self, kind: str, collection: str, work) -> None:
+        """Run ``work(collection)`` in a thread of its own, unless one of this kind runs for the collection."""
         with self._locks_lock:
-            if collection in self._builds:
+            if (kind, collection) in self._background:
                 return
-            build = threading.Thread(target=self._build_hnsw, args=(collection,), daemon=True,
-                                     name=f"hnsw-build-{collection}")
-            self._builds[collection] = build
-        log.info("collection %s passed %d vectors: building its HNSW index in the background", collection, self.exact_max)
-        build.start()
+            thread = threading.Thread(target=self._run_background, args=(kind, collection, work), daemon=True,
+                                      name=f"{kind}-{collection}")
+            self._background[(kind, collection)] = thread
+        thread.start()
+
+    def _run_background(self, kind: str, collection: str, work) -> None:
+        try:
+            work(collection)
+        finally:
+            with self._locks_lock:
+                self._background.pop((kind, collection), None)
+
+    def _reload_whitened(self, collection: str) -> None:
+        """Load the collection in its current whitening, swap it in and let the stream catch it up."""
+        try:
+            replica = self._load_from_store(collection)
+            with self._lock(collection):
+                self._forget_snapshots(collection)  # of vectors in the old whitening
+                self._replicas[collection] = replica
+                self.refresh(collection)
+            log.info("collection %s: replica in its new whitening in place (%d vectors)", collection,
+                     len(replica.index))
+        except Exception:
+            log.exception("reloading %s in its new whitening failed; it is loaded again on its next search", collection)
+            with self._lock(collection):
+                self._replicas.pop(collection, None)
 
     def _build_hnsw(self, collection: str) -> None:
         """Build a graph from a scan of Redis, then swap it in and let the stream catch it up.
 
         Like a cold load: position first, then the scan, then every event after the
-        position -- the exact replica keeps answering meanwhile.
+        position -- the exact replica keeps answering meanwhile (this runs in a thread).
         """
+        log.info("collection %s passed %d vectors: building its HNSW index in the background", collection,
+                 self.exact_max)
         try:
             seq, stream_id = self.store.change_position(collection)
             whitening = self._read_whitening(collection)
@@ -392,9 +421,6 @@ class Replicas:
             log.info("collection %s: HNSW index of %d vectors in place", collection, len(index))
         except Exception:
             log.exception("HNSW build of %s failed; it stays exact and the build is retried", collection)
-        finally:
-            with self._locks_lock:
-                self._builds.pop(collection, None)
 
     def _lock(self, collection: str) -> threading.Lock:
         with self._locks_lock:
@@ -475,7 +501,7 @@ class Replicas:
         # Read each changed image's current vector and hash once. They may be newer than the
         # event (a later put, or gone after a later delete): applying the newer state is
         # right, and the later events will then change nothing.
-        changed = list(dict.fromkeys(change.image_id for change in changes))
+        changed = list(dict.fromkeys(change.image_id for change in changes if change.op in ("put", "del")))
         current = self.store.get_vectors_and_hashes(collection, changed, self.dimension)
         present = [vector for vector, _ in current if vector is not None]
         searchable = iter(replica.to_search_space(np.stack(present)) if present else [])

@@ -148,3 +148,13 @@ def test_bad_whitening_setting_is_refused(api, collection, value):
     response = api.http.put(api.url(f"/v1/collections/{collection}"), json={"whitening": value})
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_collection_settings"
     assert api.http.get(api.url(f"/v1/collections/{collection}")).status_code == 404
+
+
+def test_the_index_task_that_fills_a_collection_starts_its_whitening(api, collection):
+    put_vectors(api, collection, unit_vectors(MIN_IMAGES - 1, seed=47))
+    api.client.set_collection(collection, whitening=True)
+    assert api.client.collection(collection)["whitening"] is None  # one image short, and nothing asked
+    task = api.wait(api.index(collection, natural_images()["coffee"], image_id="coffee"))
+    assert task["state"] == "succeeded"
+    learned = learned_whitening(api, collection, MIN_IMAGES)  # no query needed
+    assert learned["learned_from"] == MIN_IMAGES

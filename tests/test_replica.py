@@ -329,6 +329,10 @@ def test_an_hnsw_replica_is_whitened_and_a_snapshot_of_another_whitening_is_not_
     assert isinstance(first._replicas[name].index, HnswIndex) and found.whitening["collection_size"] == 300
     best, score = whitened_ranking(store, name, second_whitening, probe)[0]
     assert found.matches[0] == (best, pytest.approx(score, abs=1e-5))
+    # Scores of given ids and query expansion read the vectors the graph holds.
+    assert first.scores(name, probe, [best, "gone"]) == [pytest.approx(found.matches[0][1], abs=1e-6), None]
+    expanded = first.search(name, probe, 5, expand=1)
+    assert expanded.matches[0][0] == best and expanded.matches[0][1] > found.matches[0][1]
 
 
 def test_query_expansion_averages_the_query_with_its_best_matches(store, name):

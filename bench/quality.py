@@ -346,8 +346,9 @@ def main() -> None:
     default = DEFAULT_DESCRIPTOR
     indexed_vectors = split(stacked[default])[0]
     evaluate(f"{default} + whitening", descriptors.Whitening.learn(indexed_vectors).apply(stacked[default]))
-    evaluate(f"{default} + whitening without shrinkage",
-             descriptors.Whitening.learn(indexed_vectors, shrinkage=0).apply(stacked[default]))
+    for shrinkage in (0.0, 0.1, 1.0):  # around the service's (descriptors.WHITENING_SHRINKAGE)
+        evaluate(f"{default} + whitening with shrinkage {shrinkage}",
+                 descriptors.Whitening.learn(indexed_vectors, shrinkage=shrinkage).apply(stacked[default]))
     for count in (100, 50, 20):  # a collection that has just reached (or not yet) the minimum
         subset = indexed_vectors[np.random.default_rng(SEED).permutation(len(indexed_vectors))[:count]]
         evaluate(f"{default} + whitening learned from {count} images",

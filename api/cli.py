@@ -205,10 +205,20 @@ def collections(client: Client, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(infos, indent=2))
         return
-    click.echo(f"{'collection':<32} {'images':>10}  kind   threshold")
+    click.echo(f"{'collection':<32} {'images':>10}  kind   {'threshold':<9}  whitening")
     for info in infos:
         settings = info["settings"]
-        click.echo(f"{info['collection']:<32} {info['images']:>10}  {settings['kind']:<6} {settings['match_threshold']}")
+        click.echo(f"{info['collection']:<32} {info['images']:>10}  {settings['kind']:<6} "
+                   f"{settings['match_threshold']:<9}  {_whitening_state(info)}")
+
+
+def _whitening_state(info: dict) -> str:
+    learned = info.get("whitening")
+    if not info["settings"].get("whitening"):
+        return "off"
+    if learned is None:
+        return "on, not learned yet"
+    return f"on, {learned['dimensions']} dims from {learned['learned_from']} images"
 
 
 def _print_matches(matches: list[dict], title: str = "rank") -> None:

@@ -113,6 +113,10 @@ def test_cli_queries_checks_and_lists(api, collection):
     listed = lookalike(api, "collections", "--json")
     info = next(info for info in json.loads(listed.stdout) if info["collection"] == collection)
     assert info["images"] == 1 and info["settings"]["kind"] == "block"
+    client.set_collection(collection, match_threshold=0.95, kind="block", whitening=True)
+    table = lookalike(api, "collections").stdout
+    row = next(line for line in table.splitlines() if line.startswith(collection))
+    assert row.split()[1:] == ["1", "block", "0.95", "on,", "not", "learned", "yet"]
 
     missing = lookalike(api, "task", "no-such-task")
     assert missing.returncode == 2 and "task_not_found" in missing.stderr

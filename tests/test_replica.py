@@ -348,3 +348,22 @@ def test_query_expansion_averages_the_query_with_its_best_matches(store, name):
     ids = [image_id for image_id, _ in expanded.matches[:5]]
     np.testing.assert_allclose(replicas.scores(name, query, ids, expand=2), [s for _, s in expanded.matches[:5]],
                                atol=1e-6)
+
+
+def test_a_whitening_change_during_the_reload_for_the_last_one_is_not_lost(store, name):
+    import time
+
+    fill(store, name, clustered(60, seed=27))
+    whitening_on(store, name)
+    replicas = Replicas(store, DIMENSION)
+    query = clustered(1, seed=28)[0]
+    replicas.search(name, query, 5)
+    learn_and_save(store, name)
+    replicas.search(name, query, 5)  # sees the "whiten" event: the reload starts
+    with replicas._lock(name):  # the reload can load, but not swap in, while this is held
+        time.sleep(0.3)  # it has read the whitening just learned by now, and waits to swap in
+        whitening_on(store, name, False)  # a second change, which that reload has not seen
+    replicas.wait_for_builds()
+    found = replicas.search(name, query, 10)
+    assert found.whitening is None  # reloaded once more: not stuck in the first change
+    assert_same_ranking(found.matches, exact_ranking(store, name, query)[:10])

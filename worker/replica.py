@@ -265,6 +265,7 @@ class Replicas:
         self._locks_lock = threading.Lock()
         # Background work in progress, by (kind, collection): HNSW builds, reloads in a new whitening.
         self._background: dict[tuple[str, str], threading.Thread] = {}
+        self._again: set[tuple[str, str]] = set()  # asked for again while running
 
     def search(self, collection: str, query: np.ndarray, k: int, min_score: float | None = None, *,
                refresh: bool = True, expand: int = 0) -> SearchResult:
@@ -339,7 +340,7 @@ class Replicas:
                 continue
             if any(change.op == "whiten" for change in changes):  # this one answers until the new one is in
                 log.info("collection %s has a new whitening: loading its replica in it in the background", collection)
-                self._start_background("whiten", collection, self._reload_whitened)
+                self._start_background("whiten", collection, self._reload_whitened, again_if_running=True)
             if lag is None:  # how long the oldest change waited for this replica
                 lag = max(0.0, time.time() - changes[0].written_at)
             self._apply(collection, replica, changes)
@@ -361,10 +362,13 @@ class Replicas:
             for thread in running:
                 thread.join()
 
-    def _start_background(self, kind: str, collection: str, work) -> None:
-        """Run ``work(collection)`` in a thread of its own, unless one of this kind runs for the collection."""
+    def _start_background(self, kind: str, collection: str, work, *, again_if_running: bool = False) -> None:
+        """Run ``work(collection)`` in a thread of its own, unless one of this kind runs for the collection;
+        with ``again_if_running``, that one runs it once more when done (it may have read older state)."""
         with self._locks_lock:
             if (kind, collection) in self._background:
+                if again_if_running:
+                    self._again.add((kind, collection))
                 return
             thread = threading.Thread(target=self._run_background, args=(kind, collection, work), daemon=True,
                                       name=f"{kind}-{collection}")
@@ -372,11 +376,17 @@ class Replicas:
         thread.start()
 
     def _run_background(self, kind: str, collection: str, work) -> None:
-        try:
-            work(collection)
-        finally:
-            with self._locks_lock:
-                self._background.pop((kind, collection), None)
+        while True:
+            try:
+                work(collection)
+            finally:
+                with self._locks_lock:
+                    again = (kind, collection) in self._again
+                    self._again.discard((kind, collection))
+                    if not again:
+                        self._background.pop((kind, collection), None)
+            if not again:
+                return
 
     def _reload_whitened(self, collection: str) -> None:
         """Load the collection in its current whitening, swap it in and let the stream catch it up."""

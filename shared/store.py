@@ -143,8 +143,15 @@ class StoredWhitening:
     learned_at: str
 
     def summary(self) -> dict[str, Any]:
-        return {"learned_from": self.learned_from, "collection_size": self.collection_size,
-                "learned_at": self.learned_at, "dimensions": int(self.projection.shape[1])}
+        return whitening_summary(self.learned_from, self.collection_size, self.learned_at, self.projection.shape[1])
+
+
+def whitening_summary(learned_from, collection_size, learned_at, dimensions) -> dict[str, Any]:
+    """A whitening as the API shows it (collections, results), from its stored fields."""
+    if isinstance(learned_at, bytes):  # as Redis returns it
+        learned_at = learned_at.decode()
+    return {"learned_from": int(learned_from), "collection_size": int(collection_size),
+            "learned_at": learned_at, "dimensions": int(dimensions)}
 
 
 class Store:
@@ -501,9 +508,7 @@ class Store:
             "weights": descriptor.get("weights"),
             "settings": DEFAULT_COLLECTION_SETTINGS | (json.loads(settings) if settings else {}),
             # the whitening learned (what searches use while the setting is on), or None
-            "whitening": None if whitening[0] is None else {
-                "learned_from": int(whitening[0]), "collection_size": int(whitening[1]),
-                "learned_at": whitening[2].decode(), "dimensions": int(whitening[3])},
+            "whitening": None if whitening[0] is None else whitening_summary(*whitening),
         }
 
     # --- Worker heartbeats (for /readyz) -------------------------------------------------------

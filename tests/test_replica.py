@@ -25,10 +25,14 @@ def stored(store: Store, collection: str) -> dict[str, np.ndarray]:
     return {image_id: vector for chunk in store.scan_vectors(collection, DIMENSION, 1000) for image_id, vector in chunk}
 
 
-def exact_ranking(store: Store, collection: str, query: np.ndarray) -> list[tuple[str, float]]:
+def exact_ranking(store: Store, collection: str, query: np.ndarray, transform=None) -> list[tuple[str, float]]:
+    """Every stored image by score, best first; ``transform`` (e.g. a whitening) applied to both sides first."""
     vectors = stored(store, collection)
     ids = list(vectors)
-    scores = np.array([vectors[image_id] @ query for image_id in ids])
+    matrix = np.stack([vectors[image_id] for image_id in ids]) if ids else np.empty((0, DIMENSION), np.float32)
+    if transform is not None:
+        matrix, query = transform(matrix), transform(query[None])[0]
+    scores = matrix @ query
     order = np.argsort(-scores, kind="stable")
     return [(ids[row], float(scores[row])) for row in order]
 
@@ -250,11 +254,7 @@ def learn_and_save(store: Store, name: str) -> Whitening:
 
 
 def whitened_ranking(store: Store, name: str, whitening: Whitening, query: np.ndarray) -> list[tuple[str, float]]:
-    vectors = stored(store, name)
-    ids = list(vectors)
-    scores = whitening.apply(np.stack([vectors[i] for i in ids])) @ whitening.apply(query[None])[0]
-    order = np.argsort(-scores, kind="stable")
-    return [(ids[row], float(scores[row])) for row in order]
+    return exact_ranking(store, name, query, whitening.apply)
 
 
 def whitening_on(store: Store, name: str, on: bool = True) -> None:

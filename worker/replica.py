@@ -226,6 +226,11 @@ class LearnedWhitening:
         """Stored (or query) vectors as a replica holds them: whitened when the collection is."""
         return vectors if whitening is None else whitening.transform.apply(vectors)
 
+    @staticmethod
+    def label(whitening: "LearnedWhitening | None") -> str | None:
+        """Which whitening vectors went through (when it was learned; None: none), as snapshots record it."""
+        return None if whitening is None else whitening.summary["learned_at"]
+
 
 @dataclass
 class CollectionReplica:
@@ -239,10 +244,6 @@ class CollectionReplica:
     @property
     def position(self) -> dict:
         return {"seq": self.seq, "stream_id": self.stream_id}
-
-    @property
-    def whitening_label(self) -> str | None:
-        return None if self.whitening is None else self.whitening.summary["learned_at"]
 
     def to_search_space(self, vectors: np.ndarray) -> np.ndarray:
         return LearnedWhitening.apply(self.whitening, vectors)
@@ -483,7 +484,7 @@ class Replicas:
         whitening = self._read_whitening(collection)
         try:
             loaded = HnswIndex.load(self.snapshot_dir / collection, self._dimension_of(whitening),
-                                    None if whitening is None else whitening.summary["learned_at"])
+                                    LearnedWhitening.label(whitening))
         except Exception:  # a damaged snapshot costs a rebuild, not an outage
             log.warning("snapshot of %s unreadable; rebuilding from Redis", collection, exc_info=True)
             return None
@@ -504,7 +505,7 @@ class Replicas:
     def _snapshot(self, collection: str, replica: CollectionReplica) -> None:
         if self.snapshot_dir is None or not isinstance(replica.index, HnswIndex):
             return
-        replica.index.save(self.snapshot_dir / collection, replica.position, replica.whitening_label)
+        replica.index.save(self.snapshot_dir / collection, replica.position, LearnedWhitening.label(replica.whitening))
         replica.changes_since_snapshot = 0
 
     def _apply(self, collection: str, replica: CollectionReplica, changes: list[Change]) -> None:

@@ -10,7 +10,7 @@ import pytest
 from api.app import create_app
 from shared.settings import Settings
 from shared.errors import LookalikeError
-from shared.outbound import Allowlist, check_addresses, check_url
+from shared.outbound import Allowlist, check_url, resolve_addresses
 from shared.webhooks import sign, verify
 from tests.conftest import TEST_MAX_UPLOAD_BYTES, WEBHOOK_SECRET, natural_images, store_snapshot
 from tests.local_http import Answer
@@ -37,7 +37,10 @@ def test_allowlist_patterns():
     assert check_url("http://eu.cdn.example.com/b.png", allowlist, invalid_code="invalid_url", refused_code="url_not_allowed", what="URL")
     assert check_url("http://media.local:8080/c", allowlist, invalid_code="invalid_url", refused_code="url_not_allowed", what="URL")
     for refused in ("http://cdn.example.com/", "http://media.local/c", "http://images.example.com.evil.net/",
-                    "http://evilimages.example.com/"):
+                    "http://evilimages.example.com/",
+                    # without a port, an entry admits only the scheme's default port
+                    "http://images.example.com:8080/a.jpg", "https://images.example.com:80/",
+                    "http://eu.cdn.example.com:8080/b.png", "https://media.local:443/c"):
         with pytest.raises(LookalikeError) as error:
             check_url(refused, allowlist, invalid_code="invalid_url", refused_code="url_not_allowed", what="URL")
         assert error.value.code == "url_not_allowed", refused
@@ -50,20 +53,25 @@ def test_allowlist_patterns():
         check_url("http://images.example.com/", Allowlist(""), invalid_code="invalid_url", refused_code="url_not_allowed", what="URL")
 
 
-def test_wildcards_never_reach_private_addresses(monkeypatch):
+def test_names_reach_private_addresses_only_where_the_address_is_listed(monkeypatch):
+    # A stub resolver: nothing here connects (tests/test_ssrf.py covers connections).
     def resolve(host, port, **_):
         address = {"public.cdn.example.com": "93.184.216.34", "internal.cdn.example.com": "10.0.0.7",
-                   "metadata.cdn.example.com": "169.254.169.254", "intranet": "192.168.1.5"}[host]
+                   "metadata.cdn.example.com": "169.254.169.254", "intranet": "192.168.1.5",
+                   "media.internal": "10.20.3.4"}[host]
         return [(2, 1, 6, "", (address, port))]
 
     monkeypatch.setattr("socket.getaddrinfo", resolve)
-    allowlist = Allowlist("*.cdn.example.com,intranet")
+    allowlist = Allowlist("*.cdn.example.com,intranet,media.internal:8080,10.20.0.0/16:8080")
     target = lambda url: check_url(url, allowlist, invalid_code="invalid_url", refused_code="url_not_allowed", what="URL")  # noqa: E731
-    check_addresses(target("http://public.cdn.example.com/a.jpg"), "url_not_allowed")
-    check_addresses(target("http://intranet/a.jpg"), "url_not_allowed")  # named exactly by the operator: allowed
-    for url in ("http://internal.cdn.example.com/a.jpg", "http://metadata.cdn.example.com/latest"):
+    addresses = lambda url: [str(a) for a in resolve_addresses(target(url), "url_not_allowed", timeout=5)]  # noqa: E731
+    assert addresses("http://public.cdn.example.com/a.jpg") == ["93.184.216.34"]
+    assert addresses("http://media.internal:8080/a.jpg") == ["10.20.3.4"]  # its network is listed too
+    # Named exactly, but its address is not listed: a name alone never opens the inside.
+    for url in ("http://internal.cdn.example.com/a.jpg", "http://metadata.cdn.example.com/latest",
+                "http://intranet/a.jpg"):
         with pytest.raises(LookalikeError) as error:
-            check_addresses(target(url), "url_not_allowed")
+            addresses(url)
         assert error.value.code == "url_not_allowed"
 
 
@@ -195,7 +203,7 @@ def test_failed_deliveries_are_retried_with_growing_waits(api, collection, web_s
                       request.headers["X-Lookalike-Signature"], request.body)
 
 
-def test_deliveries_stop_after_the_last_attempt(api, collection, web_server):
+def test_deliveries_stop_after_the_last_attempt(api, collection, web_server, service_env):
     path = unique_path("down")
     callback_url = web_server.route(path, Answer(500))
     submitted = api.http.post(api.url(f"/v1/collections/{collection}/images"), data={"callback_url": callback_url},
@@ -203,8 +211,16 @@ def test_deliveries_stop_after_the_last_attempt(api, collection, web_server):
     task = wait_for_callback(api, submitted.json()["task_id"], states=("failed",))
     assert task["state"] == "succeeded"  # the task itself did its work
     assert task["callback"]["state"] == "failed" and len(task["callback"]["attempts"]) == 4
-    time.sleep(1.5)
-    assert len(web_server.requests_to(path)) == 4  # and nothing more after giving up
+    # Were a fifth attempt made, it would come one backoff after the fourth (the wait before
+    # attempt n+1 is the backoff doubled n-1 times, capped): wait past that, with a margin
+    # for the queue, and see that none came.
+    attempts = int(service_env["LOOKALIKE_WEBHOOK_MAX_ATTEMPTS"])
+    next_wait = min(float(service_env.get("LOOKALIKE_WEBHOOK_MAX_BACKOFF_SECONDS",
+                                          Settings.model_fields["webhook_max_backoff_seconds"].default)),
+                    float(service_env["LOOKALIKE_WEBHOOK_BACKOFF_SECONDS"]) * 2 ** (attempts - 1))
+    last = web_server.requests_to(path)[-1].at
+    time.sleep(max(0.0, last + next_wait + 1.5 - time.monotonic()))
+    assert len(web_server.requests_to(path)) == attempts  # and nothing more after giving up
 
 
 @pytest.mark.parametrize(("callback_url", "status", "code"), [

@@ -1,8 +1,13 @@
-"""`make run`: Redis (embedded unless LOOKALIKE_REDIS_URL is set), one worker and the API, in the foreground.
+"""`make run`: Redis (embedded unless LOOKALIKE_REDIS_URL is set), the worker, the webhook deliverer and
+the API, in the foreground, supervised.
 
-Ctrl-C stops everything in order -- API, then worker (which finishes its current tasks),
-then the embedded Redis -- and leaves nothing running. If any part exits on its own, the
-rest are stopped too and its exit status is returned.
+A part that exits on its own is started again (after 1 s, then waits doubling up to 30 s
+while it keeps dying), as a process supervisor in production would; the others go on (the
+workers wait out a Redis restart by themselves). Only a part that cannot start -- exit
+status 2, for example weights that cannot be had -- or one that keeps dying stops
+everything, with its status. Ctrl-C stops everything in order -- API, then workers (which
+finish their current tasks), then the embedded Redis -- and leaves nothing running. Every
+part runs in a session of its own, so the terminal's Ctrl-C reaches only this supervisor.
 """
 
 import os
@@ -10,12 +15,22 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 from shared.embedded_redis import EmbeddedRedis
 from shared.settings import get_settings
 from worker.weights import WeightsUnavailable, resolve_weights
 
 STOP_TIMEOUT_SECONDS = 30
+CANNOT_START = 2  # the exit status of a part that will not start however often it is tried
+FIRST_RESTART_DELAY_SECONDS = 1.0
+MAX_RESTART_DELAY_SECONDS = 30.0
+CRASH_LOOP_RESTARTS = 5  # this many restarts, each after under a minute of running: give up
+STEADY_SECONDS = 60.0
+
+
+def log(message: str) -> None:
+    print(f"make run: {message}", file=sys.stderr, flush=True)
 
 
 def choose_weights(env: dict) -> None:
@@ -30,22 +45,59 @@ def choose_weights(env: dict) -> None:
               file=sys.stderr)
 
 
-def start(name: str, command: list[str], env: dict) -> tuple[str, subprocess.Popen]:
-    # A session of its own, so the terminal's Ctrl-C reaches only this supervisor, which
-    # then stops the parts in order instead of all at once.
-    return name, subprocess.Popen(command, env=env, start_new_session=True)
+@dataclass
+class Part:
+    """One supervised process, restarted when it exits unasked."""
 
+    name: str
+    command: list[str]
+    env: dict
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    restarts: int = 0  # in a row, each after a short life
+    restart_at: float | None = None  # when it is due to start again, while it is down
+    delay: float = FIRST_RESTART_DELAY_SECONDS
 
-def stop(name: str, process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    print(f"make run: stopping {name}", file=sys.stderr)
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(STOP_TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command, env=self.env, start_new_session=True)
+        self.started_at = time.monotonic()
+        self.restart_at = None
+
+    def check(self) -> int | None:
+        """Restart the part when it has exited and its wait is over; the status to stop everything with, if any."""
+        now = time.monotonic()
+        if self.restart_at is not None:
+            if now >= self.restart_at:
+                log(f"starting {self.name} again")
+                self.start()
+            return None
+        status = self.process.poll()
+        if status is None:
+            return None
+        if status == CANNOT_START:
+            log(f"{self.name} cannot start (exit status {status}); stopping the rest")
+            return status
+        if now - self.started_at >= STEADY_SECONDS:  # it ran a while: a new failure, not a crash loop
+            self.restarts, self.delay = 0, FIRST_RESTART_DELAY_SECONDS
+        if self.restarts >= CRASH_LOOP_RESTARTS:
+            log(f"{self.name} exited with status {status} {self.restarts + 1} times in a row; stopping the rest")
+            return status or 1
+        log(f"{self.name} exited with status {status}; starting it again in {self.delay:g} s")
+        self.restart_at = now + self.delay
+        self.restarts += 1
+        self.delay = min(MAX_RESTART_DELAY_SECONDS, 2 * self.delay)
+        return None
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        log(f"stopping {self.name}")
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def interrupt(signum, frame) -> None:
@@ -63,32 +115,39 @@ def main() -> int:
     if "redis_url" not in settings.model_fields_set:
         embedded = EmbeddedRedis(settings.data_dir / "redis", settings.embedded_redis_port).start()
         env["LOOKALIKE_REDIS_URL"] = embedded.url
-        print(f"make run: embedded Redis on {embedded.url}, data in {embedded.data_dir}", file=sys.stderr)
+        log(f"embedded Redis on {embedded.url}, data in {embedded.data_dir}")
     choose_weights(env)
     if "LOOKALIKE_AUTH" not in env:
         env["LOOKALIKE_AUTH"] = "false"
         env.setdefault("LOOKALIKE_RATE_LIMIT", "")  # every local client shares one address
-        print("make run: API keys and rate limits are OFF for local use "
-              "(set LOOKALIKE_AUTH=true to require keys)", file=sys.stderr)
+        log("API keys and rate limits are OFF for local use (set LOOKALIKE_AUTH=true to require keys)")
+    # The webhook deliverer serves its metrics on the next port, if the worker serves any.
+    webhooks_env = env | {"LOOKALIKE_WORKER_METRICS_PORT": str(settings.worker_metrics_port + 1)
+                          if settings.worker_metrics_port else "0"}
     parts = [
-        start("worker", [sys.executable, "-m", "worker"], env),
-        start("api", [sys.executable, "-m", "gunicorn", "--config", "python:api.gunicorn_conf", "api.wsgi:app"], env),
+        Part("worker", [sys.executable, "-m", "worker"], env),
+        Part("webhooks", [sys.executable, "-m", "worker", "--role", "webhooks"], webhooks_env),
+        Part("api", [sys.executable, "-m", "gunicorn", "--config", "python:api.gunicorn_conf", "api.wsgi:app"], env),
     ]
-    print(f"make run: API on http://{settings.host}:{settings.port} (Ctrl-C stops everything)", file=sys.stderr)
     status = 0
     try:
-        while all(process.poll() is None for _, process in parts):
+        for part in parts:
+            part.start()
+        log(f"API on http://{settings.host}:{settings.port} (Ctrl-C stops everything)")
+        while status == 0:
             time.sleep(0.5)
-        exited = next((name, process) for name, process in parts if process.poll() is not None)
-        status = exited[1].returncode or 1
-        print(f"make run: {exited[0]} exited with status {exited[1].returncode}; stopping the rest", file=sys.stderr)
+            if embedded is not None and embedded.process.poll() is not None:
+                log(f"embedded Redis exited with status {embedded.process.returncode}; starting it again")
+                embedded.start()
+            for part in parts:
+                status = status or part.check() or 0
     except KeyboardInterrupt:
         pass
     finally:
-        for name, process in reversed(parts):
-            stop(name, process)
+        for part in reversed(parts):
+            part.stop()
         if embedded is not None:
-            print("make run: stopping Redis", file=sys.stderr)
+            log("stopping Redis")
             embedded.stop()
     return status
 

@@ -2,11 +2,17 @@
 
 The API calls :func:`inspect_image`, which reads only the header (format and dimensions),
 so a decompression bomb is refused before any decoder allocates its pixels. The worker
-calls :func:`decode_image`, which decodes with OpenCV into BGR ``uint8`` pixels.
+calls :func:`decode_image`, which decodes with OpenCV into BGR ``uint8`` pixels of at most
+:data:`DECODED_MAX_SIDE` a side -- all that the model, PDQ and thumbnails use -- so what a
+worker keeps per image is small whatever was uploaded. Decoding itself costs the full image
+(JPEGs are decoded already scaled down by the decoder, other formats are not), so a
+:class:`PixelBudget` bounds the pixels being decoded at once in a process.
 """
 
 import io
+import threading
 import warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import cv2
@@ -17,6 +23,11 @@ from shared.errors import LookalikeError
 
 # Formats both the header reader (Pillow) and the decoder (OpenCV) handle.
 ACCEPTED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "BMP": "image/bmp", "TIFF": "image/tiff"}
+# Longest side of a decoded image as the worker keeps it: VGG16 sees at most 224 px, PDQ hashes a
+# 512 px copy (worker.pdq) and thumbnails are at most 512 px (LOOKALIKE_THUMBNAIL_SIZE).
+DECODED_MAX_SIDE = 512
+# libjpeg's DCT scaling: decode at 1/2, 1/4 or 1/8 of the size directly, for a fraction of the memory and time.
+_JPEG_REDUCED = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,9 @@ def inspect_image(data: bytes, max_pixels: int) -> ImageHeader:
             "image_too_many_pixels", "The image header claims more pixels than are accepted.", {"max_pixels": max_pixels}
         ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
+        claimed = _format_of_unreadable(data)
+        if claimed is not None:  # an accepted format by its magic bytes, but not readable: damaged, not foreign
+            raise LookalikeError("image_undecodable", "The image is truncated or corrupt.", {"format": claimed}) from None
         fmt, width, height, frames = None, 0, 0, 1
     if fmt not in ACCEPTED_FORMATS:
         raise LookalikeError(
@@ -68,6 +82,16 @@ def inspect_image(data: bytes, max_pixels: int) -> ImageHeader:
     return ImageHeader(fmt, width, height)
 
 
+def _format_of_unreadable(data: bytes) -> str | None:
+    """The accepted format ``data`` claims by its magic bytes, for formats Pillow cannot even identify
+    once cut short: its WebP reader needs the whole file, its TIFF reader the directory at the end."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # TIFF and BigTIFF, either byte order
+        return "TIFF"
+    return None
+
+
 def _container_is_whole(fmt: str, data: bytes) -> bool:
     if fmt == "JPEG":  # the end-of-image marker must follow the last scan (trailing bytes after it are fine)
         return data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda") >= 0
@@ -85,18 +109,59 @@ def _container_is_whole(fmt: str, data: bytes) -> bool:
     return True
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Decode to an (H, W, 3) BGR uint8 array, applying EXIF orientation; fail clearly."""
-    pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if pixels is None or pixels.size == 0:
-        raise LookalikeError("image_undecodable", "The image could not be decoded; it may be truncated or corrupt.")
-    return pixels
+class PixelBudget:
+    """How many pixels may be being decoded at once in a process; a decode waits until its pixels fit.
+
+    An image larger than the whole budget decodes alone. (A flat 7000x7000 PNG is 155 KB to
+    upload and about 275 MB while decoded: 32 at once would be 9 GB.)
+    """
+
+    def __init__(self, pixels: int):
+        self.capacity = pixels
+        self.in_use = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int):
+        pixels = min(pixels, self.capacity)
+        with self._changed:
+            self._changed.wait_for(lambda: self.in_use + pixels <= self.capacity)
+            self.in_use += pixels
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.in_use -= pixels
+                self._changed.notify_all()
+
+
+def decode_image(data: bytes, budget: PixelBudget | None = None, max_side: int = DECODED_MAX_SIDE) -> np.ndarray:
+    """Decode to an (H, W, 3) BGR uint8 array of at most ``max_side`` a side, applying EXIF orientation; fail
+    clearly. The decode holds its pixels in ``budget`` while it runs."""
+    try:
+        with Image.open(io.BytesIO(data)) as header:  # lazy: the header only
+            fmt, (width, height) = header.format, header.size
+    except Exception:  # noqa: BLE001 - OpenCV below gives the verdict on what Pillow cannot read
+        fmt, width, height = None, 0, 0
+    reduction = next((factor for factor in _JPEG_REDUCED if fmt == "JPEG" and max(width, height) >= factor * max_side), 1)
+    decoded_pixels = -(-width // reduction) * -(-height // reduction)
+    with budget.hold(decoded_pixels) if budget is not None else nullcontext():
+        pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _JPEG_REDUCED.get(reduction, cv2.IMREAD_COLOR))
+        if pixels is None or pixels.size == 0:
+            raise LookalikeError("image_undecodable", "The image could not be decoded; it may be truncated or corrupt.")
+        return shrink(pixels, max_side)  # the full-size decode is freed when the budget is given back
+
+
+def shrink(pixels_bgr: np.ndarray, max_side: int) -> np.ndarray:
+    """The image scaled down (area interpolation) to at most ``max_side`` a side; as it is when it fits."""
+    height, width = pixels_bgr.shape[:2]
+    scale = max_side / max(height, width)
+    if scale >= 1:
+        return pixels_bgr
+    return cv2.resize(pixels_bgr, (max(1, round(width * scale)), max(1, round(height * scale))),
+                      interpolation=cv2.INTER_AREA)
 
 
 def make_thumbnail(pixels_bgr: np.ndarray, max_side: int, quality: int = 75) -> bytes:
     """A JPEG of at most ``max_side`` pixels a side, for showing matches (about 2-4 KB at 96-128 px)."""
-    height, width = pixels_bgr.shape[:2]
-    scale = min(1.0, max_side / max(height, width))
-    small = cv2.resize(pixels_bgr, (max(1, round(width * scale)), max(1, round(height * scale))),
-                       interpolation=cv2.INTER_AREA)
-    return cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+    return cv2.imencode(".jpg", shrink(pixels_bgr, max_side), [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()

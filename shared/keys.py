@@ -16,10 +16,14 @@ Layout (all under the ``lookalike:`` prefix, so Celery's own keys never collide)
   lookalike:upload:{task_id}             string uploaded image bytes, until the worker has them
   lookalike:task:{task_id}               hash   the task resource served by GET /v1/tasks/{id}
   lookalike:task:{task_id}:done          pubsub channel announcing the task has finished
+  lookalike:task:{task_id}:lease         string token of the execution running the task (TTL, renewed while it runs)
   lookalike:batch:{batch_id}             string JSON: a bulk upload's collection and items
   lookalike:idem:{api key}:{sha256}      string JSON: a POST's fingerprint and response, for Idempotency-Key
   lookalike:workers                      zset   worker name -> last heartbeat (unix seconds)
   lookalike:workers:info                 hash   worker name -> JSON of its model and weights
+  lookalike:consumers                    zset   every worker process (any role) -> last heartbeat (unix seconds)
+  lookalike:consumer:{name}:held         set    delivery tags of the task messages that process holds
+  lookalike:reaper                       string held (TTL) by the process restoring messages of dead workers
   lookalike:apikeys                      hash   key id -> JSON of an API key (secret hashed)
 """
 
@@ -29,6 +33,8 @@ COLLECTIONS = f"{PREFIX}:collections"
 WORKERS = f"{PREFIX}:workers"
 WORKERS_INFO = f"{PREFIX}:workers:info"
 API_KEYS = f"{PREFIX}:apikeys"
+CONSUMERS = f"{PREFIX}:consumers"
+REAPER = f"{PREFIX}:reaper"
 
 
 def collection_vectors(collection: str) -> str:
@@ -81,6 +87,14 @@ def task(task_id: str) -> str:
 
 def task_done_channel(task_id: str) -> str:
     return f"{PREFIX}:task:{task_id}:done"
+
+
+def task_lease(task_id: str) -> str:
+    return f"{PREFIX}:task:{task_id}:lease"
+
+
+def consumer_held(name: str) -> str:
+    return f"{PREFIX}:consumer:{name}:held"
 
 
 def batch(batch_id: str) -> str:

@@ -35,6 +35,12 @@ def make_celery(settings: Settings) -> Celery:
             "unacked_restore_throttle": 1,
         },
         broker_connection_retry_on_startup=True,
+        # Reconnect to the broker for as long as it takes (a Redis restart, a failover): a worker
+        # that gave up would exit, and its supervisor would only start it again.
+        broker_connection_max_retries=None,
+        # Tasks running when the broker connection drops carry on and finish (they wait out the
+        # outage, worker.tasks); their messages are settled on a fresh connection (worker.delivery).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         # One broker connection per API thread that may publish at once (gunicorn runs 16
         # per process); Celery's default of 10 made threads queue for a connection.
         broker_pool_limit=32,

@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -38,6 +38,17 @@ class Settings(BaseSettings):
     max_batch_files: int = Field(256, ge=1, description="Most images in one bulk upload (POST .../batches).")
     max_batch_bytes: int = Field(256 * 1024 * 1024, gt=0, description="Largest accepted bulk upload request.")
     max_vectors_per_request: int = Field(1000, ge=1, description="Most vectors in one POST .../vectors request.")
+    max_waiting_polls: int = Field(8, ge=0, description="Most `GET /v1/tasks/{id}?wait=` polls one API process "
+                                   "holds waiting at once (keep it under gunicorn's 16 threads); a poll beyond it is "
+                                   "answered at once with the task as it stands.")
+    max_waiting_polls_per_key: int = Field(4, ge=0, description="Most waiting polls one API key (one client address "
+                                           "with keys off) holds in one API process; beyond it, answered at once.")
+    auth_failure_limit: str = Field("30/minute", description="Failed authentications allowed per client address, "
+                                    "in Flask-Limiter's notation; past it, `429 rate_limited` for that address until "
+                                    "the window ends. Empty: no limit.")
+    trusted_proxies: int = Field(0, ge=0, description="Reverse proxies in front of the API whose `X-Forwarded-For` "
+                                 "and `X-Forwarded-Proto` are believed (werkzeug's ProxyFix), so rate limits see client "
+                                 "addresses; 0 when clients reach gunicorn directly (Compose's nginx: 1).")
 
     # --- Storage lifetimes ---------------------------------------------------------------------
     upload_ttl_seconds: int = Field(
@@ -59,6 +70,8 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="Least severe log level written (DEBUG, INFO, WARNING, ERROR).")
     worker_metrics_port: int = Field(9100, ge=0, le=65535, description="Port of a worker's Prometheus `/metrics` "
                                      "(0: none). One per worker process: give each on a host its own.")
+    worker_metrics_host: str = Field("127.0.0.1", description="Address a worker's Prometheus `/metrics` listens on: "
+                                     "loopback unless something else must scrape it (`0.0.0.0` in Compose's network).")
 
     # --- Worker and model --------------------------------------------------------------------
     weights: str = Field(
@@ -85,13 +98,24 @@ class Settings(BaseSettings):
         (224,), description="Longest side of the image in each forward pass, comma-separated (32-224), e.g. "
         "`224,160` for two scales whose descriptors are summed: a pass each. Part of the descriptor, like "
         "`LOOKALIKE_POOLING`.")
+    decode_pixel_budget: int = Field(
+        64_000_000, ge=1_000_000, description="Pixels a worker process may be decoding at once (about 3 bytes each, "
+        "and up to twice that while a PNG decodes); further images wait their turn. Decoded images are kept at "
+        "512 px a side at most, and JPEGs decode already scaled down, so this binds only on huge non-JPEG images.")
     mixed_precision: bool = Field(
         False, description="float16 compute (float32 weights and vectors); for GPUs with tensor cores."
     )
-    heartbeat_seconds: int = Field(10, ge=1, description="How often a worker announces itself for /readyz.")
+    heartbeat_seconds: int = Field(10, ge=1, description="How often a worker process announces itself (for /readyz) "
+                                   "and renews the leases of its running tasks; one silent for 3 heartbeats is dead, "
+                                   "and its tasks are given to other workers.")
     visibility_timeout_seconds: int = Field(
         300, ge=1, description="A task taken by a worker that has not acknowledged it this long after is delivered "
-        "again (how tasks of a crashed worker come back); must exceed the longest a task waits in a worker.",
+        "again, whatever became of that worker; must exceed the longest a task waits in a worker. Tasks of a "
+        "worker whose heartbeat stopped come back sooner: within about 4 heartbeats.",
+    )
+    redis_outage_seconds: float = Field(
+        120, gt=0, description="How long a running task waits for Redis to come back (a restart, a failover) "
+        "before it gives its message back to the queue; then it is done again from the start.",
     )
 
     # --- Search ----------------------------------------------------------------------------
@@ -120,25 +144,31 @@ class Settings(BaseSettings):
 
     # --- Images by URL ------------------------------------------------------------------------
     fetch_allowlist: str = Field("", description="Hosts images may be fetched from (`url` instead of a file): "
-                                 "comma-separated, e.g. `images.example.com,*.cdn.example.com,media.local:8080`; "
-                                 "empty: fetching is off. Non-public addresses only when listed exactly.")
-    fetch_timeout_seconds: float = Field(10.0, gt=0, description="Longest a worker spends fetching one image, "
-                                         "redirects included.")
+                                 "comma-separated names, `*.` wildcards, addresses or networks, each with an optional "
+                                 "port, e.g. `images.example.com,*.cdn.example.com,media.local:8080,10.20.0.0/16`; "
+                                 "without a port only 80 (http) and 443 (https). Every address a name resolves to "
+                                 "must be public unless listed as an address or network. Empty: fetching is off.")
+    fetch_timeout_seconds: float = Field(10.0, gt=0, description="Longest a worker spends fetching one image, the "
+                                         "whole exchange: lookup, connect, TLS, headers, body and every redirect.")
     fetch_max_redirects: int = Field(3, ge=0, le=10, description="Redirects followed when fetching an image; "
                                      "each target must pass the allow list too.")
 
     # --- Webhooks ---------------------------------------------------------------------------
-    callback_allowlist: str = Field("", description="Hosts `callback_url` may point at, in the notation of "
-                                    "`LOOKALIKE_FETCH_ALLOWLIST`; empty: callbacks are refused.")
+    callback_allowlist: str = Field("", description="Hosts `callback_url` may point at, in the notation "
+                                    "(and with the address rule) of `LOOKALIKE_FETCH_ALLOWLIST`; empty: callbacks are "
+                                    "refused.")
     webhook_secret: SecretStr | None = Field(None, description="Key of the HMAC-SHA256 `X-Lookalike-Signature` "
-                                             "on webhooks; callbacks are refused while it is unset.")
+                                             "on webhooks of tasks submitted without an API key (`LOOKALIKE_AUTH=false`); "
+                                             "their callbacks are refused while it is unset. With keys, each key signs "
+                                             "with its own secret (`python -m api.keys`).")
     webhook_max_attempts: int = Field(6, ge=1, le=20, description="Deliveries tried per webhook before it is "
                                       "given up (the attempts show on the task).")
     webhook_backoff_seconds: float = Field(2.0, gt=0, description="Wait before the second attempt; doubled "
                                            "before each further one, up to `LOOKALIKE_WEBHOOK_MAX_BACKOFF_SECONDS`.")
     webhook_max_backoff_seconds: float = Field(60.0, gt=0, description="Longest wait between two attempts; keep "
                                                "it under `LOOKALIKE_VISIBILITY_TIMEOUT_SECONDS`.")
-    webhook_timeout_seconds: float = Field(10.0, gt=0, description="How long one delivery waits for the receiver.")
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="Longest one delivery takes, the whole exchange: "
+                                           "lookup, connect, TLS, sending and the receiver's answer.")
 
     @field_validator("scales", mode="before")
     @classmethod
@@ -159,6 +189,13 @@ class Settings(BaseSettings):
     def _blank_secret_is_none(cls, value):
         # Compose passes an unset variable as "": that must mean "no secret", never an empty key.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _outage_wait_within_visibility(self):
+        # A task still waiting for Redis when its message becomes visible again would run twice.
+        if self.redis_outage_seconds >= self.visibility_timeout_seconds:
+            raise ValueError("LOOKALIKE_REDIS_OUTAGE_SECONDS must be shorter than LOOKALIKE_VISIBILITY_TIMEOUT_SECONDS")
+        return self
 
     @property
     def snapshot_path(self) -> Path:

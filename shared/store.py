@@ -15,9 +15,12 @@ import redis
 
 from shared import keys
 from shared.errors import LookalikeError
-from shared.schemas import DEFAULT_COLLECTION_SETTINGS, FINISHED_STATES, QUEUED, RUNNING
+from shared.schemas import DEFAULT_COLLECTION_SETTINGS, FINISHED_STATES, QUEUED
 
 VECTOR_DTYPE = np.dtype("<f4")
+# Redis is away for now (restarting, loading its data, failing over): what waiting out an outage catches.
+# (BusyLoadingError is a ConnectionError; a replica answers ReadOnlyError until a failover has promoted it.)
+REDIS_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError)
 
 
 def utc_now() -> str:
@@ -64,7 +67,17 @@ class Change:
 # Run atomically inside Redis: an image's records, the change counter and the change event
 # are written together or not at all. KEYS: vectors, images, seq, changes, pdq, thumbs[, descriptor, collections].
 # Events carry only the id: a replica reads the current vector, so events stay small.
+# ARGV[11] names the index task writing (empty: none) and ARGV[3] / ARGV[12] are the image's record
+# as a first write / as a replacement. A task run again after a crash that came after its write
+# (its message redelivered) finds its own record and changes nothing: each task's effect once.
 SAVE_IMAGE_LUA = """
+if ARGV[11] ~= '' then
+  local previous = redis.call('HGET', KEYS[2], ARGV[1])
+  if previous then
+    local readable, record = pcall(cjson.decode, previous)
+    if readable and record['task'] == ARGV[11] then return {'ok', record['replaced'] and 1 or 0} end
+  end
+end
 local stored = redis.call('HMGET', KEYS[7], 'model', 'dimension', 'weights')
 if stored[1] then
   if stored[1] ~= ARGV[6] or stored[2] ~= ARGV[7] or stored[3] ~= ARGV[8] then
@@ -75,7 +88,7 @@ else
 end
 local replaced = redis.call('HEXISTS', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[1], replaced == 1 and ARGV[12] or ARGV[3])
 if ARGV[9] == '' then redis.call('HDEL', KEYS[5], ARGV[1]) else redis.call('HSET', KEYS[5], ARGV[1], ARGV[9]) end
 if ARGV[10] == '' then redis.call('HDEL', KEYS[6], ARGV[1]) else redis.call('HSET', KEYS[6], ARGV[1], ARGV[10]) end
 redis.call('SADD', KEYS[8], ARGV[5])
@@ -132,6 +145,28 @@ return 1
 """
 
 
+# KEYS: task record, its lease. ARGV: execution token, lease ms, started_at, worker (both JSON), record TTL.
+# Lets one execution at a time run a task: "finished" (nothing to do), "busy" (another live execution
+# holds the lease), "missing" (no record), or "claimed" (state running, attempts counted).
+CLAIM_TASK_LUA = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'missing' end
+if state == '"succeeded"' or state == '"failed"' then return 'finished' end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return 'busy' end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('HSET', KEYS[1], 'state', '"running"', 'started_at', ARGV[3], 'worker', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 'claimed'
+"""
+# KEYS: a lease. ARGV: execution token, lease ms. Extends the lease only if that execution still holds it.
+RENEW_LEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
 @dataclass(frozen=True)
 class StoredWhitening:
     """A collection's learned whitening as stored: the maths (worker.descriptors.Whitening) and its record."""
@@ -166,6 +201,8 @@ class Store:
         self._drop_script = client.register_script(DROP_COLLECTION_LUA)
         self._save_whitening_script = client.register_script(SAVE_WHITENING_LUA)
         self._put_settings_script = client.register_script(PUT_SETTINGS_LUA)
+        self._claim_task_script = client.register_script(CLAIM_TASK_LUA)
+        self._renew_lease_script = client.register_script(RENEW_LEASE_LUA)
 
     @classmethod
     def from_settings(cls, settings) -> "Store":
@@ -229,17 +266,37 @@ class Store:
     def get_upload(self, task_id: str) -> bytes | None:
         return self.redis.get(keys.upload(task_id))
 
-    def mark_running(self, task_id: str) -> None:
-        self._update_task(task_id, {"state": RUNNING, "started_at": utc_now()})
+    def claim_task(self, task_id: str, execution: str, worker: str, lease_seconds: float) -> str:
+        """Let ``execution`` run the task: "claimed", "busy" (another live execution runs it), "finished"
+        or "missing" (no record). A claim marks the task running and counts the attempt; the lease
+        lapses ``lease_seconds`` after its last renewal (:meth:`renew_leases`), so a dead worker's
+        task can be claimed again."""
+        outcome = self._claim_task_script(
+            keys=[keys.task(task_id), keys.task_lease(task_id)],
+            args=[execution, int(lease_seconds * 1000), json.dumps(utc_now()), json.dumps(worker), self.task_ttl])
+        return outcome.decode()
+
+    def renew_leases(self, leases: dict[str, str], lease_seconds: float) -> None:
+        """Extend the leases of running tasks (task id -> execution token) that their executions still hold."""
+        if not leases:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for task_id, execution in leases.items():
+            self._renew_lease_script(keys=[keys.task_lease(task_id)], args=[execution, int(lease_seconds * 1000)],
+                                     client=pipe)
+        pipe.execute()
 
     def finish_task(self, task_id: str, state: str, *, result: Any = None, error: dict | None = None) -> None:
-        """Record the outcome, drop the upload, and wake anyone waiting on the task."""
+        """Record the outcome, drop the upload and the lease, and wake anyone waiting on the task.
+
+        Idempotent: written again after a failed attempt to write it, it says the same.
+        """
         assert state in FINISHED_STATES
         fields = {"state": state, "finished_at": utc_now(), "result": result, "error": error}
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(keys.task(task_id), mapping=_encode_fields(fields))
         pipe.expire(keys.task(task_id), self.task_ttl)
-        pipe.delete(keys.upload(task_id))
+        pipe.delete(keys.upload(task_id), keys.task_lease(task_id))
         pipe.publish(keys.task_done_channel(task_id), state)
         pipe.execute()
 
@@ -282,31 +339,37 @@ class Store:
     # --- Images and vectors -------------------------------------------------------------------
 
     def save_image(self, collection: str, image_id: str, vector: np.ndarray, metadata: dict,
-                   descriptor: Descriptor, pdq: bytes | None = None, thumbnail: bytes | None = None) -> bool:
+                   descriptor: Descriptor, pdq: bytes | None = None, thumbnail: bytes | None = None,
+                   task_id: str | None = None) -> bool:
         """Write vector, metadata, PDQ hash and a change event atomically; True when an existing image was replaced.
 
         Refuses (``descriptor_mismatch``) to mix vectors of another model or weights into a
-        collection. Writing the same image twice leaves one copy, so retries are harmless.
-        ``pdq`` is the stored form of the image's PDQ hash (worker.pdq) and ``thumbnail`` a small
-        JPEG of it; None removes any old one.
+        collection. Writing the same image twice leaves one copy, so retries are harmless; the
+        same ``task_id`` writing again (a task run twice) changes nothing at all and reports what
+        its first write did. ``pdq`` is the stored form of the image's PDQ hash (worker.pdq) and
+        ``thumbnail`` a small JPEG of it; None removes any old one.
         """
-        return self.save_images(collection, [(image_id, vector, metadata, pdq, thumbnail)], descriptor) == 1
+        return self.save_images(collection, [(image_id, vector, metadata, pdq, thumbnail)], descriptor,
+                                task_id=task_id) == 1
 
     def save_images(self, collection: str, images: list[tuple[str, np.ndarray, dict, bytes | None, bytes | None]],
-                    descriptor: Descriptor) -> int:
+                    descriptor: Descriptor, task_id: str | None = None) -> int:
         """:meth:`save_image` for many ``(id, vector, metadata, pdq, thumbnail)`` in one round trip (each
         written atomically); returns how many replaced."""
         indexed_at = utc_now()
         pipe = self.redis.pipeline(transaction=False)
         change_keys = [*self._change_keys(collection), keys.collection_descriptor(collection), keys.COLLECTIONS]
+        written_by = {"task": task_id} if task_id else {}
         for image_id, vector, metadata, pdq, thumbnail in images:
             if vector.shape != (descriptor.dimension,):
                 raise ValueError(f"vector shape {vector.shape} does not match dimension {descriptor.dimension}")
-            record = json.dumps({"metadata": metadata, "indexed_at": indexed_at})
+            record = {"metadata": metadata, "indexed_at": indexed_at, **written_by}
+            first, replacement = (json.dumps(record | ({"replaced": replaced} if task_id else {}))
+                                  for replaced in (False, True))
             self._save_script(keys=change_keys, client=pipe,
-                              args=[image_id, encode_vector(vector), record, self.change_stream_length, collection,
+                              args=[image_id, encode_vector(vector), first, self.change_stream_length, collection,
                                     descriptor.model, descriptor.dimension, descriptor.weights, pdq or b"",
-                                    thumbnail or b""])
+                                    thumbnail or b"", task_id or "", replacement])
         outcomes = pipe.execute()
         mismatch = next((outcome for outcome in outcomes if outcome[0] == b"mismatch"), None)
         if mismatch is not None:  # the descriptor is checked by the first write, so nothing was written
@@ -331,7 +394,8 @@ class Store:
         raw, pdq = pipe.execute()
         if raw is None:
             return None
-        image = {"id": image_id, **json.loads(raw)}
+        record = json.loads(raw)  # also holds which task wrote it (effect-once bookkeeping): not shown
+        image = {"id": image_id, "metadata": record["metadata"], "indexed_at": record["indexed_at"]}
         if pdq is not None:  # stored as 32 hash bytes and one quality byte
             image["pdq"] = {"hash": pdq[:32].hex(), "quality": pdq[32]}
         return image
@@ -510,6 +574,38 @@ class Store:
             # the whitening learned (what searches use while the setting is on), or None
             "whitening": None if whitening[0] is None else whitening_summary(*whitening),
         }
+
+    # --- Worker processes and the task messages they hold (for resuming a dead worker's tasks) ------
+
+    def beat_consumer(self, name: str, held: set[str], ttl_seconds: float) -> None:
+        """Announce a worker process (any role) alive, with the delivery tags of the task messages it holds."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zadd(keys.CONSUMERS, {name: time.time()})
+        pipe.delete(keys.consumer_held(name))
+        if held:
+            pipe.sadd(keys.consumer_held(name), *held)
+            pipe.expire(keys.consumer_held(name), max(1, int(ttl_seconds)))
+        pipe.execute()
+
+    def forget_consumer(self, name: str) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zrem(keys.CONSUMERS, name)
+        pipe.delete(keys.consumer_held(name))
+        pipe.execute()
+
+    def held_by_live_consumers(self, max_age_seconds: float) -> set[str]:
+        """Delivery tags held by worker processes that announced themselves within ``max_age_seconds``;
+        processes silent for a day are forgotten."""
+        now = time.time()
+        self.redis.zremrangebyscore(keys.CONSUMERS, "-inf", now - 86_400)
+        live = self.redis.zrangebyscore(keys.CONSUMERS, now - max_age_seconds, "+inf")
+        if not live:
+            return set()
+        return {tag.decode() for tag in self.redis.sunion([keys.consumer_held(name.decode()) for name in live])}
+
+    def claim_reaper(self, name: str, seconds: float) -> bool:
+        """True for one process at a time (for ``seconds``): it restores the messages of dead workers."""
+        return bool(self.redis.set(keys.REAPER, name, nx=True, px=int(seconds * 1000)))
 
     # --- Worker heartbeats (for /readyz) -------------------------------------------------------
 

@@ -1,8 +1,10 @@
 """Fixtures that start the real parts: a private redis-server, a Celery worker subprocess with
 VGG16 (random seeded weights), and the API under gunicorn, each on a free port."""
 
+import fnmatch
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -111,12 +113,23 @@ class ManagedProcess:
         return self.log_path.read_text(errors="replace")
 
     def wait_until(self, ready, what: str) -> None:
+        """Poll ``ready()`` until it returns true. On a busy machine a check may fail or time out
+        (a refused or slow answer, a Redis error): any exception counts as "not yet" until the
+        deadline, whose error names the last one."""
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        while not ready():
+        last_error = None
+        while True:
+            try:
+                if ready():
+                    return
+                last_error = None
+            except Exception as exc:  # noqa: BLE001 - whatever it was, the process is not ready yet
+                last_error = exc
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode} before {what}:\n{self.output()[-5000:]}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name}: no {what} after {STARTUP_TIMEOUT_SECONDS} s:\n{self.output()[-5000:]}")
+                last = f" (last check: {last_error!r})" if last_error is not None else ""
+                raise RuntimeError(f"{self.name}: no {what} after {STARTUP_TIMEOUT_SECONDS} s{last}:\n{self.output()[-5000:]}")
             time.sleep(0.2)
 
     def stop(self) -> None:
@@ -141,6 +154,25 @@ def worker(service_env, store, tmp_path_factory):
         process.stop()
 
 
+def consumer_alive(store: Store, pid: int, max_age_seconds: float = 3) -> bool:
+    """Whether the worker process ``pid`` (any role) has announced itself within ``max_age_seconds``."""
+    beat = store.redis.zscore(keys.CONSUMERS, f"{socket.gethostname()}:{pid}")
+    return beat is not None and time.time() - beat < max_age_seconds
+
+
+@pytest.fixture(scope="session")
+def webhook_worker(service_env, store, tmp_path_factory):
+    """The process that delivers webhooks (`python -m worker --role webhooks`), ready once it beats."""
+    env = service_env | {"LOOKALIKE_WORKER_METRICS_PORT": "0"}
+    process = ManagedProcess("webhooks", [sys.executable, "-m", "worker", "--role", "webhooks"], env,
+                             tmp_path_factory.mktemp("webhooks"))
+    try:
+        process.wait_until(lambda: consumer_alive(store, process.process.pid), "heartbeat")
+        yield process
+    finally:
+        process.stop()
+
+
 @pytest.fixture(scope="session")
 def api_process(service_env, tmp_path_factory):
     """The real API under gunicorn on a free port (its address in ``.url``)."""
@@ -151,9 +183,10 @@ def api_process(service_env, tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
+        # Refused, reset, or slower than the timeout (a busy machine): not yet, until wait_until's deadline.
         try:
-            return requests.get(f"{url}/healthz", timeout=1).status_code == 200
-        except requests.ConnectionError:
+            return requests.get(f"{url}/healthz", timeout=(5, 15)).status_code == 200
+        except requests.RequestException:
             return False
 
     try:
@@ -202,8 +235,8 @@ class ApiClient:
 
 
 @pytest.fixture(scope="session")
-def api(api_url, worker) -> ApiClient:
-    """The API with a ready worker behind it."""
+def api(api_url, worker, webhook_worker) -> ApiClient:
+    """The API with a ready worker (and webhook deliverer) behind it."""
     return ApiClient(api_url)
 
 
@@ -214,6 +247,9 @@ def collection() -> str:
 
 
 def store_snapshot(client: redis.Redis) -> dict[bytes, bytes]:
-    """Every Lookalike record (not worker heartbeats) with its serialised value, to prove nothing changed."""
-    heartbeats = {keys.WORKERS.encode(), keys.WORKERS_INFO.encode()}
-    return {key: client.dump(key) for key in client.scan_iter(keys.ALL_KEYS_PATTERN) if key not in heartbeats}
+    """Every Lookalike record (not what worker processes announce about themselves) with its serialised value,
+    to prove nothing changed."""
+    heartbeats = {key.encode() for key in (keys.WORKERS, keys.WORKERS_INFO, keys.CONSUMERS, keys.REAPER)}
+    running = (keys.consumer_held("*"), keys.task_lease("*"))  # what processes hold while they run
+    return {key: client.dump(key) for key in client.scan_iter(keys.ALL_KEYS_PATTERN)
+            if key not in heartbeats and not any(fnmatch.fnmatchcase(key.decode(), pattern) for pattern in running)}

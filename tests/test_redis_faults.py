@@ -1,17 +1,27 @@
-"""Redis faults: a restart mid-run (503 meanwhile, recovery by itself, nothing lost) and a full store."""
+"""Redis faults: a restart mid-run (503 meanwhile, recovery by itself, nothing lost), a restart with tasks
+in flight (each finishes, once), and a full store."""
 
 import sys
 import time
+import uuid
 
 import pytest
 import requests
 
+from shared import keys
 from shared.embedded_redis import EmbeddedRedis, free_port
+from shared.queue import make_celery
+from shared.schemas import INDEX_QUEUE, INDEX_TASK
 from shared.settings import Settings
 from shared.store import Store
 from tests.conftest import ApiClient, ManagedProcess, natural_images
 
 MAXMEMORY = 64 * 1024 * 1024
+# How long Redis stays away in the restart tests, once the worker has noticed: longer than a forward pass,
+# so that tasks finish their model work while they cannot write.
+OUTAGE_SECONDS = 3
+# kombu's Redis transport keeps taken, unacknowledged messages in this hash (redelivered after the visibility timeout).
+KOMBU_UNACKED = "unacked"
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +90,50 @@ def test_redis_restart_answers_503_then_recovers_with_nothing_lost(isolated):
     assert worker.process.poll() is None
 
 
+def put_events(store: Store, collection: str) -> list[str]:
+    """The image ids of the collection's "put" change events, one per write that happened."""
+    events = store.redis.xrange(keys.collection_changes(collection))
+    return [fields[b"id"].decode() for _, fields in events if fields[b"op"] == b"put"]
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
+def test_tasks_in_flight_survive_a_redis_restart(isolated, collection, stop):
+    """20 index tasks and 5 queries in flight while Redis restarts: every one succeeds, each image is
+    written once, and the worker process is the one that was running before."""
+    server, store, api, worker = isolated
+    worker_pid = worker.process.pid
+    images = list(natural_images().values())
+    assert api.wait(api.index(collection, images[0], "seed"))["state"] == "succeeded"
+    indexed = [api.index(collection, images[n % len(images)], f"img/{n}") for n in range(20)]
+    queried = [api.query(collection, images[n], k=3) for n in range(5)]
+    task_ids = [response.json()["task_id"] for response in indexed + queried]
+    _eventually(lambda: any(store.get_task(task_id)["state"] == "running" for task_id in task_ids), timeout=120)
+
+    log_before = len(worker.output())
+    if stop == "SIGKILL":  # no shutdown at all: Redis comes back from what its AOF has
+        server.process.kill()
+        server.process.wait()
+    else:
+        server.stop()
+    _eventually(lambda: "Connection to broker lost" in worker.output()[log_before:])  # the worker noticed
+    time.sleep(OUTAGE_SECONDS)  # the outage itself: tasks finishing meanwhile cannot write
+    server.start()
+
+    def finished() -> bool:
+        return all(store.get_task(task_id)["state"] in ("succeeded", "failed") for task_id in task_ids)
+
+    _eventually(finished, timeout=240)
+    outcomes = [store.get_task(task_id) for task_id in task_ids]
+    assert [task["state"] for task in outcomes] == ["succeeded"] * len(task_ids), \
+        [task["error"] for task in outcomes if task["error"]]
+    assert sorted(put_events(store, collection)) == sorted(["seed", *(f"img/{n}" for n in range(20))])  # each once
+    assert all(task["result"]["matches"] for task in outcomes[20:])  # the queries found images
+    assert worker.process.poll() is None and worker.process.pid == worker_pid, worker.output()[-3000:]
+    assert "Unrecoverable error" not in worker.output()
+    # Every message was acknowledged, those whose channel closed with the restart too: none comes back later.
+    _eventually(lambda: store.redis.hlen(KOMBU_UNACKED) == 0)
+
+
 def settled_memory(store) -> int:
     """Redis' used memory without the buffers a big write leaves for a moment (the client's query buffer,
     the AOF buffer): what stays once they are freed, so the store stays that full for the API's check."""
@@ -101,6 +155,15 @@ def test_a_full_store_refuses_images_and_keeps_answering_queries(isolated):
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "store_full"
         bulk = api.http.post(api.url("/v1/collections/full/batches"), files=[("image", ("a.jpg", images["coins"]))])
         assert bulk.status_code == 503 and bulk.json()["error"]["code"] == "store_full"
+        # An image the API accepted just before the store filled: the worker refuses it itself, and can
+        # still write that outcome in the headroom.
+        task_id = uuid.uuid4().hex
+        store.submit([(task_id, "index", {"collection": "full", "image_id": "late"}, images["horse"])])
+        make_celery(Settings(redis_url=server.url)).send_task(
+            INDEX_TASK, kwargs={"task_id": task_id, "collection": "full", "image_id": "late", "metadata": {}},
+            task_id=task_id, queue=INDEX_QUEUE)
+        late = api.client.wait(task_id, timeout=120)
+        assert late["state"] == "failed" and late["error"]["code"] == "store_full", late
         assert store.collection_info("full") == before
         assert api.query_ids("full", images["moon"], k=5) == ["moon"]  # queries go on
     finally:

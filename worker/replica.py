@@ -353,6 +353,21 @@ class Replicas:
             self._snapshot(collection, replica)
         return replica
 
+    def forget(self, collection: str) -> None:
+        """Let go of a collection that no longer exists: its replica, snapshots and metric series."""
+        with self._locks_lock:
+            lock = self._locks.get(collection)  # none: never searched here (no lock made for a name only asked about)
+        if lock is not None:
+            with lock:
+                if self._replicas.pop(collection, None) is not None:
+                    self._forget_snapshots(collection)
+                    log.info("collection %s no longer exists; its replica is gone", collection)
+        for gauge in (metrics.REPLICA_VECTORS, metrics.REPLICA_LAG):
+            try:
+                gauge.remove(collection)
+            except KeyError:  # never had a series
+                pass
+
     def wait_for_builds(self) -> None:
         """Block until every background build and reload in progress has finished (tests, benchmarks)."""
         while True:

@@ -6,8 +6,11 @@ import socket
 import threading
 import time
 
+from shared.images import PixelBudget
+from shared.schemas import INDEX_QUEUE, QUERY_QUEUE, WEBHOOK_QUEUE
 from shared.settings import get_settings
 from shared.store import Store, utc_now
+from worker.delivery import HELD, LEASES, restore_orphans
 from worker.extractor import DIMENSION, FeatureExtractor
 from worker.replica import HnswConfig, Replicas
 from worker.weights import resolve_weights
@@ -18,8 +21,27 @@ _extractor: FeatureExtractor | None = None
 _init_lock = threading.Lock()
 _store: Store | None = None
 _replicas: Replicas | None = None
+_decode_budget: PixelBudget | None = None
 
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+
+# What this process does (``python -m worker --role``): the queues it consumes, and whether it holds the model.
+ROLES = {
+    "all": (INDEX_QUEUE, QUERY_QUEUE),  # VGG16: index, query and check tasks (and whitening, on the index queue)
+    "webhooks": (WEBHOOK_QUEUE,),  # webhook deliveries only: no model, so slow receivers never hold model threads
+}
+_role = "all"
+
+
+def set_role(role: str) -> None:
+    global _role
+    if role not in ROLES:
+        raise ValueError(f"unknown worker role {role!r}; one of {', '.join(ROLES)}")
+    _role = role
+
+
+def role_holds_model() -> bool:
+    return _role != "webhooks"
 RANDOM_WEIGHTS_WARNING = (
     "This worker uses RANDOM weights (LOOKALIKE_WEIGHTS=random): scores only show that pixels are alike, "
     "not what images depict. For tests and offline smoke runs only."
@@ -31,6 +53,15 @@ def get_store() -> Store:
     if _store is None:
         _store = Store.from_settings(get_settings())
     return _store
+
+
+def get_decode_budget() -> PixelBudget:
+    """The pixels this process may be decoding at once (``LOOKALIKE_DECODE_PIXEL_BUDGET``)."""
+    global _decode_budget
+    with _init_lock:
+        if _decode_budget is None:
+            _decode_budget = PixelBudget(get_settings().decode_pixel_budget)
+        return _decode_budget
 
 
 def get_replicas() -> Replicas:
@@ -75,11 +106,23 @@ def get_extractor() -> FeatureExtractor:
         return _extractor
 
 
-class Heartbeat(threading.Thread):
-    """Announces this worker (its model, weights and batch sizes so far) in Redis until stopped."""
+# A worker process is dead once it has missed this many heartbeats: /readyz stops counting it,
+# its task leases lapse and the messages it held are given to others.
+LIVENESS_BEATS = 3
 
-    def __init__(self, extractor: FeatureExtractor, interval_seconds: float):
+
+def liveness_seconds() -> float:
+    return LIVENESS_BEATS * get_settings().heartbeat_seconds
+
+
+class Heartbeat(threading.Thread):
+    """Every ``LOOKALIKE_HEARTBEAT_SECONDS``: renews the leases of the tasks this process runs, announces
+    the process and the task messages it holds, restores those of dead workers (one process at a
+    time), and for a worker with the model, announces the model for /readyz."""
+
+    def __init__(self, app, interval_seconds: float, extractor: FeatureExtractor | None = None):
         super().__init__(name="lookalike-heartbeat", daemon=True)
+        self.app = app
         self.extractor = extractor
         self.since = utc_now()
         self.interval = interval_seconds
@@ -101,10 +144,19 @@ class Heartbeat(threading.Thread):
             "since": self.since,
         }
 
+    def beat(self) -> None:
+        store, alive_for = get_store(), liveness_seconds()
+        store.renew_leases(LEASES.snapshot(), alive_for)
+        store.beat_consumer(WORKER_NAME, HELD.snapshot(), alive_for)
+        if self.extractor is not None:
+            store.heartbeat(WORKER_NAME, self.info())
+        if store.claim_reaper(WORKER_NAME, self.interval):
+            restore_orphans(self.app, store, live_within_seconds=alive_for, older_than_seconds=alive_for)
+
     def run(self) -> None:
         while not self.stopped.is_set():
             try:
-                get_store().heartbeat(WORKER_NAME, self.info())
+                self.beat()
             except Exception:  # Redis away for a moment: try again next beat
                 log.warning("heartbeat to Redis failed", exc_info=True)
             self.stopped.wait(self.interval)
@@ -112,6 +164,8 @@ class Heartbeat(threading.Thread):
     def stop(self) -> None:
         self.stopped.set()
         try:
-            get_store().remove_worker(WORKER_NAME)
+            get_store().forget_consumer(WORKER_NAME)
+            if self.extractor is not None:
+                get_store().remove_worker(WORKER_NAME)
         except Exception:
             log.warning("could not remove this worker's heartbeat", exc_info=True)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import redis
+from celery.exceptions import Reject
 
 from shared import logs
 from shared.errors import LookalikeError
@@ -22,7 +23,6 @@ from shared.schemas import (
     PDQ,
     DEFAULT_COLLECTION_SETTINGS,
     FAILED,
-    FINISHED_STATES,
     INDEX_TASK,
     QUERY_TASK,
     SUCCEEDED,
@@ -31,14 +31,23 @@ from shared.schemas import (
     verdict,
 )
 from shared.settings import get_settings
-from shared.store import VECTOR_DTYPE, StoredWhitening, utc_now
+from shared.store import REDIS_UNAVAILABLE, VECTOR_DTYPE, StoredWhitening, utc_now
 from worker.batcher import QUERY_PRIORITY
 from worker import metrics
 from worker.celery_app import app
 from worker.descriptors import Whitening
 from worker.outbound import fetch_image
 from worker.pdq import PdqHash, compute_pdq
-from worker.runtime import RANDOM_WEIGHTS_WARNING, get_extractor, get_replicas, get_store
+from worker.delivery import LEASES
+from worker.runtime import (
+    RANDOM_WEIGHTS_WARNING,
+    WORKER_NAME,
+    get_decode_budget,
+    get_extractor,
+    get_replicas,
+    get_store,
+    liveness_seconds,
+)
 from worker.webhooks import schedule_webhook
 
 log = logging.getLogger(__name__)
@@ -47,20 +56,25 @@ log = logging.getLogger(__name__)
 FILTER_FIRST_DEPTH = 100
 # Longest a worker may take to learn a whitening before another may try (the claim's lifetime).
 WHITENING_CLAIM_SECONDS = 600
+# How often a task waiting for Redis, or for another execution of itself, looks again.
+CLAIM_RETRY_SECONDS = 0.5
 
 
 @app.task(name=INDEX_TASK)
 def index_image(task_id: str, collection: str, image_id: str, metadata: dict, url: str | None = None) -> None:
     def index() -> dict:
         extractor = get_extractor()
-        pixels = decode_image(_image_bytes(task_id, url))
+        pixels = decode_image(_image_bytes(task_id, url), get_decode_budget())
         vector = extractor.extract([pixels])[0]
         pdq = compute_pdq(pixels)
-        size = get_settings().thumbnail_size
-        thumbnail = make_thumbnail(pixels, size) if size else None
+        settings = get_settings()
+        thumbnail = make_thumbnail(pixels, settings.thumbnail_size) if settings.thumbnail_size else None
         store = get_store()
+        # The store may have filled since the API accepted the image: refuse it while the headroom
+        # above the ratio still lets this task's outcome, and queries, be written.
+        store.check_room_for_images(settings.store_full_ratio)
         replaced = store.save_image(collection, image_id, vector, metadata, extractor.descriptor, pdq.encode(),
-                                    thumbnail)
+                                    thumbnail, task_id=task_id)
         _learn_whitening_when_due(collection, store.collection_info(collection))
         return {"collection": collection, "image_id": image_id, "replaced": replaced,
                 "pdq_quality": pdq.quality} | _model_labels()
@@ -76,7 +90,7 @@ def query_image(task_id: str, collection: str, k: int, min_score: float | None =
         info, settings = _collection(collection)
         _learn_whitening_when_due(collection, info)
         probe = _probe(task_id, url, info, by_vector, signals, expand)
-        matches, whitened = _ranked_matches(collection, probe, settings, k, min_score, filter or {})
+        matches, whitened = _ranked_matches(collection, info, probe, settings, k, min_score, filter or {})
         near_duplicate = bool(matches) and matches[0]["near_duplicate"]
         return {"matches": matches, "verdict": verdict(settings["kind"], near_duplicate), **settings,
                 "whitened": whitened, "expand": expand, **probe.report()} | _model_labels()
@@ -93,7 +107,7 @@ def check_image(task_id: str, collection: str, k: int = 1, min_score: float | No
         info, settings = _collection(collection)
         _learn_whitening_when_due(collection, info)
         probe = _probe(task_id, url, info, by_vector, signals)
-        matches, whitened = _ranked_matches(collection, probe, settings, 1, None, filter or {})
+        matches, whitened = _ranked_matches(collection, info, probe, settings, 1, None, filter or {})
         best = next(iter(matches), None)
         near_duplicate = best is not None and best["near_duplicate"]
         outcome = verdict(settings["kind"], near_duplicate)
@@ -173,7 +187,7 @@ def _probe(task_id: str, url: str | None, info: dict | None, by_vector: bool, si
     """The query's unit vector (as sent, or extracted) and PDQ hash, computing only what the signals need."""
     if by_vector:  # the API refuses pdq-only queries by vector; "both" falls back to the CNN
         return Probe(np.frombuffer(_load_upload_bytes(task_id), dtype=VECTOR_DTYPE), None, signals, expand)
-    pixels = decode_image(_image_bytes(task_id, url))
+    pixels = decode_image(_image_bytes(task_id, url), get_decode_budget())
     vector = None
     if CNN in signals:
         extractor = get_extractor()
@@ -182,16 +196,20 @@ def _probe(task_id: str, url: str | None, info: dict | None, by_vector: bool, si
     return Probe(vector, compute_pdq(pixels) if PDQ in signals else None, signals, expand)
 
 
-def _ranked_matches(collection: str, probe: Probe, settings: dict, k: int, min_score: float | None,
-                    wanted: dict) -> tuple[list[dict], dict | None]:
+def _ranked_matches(collection: str, info: dict | None, probe: Probe, settings: dict, k: int,
+                    min_score: float | None, wanted: dict) -> tuple[list[dict], dict | None]:
     """The best ``k`` matches by the probe's signals, each marked near-duplicate or not, and the
-    whitening the CNN scores were taken in (None: none).
+    whitening the CNN scores were taken in (None: none). A collection that does not exist (``info``
+    None: never written, or dropped) has none, and this worker keeps no replica of it.
 
     Candidates are the CNN's top k and the PDQ hashes within the collection's distance;
     each candidate is then scored by every signal in use. Near-duplicates rank first (by
     both signals, then by PDQ, then by the CNN alone), then by CNN score (by PDQ distance
     when the CNN is not used).
     """
+    if info is None:
+        get_replicas().forget(collection)
+        return [], None
     signals = probe.signals
     candidates: dict[str, dict] = {}
     whitened = None
@@ -297,7 +315,7 @@ def _allow_match(probe: Probe, allow_collections: list[str]) -> dict | None:
             continue
         if CNN in probe.signals:
             _check_descriptor(info, get_extractor().descriptor)
-        best = next(iter(_ranked_matches(allow_collection, probe, settings, 1, None, {})[0]), None)
+        best = next(iter(_ranked_matches(allow_collection, info, probe, settings, 1, None, {})[0]), None)
         if best is not None and best["near_duplicate"]:
             return {"collection": allow_collection, **best}
     return None
@@ -321,27 +339,56 @@ def _check_descriptor(info: dict | None, descriptor) -> None:
 
 
 def _run(task_id: str, work: Callable[[], dict[str, Any]]) -> None:
-    """Run one task's work and record its outcome; a failure stays inside its own task."""
-    store = get_store()
-    record = store.get_task(task_id)
+    """Run one task's work and record its outcome; a failure stays inside its own task.
+
+    One execution at a time: the task is claimed with a lease (renewed with the heartbeat), so
+    a message delivered twice waits for the first execution and then finds the task finished.
+    Redis going away midway (a restart, a failover) does not fail the task: it waits for Redis
+    and does the work again from the start -- every write is idempotent, and an index task's
+    effect happens once -- for at most ``LOOKALIKE_REDIS_OUTAGE_SECONDS``; after that its
+    message goes back to the queue, to be done again from the start.
+    """
     logs.task_id.set(task_id)
+    store = get_store()
+    deadline = time.monotonic() + get_settings().redis_outage_seconds
+    execution = LEASES.start(task_id)
+    try:
+        while True:
+            try:
+                _run_once(task_id, execution, work, deadline)
+                return
+            except REDIS_UNAVAILABLE as exc:
+                log.warning("task %s: Redis unavailable (%s); waiting for it to come back", task_id, exc)
+                if not _wait_for_store(store, deadline):
+                    raise Reject(f"Redis unavailable for {get_settings().redis_outage_seconds:g} s", requeue=True) \
+                        from exc
+                log.info("task %s: Redis is back; doing the task again", task_id)
+    finally:
+        LEASES.end(task_id)
+
+
+def _run_once(task_id: str, execution: str, work: Callable[[], dict[str, Any]], deadline: float) -> None:
+    store = get_store()
+    claim = _claim(store, task_id, execution, deadline)
+    record = store.get_task(task_id)
     logs.request_id.set(record.get("request_id") if record else None)
-    if record is not None and record["state"] in FINISHED_STATES:
-        log.info("task %s already %s; redelivery ignored", task_id, record["state"])
-        callback = record.get("callback")
+    if claim == "finished":
+        log.info("task %s already finished; redelivery ignored", task_id)
+        callback = record.get("callback") if record else None
         if callback and callback["state"] == CALLBACK_PENDING and not callback["attempts"]:
             schedule_webhook(task_id)  # the crash that caused this redelivery may have come before scheduling it
         return
     kind = record["kind"] if record else "unknown"
-    if record:
+    if record and record.get("attempts") == 1:
         metrics.QUEUE_WAIT_SECONDS.labels(kind).observe(max(0.0, time.time() - _unix(record["submitted_at"])))
-    store.mark_running(task_id)
     started = time.perf_counter()
     error = None
     try:
         result = work()
     except LookalikeError as exc:
         error = exc
+    except REDIS_UNAVAILABLE:
+        raise  # not the task's failure: _run waits for Redis and does it again
     except redis.exceptions.OutOfMemoryError:  # Redis at maxmemory refused the write
         error = LookalikeError("store_full", "The store is full; the image was not written.")
     except Exception:
@@ -357,6 +404,29 @@ def _run(task_id: str, work: Callable[[], dict[str, Any]]) -> None:
              1000 * (time.perf_counter() - started))
     if record is not None and record.get("callback"):
         schedule_webhook(task_id)
+
+
+def _claim(store, task_id: str, execution: str, deadline: float) -> str:
+    """Claim the task for this execution; while another live execution holds it, wait (until ``deadline``,
+    then give the message back to the queue) for it to finish or for its lease to lapse."""
+    while True:
+        outcome = store.claim_task(task_id, execution, WORKER_NAME, liveness_seconds())
+        if outcome != "busy":
+            return outcome
+        if time.monotonic() > deadline:
+            raise Reject("another execution of this task is still running", requeue=True)
+        time.sleep(CLAIM_RETRY_SECONDS)
+
+
+def _wait_for_store(store, deadline: float) -> bool:
+    """True once Redis answers again; False if it has not by ``deadline``."""
+    while time.monotonic() < deadline:
+        try:
+            store.redis.ping()
+            return True
+        except REDIS_UNAVAILABLE:
+            time.sleep(CLAIM_RETRY_SECONDS)
+    return False
 
 
 def _unix(timestamp: str) -> float:

@@ -351,7 +351,7 @@ def test_query_expansion_averages_the_query_with_its_best_matches(store, name):
 
 
 def test_a_whitening_change_during_the_reload_for_the_last_one_is_not_lost(store, name):
-    import time
+    import threading
 
     fill(store, name, clustered(60, seed=27))
     whitening_on(store, name)
@@ -359,9 +359,22 @@ def test_a_whitening_change_during_the_reload_for_the_last_one_is_not_lost(store
     query = clustered(1, seed=28)[0]
     replicas.search(name, query, 5)
     learn_and_save(store, name)
+    # The background reload loads the collection (reading the whitening just learned), then
+    # takes the collection's lock to swap in: note when it has loaded.
+    loaded = threading.Event()
+    load_from_store = replicas._load_from_store
+
+    def load_and_tell(collection: str):
+        replica = load_from_store(collection)
+        if threading.current_thread() is not threading.main_thread():
+            loaded.set()
+        return replica
+
+    replicas._load_from_store = load_and_tell
     replicas.search(name, query, 5)  # sees the "whiten" event: the reload starts
     with replicas._lock(name):  # the reload can load, but not swap in, while this is held
-        time.sleep(0.3)  # it has read the whitening just learned by now, and waits to swap in
+        assert loaded.wait(30), "the reload never loaded the collection"
+        assert replicas._replicas[name].whitening is None  # not swapped in: it waits for the lock
         whitening_on(store, name, False)  # a second change, which that reload has not seen
     replicas.wait_for_builds()
     found = replicas.search(name, query, 10)

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from shared import keys
 from shared.settings import Settings
 from tests.conftest import natural_images, store_snapshot
 from tests.test_vectors_and_filters import store_vectors, unit_vectors
@@ -95,13 +96,16 @@ def test_whitening_is_learned_used_relearned_as_the_collection_grows_and_forgott
     assert again["whitened"] is None and again["matches"][0] == plain["matches"][0]
 
 
-def test_a_small_collection_is_not_whitened(api, collection):
+def test_a_small_collection_is_not_whitened(api, collection, redis_client):
     vectors = unit_vectors(MIN_IMAGES // 2, seed=43)
     put_vectors(api, collection, vectors)
     api.client.set_collection(collection, whitening=True)
     for _ in range(2):
         assert query_result(api, collection, vectors[0], k=1)["whitened"] is None
-    time.sleep(0.5)
+    # A query that found learning due would have taken the claim before it finished, and the learning
+    # stores its whitening before giving the claim back: no claim now, and no whitening after that,
+    # means none was started (no need to sleep and hope it would have finished).
+    assert not redis_client.exists(keys.collection_whitening_claim(collection))
     assert api.client.collection(collection)["whitening"] is None
 
 
@@ -121,16 +125,42 @@ def test_query_expansion_averages_the_query_with_its_best_matches(api, collectio
     assert scores["v8"] - plain["v8"] > scores["v7"] - plain["v7"]
 
 
-def test_query_expansion_through_an_image_query(api, collection):
+def test_query_expansion_through_an_image_query(api, collection, store):
     images = natural_images()
-    for name in ("astronaut", "camera", "coffee"):
+    names = ("astronaut", "camera", "coffee", "rocket")
+    for name in names:
         api.wait(api.index(collection, images[name], image_id=name))
-    task = api.wait(api.http.post(api.url(f"/v1/collections/{collection}/queries"),
-                                  files={"image": ("q.jpg", images["astronaut"])}, data={"expand": "1"}))
-    assert task["state"] == "succeeded" and task["expand"] == 1 and task["result"]["expand"] == 1
-    # expanded with its own copy, the query is that copy: score 1
-    assert task["result"]["matches"][0]["id"] == "astronaut"
-    assert task["result"]["matches"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    stored = {image_id: vector for chunk in store.scan_vectors(collection, 512, 100) for image_id, vector in chunk}
+    assert set(stored) == set(names)
+
+    def query(expand: int) -> dict:
+        task = api.wait(api.http.post(api.url(f"/v1/collections/{collection}/queries"),
+                                      files={"image": ("q.jpg", images["astronaut"])},
+                                      data={"expand": str(expand), "k": str(len(names))}))
+        assert task["state"] == "succeeded", task
+        assert task.get("expand", 0) == expand and task["result"]["expand"] == expand, task
+        return {m["id"]: m["score"] for m in task["result"]["matches"]}
+
+    # The query image is indexed: its vector is astronaut's stored one, its two best matches astronaut and
+    # its nearest other photograph; expanded, the query is their average (astronaut counted twice).
+    probe = stored["astronaut"]
+    plain_expected = {image_id: float(vector @ probe) for image_id, vector in stored.items()}
+    best_two = sorted(plain_expected, key=plain_expected.get, reverse=True)[:2]
+    assert best_two[0] == "astronaut"
+    expanded_probe = l2_normalise(probe + stored[best_two[0]] + stored[best_two[1]])
+    expanded_expected = {image_id: float(vector @ expanded_probe) for image_id, vector in stored.items()}
+    # Expansion moves every score by far more than the tolerance (the scores come back to 6 decimals, and a
+    # query's vector is its stored one to float rounding), so an unexpanded answer cannot pass for expanded.
+    atol = 2e-5
+    assert min(abs(expanded_expected[i] - plain_expected[i]) for i in names) > 10 * atol
+
+    plain, expanded = query(0), query(2)
+    assert set(plain) == set(expanded) == set(names)
+    for image_id in names:
+        assert plain[image_id] == pytest.approx(plain_expected[image_id], abs=atol), ("plain", image_id)
+        assert expanded[image_id] == pytest.approx(expanded_expected[image_id], abs=atol), ("expanded", image_id)
+    assert expanded["astronaut"] < 1.0 - 10 * atol  # no longer the query itself
+    assert expanded[best_two[1]] > plain[best_two[1]]  # pulled towards the neighbour it was averaged with
 
 
 @pytest.mark.parametrize("form", [{"expand": "11"}, {"expand": "-1"}, {"expand": "two"}, {"expand": "1.5"}])

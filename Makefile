@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run test bench clean browser
+.PHONY: install run test bench clean browser nginx
 
 install: $(INSTALLED)
 
@@ -21,16 +21,32 @@ $(INSTALLED): pyproject.toml
 run: $(INSTALLED)
 	$(BIN)/python scripts/run_local.py
 
-test: $(INSTALLED) browser
+test: $(INSTALLED) browser nginx
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Compose puts nginx in front of the API (deploy/nginx/); tests/test_slow_clients.py runs that config
+# with Debian's nginx, installed here where we can (root, apt-get). Without it that test FAILS.
+nginx:
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null && \
+		  [ -x /usr/sbin/nginx ]; } || \
+		echo "*** make: nginx could not be installed (needs root and apt-get); tests/test_slow_clients.py will FAIL" >&2
+
 # The web page's test drives Debian's Chromium; install it where we can (root, apt-get).
-# Where no browser can be installed that test is skipped, and says why.
+# Without a browser that test FAILS; LOOKALIKE_TEST_WITHOUT_BROWSER=1 make test skips it knowingly.
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-		  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
-		echo "make: no Chromium could be installed; tests/test_web_page.py will be skipped"
+		  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null && \
+		  command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || \
+		{ if [ "$$LOOKALIKE_TEST_WITHOUT_BROWSER" = 1 ]; then \
+		    echo "make: no Chromium; LOOKALIKE_TEST_WITHOUT_BROWSER=1, so tests/test_web_page.py will be skipped" >&2; \
+		  else \
+		    printf '%s\n' "" "*** make: Chromium and chromedriver could not be installed (needs root and apt-get)." \
+		      "*** tests/test_web_page.py will FAIL. Install chromium and chromium-driver, or run" \
+		      "*** LOOKALIKE_TEST_WITHOUT_BROWSER=1 make test to skip the web page's test knowingly." "" >&2; \
+		  fi; }
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache *.egg-info

@@ -4,6 +4,7 @@ import logging
 
 from flask import Flask
 from PIL import Image
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api.auth import register_auth
 from api.errors import register_error_handlers
@@ -12,6 +13,7 @@ from api.observability import register_observability
 from api.openapi import register_openapi
 from api.limits import register_rate_limits
 from api.routes import apply_request_limits, blueprint
+from api.waits import WaitSlots
 from shared.logs import configure_logging
 from shared.queue import make_celery
 from shared.settings import Settings, get_settings
@@ -31,7 +33,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         "settings": settings,
         "store": Store.from_settings(settings),
         "celery": make_celery(settings),
+        "wait_slots": WaitSlots(settings.max_waiting_polls, settings.max_waiting_polls_per_key),
     }
+    if settings.trusted_proxies:
+        # Behind N proxies: the client address (for rate limits and the failed-authentication count) is
+        # the one the Nth proxy from here saw; what a client writes in X-Forwarded-For itself is ignored.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies)
     app.register_blueprint(blueprint)
     register_openapi(app)
     register_observability(app)  # first: every answer, refusals included, is counted and logged

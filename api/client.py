@@ -121,15 +121,24 @@ class Client:
         return self._get(f"/v1/tasks/{task_id}", wait=wait or None)
 
     def wait(self, task_id: str, timeout: float | None = None) -> dict:
-        """The task once it has finished (long-polling the server), or ``TimeoutError``."""
+        """The task once it has finished (long-polling the server), or ``TimeoutError``.
+
+        A server holding as many waiting polls as it allows answers at once, with ``Retry-After``:
+        then this pauses that long before asking again, rather than asking in a tight loop.
+        """
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
             remaining = deadline - time.monotonic()
-            task = self.task(task_id, wait=max(0, min(LONG_POLL_SECONDS, int(remaining))))
+            wait = max(0, min(LONG_POLL_SECONDS, int(remaining)))
+            response = self._get_response(f"/v1/tasks/{task_id}", wait=wait or None)
+            task = self._json(response)
             if task["state"] in FINISHED:
                 return task
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"task {task_id} still {task['state']} after the timeout")
+            retry_after = response.headers.get("Retry-After", "")
+            if wait and retry_after.isdigit():
+                time.sleep(min(int(retry_after), max(0.0, deadline - time.monotonic())))
 
     def result(self, task_id: str, timeout: float | None = None) -> dict:
         """The result of a task that succeeded; ``TaskFailed`` if it failed."""
@@ -181,9 +190,12 @@ class Client:
     # --- Plumbing ------------------------------------------------------------------------------
 
     def _get(self, path: str, **params: Any) -> dict:
+        return self._json(self._get_response(path, **params))
+
+    def _get_response(self, path: str, **params: Any) -> requests.Response:
         params = {name: value for name, value in params.items() if value is not None}
         read_timeout = self.timeout + int(params.get("wait") or 0)
-        return self._json(self.http.get(self.url + path, params=params, timeout=read_timeout))
+        return self.http.get(self.url + path, params=params, timeout=read_timeout)
 
     def _post(self, path: str, form: dict[str, str], files: list | None) -> requests.Response:
         headers = {"Idempotency-Key": uuid.uuid4().hex}  # makes the automatic retries safe

@@ -18,6 +18,8 @@ HTTP_STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "upload_t
 def error_response(error: LookalikeError):
     response = jsonify({"error": error.to_dict()})
     response.status_code = error.http_status
+    if isinstance(error.details.get("retry_after"), int):  # our own 429s (Flask-Limiter's set the header themselves)
+        response.headers["Retry-After"] = str(error.details["retry_after"])
     return response
 
 

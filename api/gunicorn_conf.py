@@ -1,7 +1,10 @@
 """Gunicorn settings for the API, derived from Lookalike's settings.
 
 Threads, not only processes: ``GET /v1/tasks/{id}?wait=`` holds a request open for up to
-30 seconds while it waits on Redis, which costs a thread, not a CPU.
+30 seconds while it waits on Redis, which costs a thread, not a CPU. At most
+``LOOKALIKE_MAX_WAITING_POLLS`` (8) of the 16 threads wait at once (api/waits.py), so the
+rest always answer /healthz and everything else. A thread also blocks while it reads a
+request: in production a buffering proxy reads them first (deploy/nginx/lookalike.conf).
 """
 
 import os
@@ -18,7 +21,7 @@ _settings = get_settings()
 bind = f"{_settings.host}:{_settings.port}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "gthread"
-threads = 16
+threads = 16  # keep above LOOKALIKE_MAX_WAITING_POLLS
 timeout = 60
 accesslog = None  # the app logs each request itself, with its request id (api/observability.py)
 

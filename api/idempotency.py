@@ -19,6 +19,7 @@ from flask import Flask, Response, current_app, g, request
 
 from shared import keys
 from shared.errors import LookalikeError
+from shared.schemas import MAX_JSON_DEPTH, parse_json
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -104,6 +105,12 @@ def _fingerprint() -> str:
             files.append((name, file.filename, digest))
         content["files"] = sorted(files)
     else:
-        body = request.get_json(silent=True)
+        body = None
+        if request.is_json:
+            try:  # the one JSON parser, as the views use it: no depth can break it (the view refuses what it must)
+                body = parse_json(request.get_data(cache=True), "invalid_json", "body", max_depth=MAX_JSON_DEPTH + 3,
+                                  allow_non_finite=True)
+            except LookalikeError:
+                body = None
         content["body"] = body if body is not None else hashlib.sha256(request.get_data()).hexdigest()
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()

@@ -3,13 +3,15 @@
 Under gunicorn, each worker process counts its own requests into files in
 ``PROMETHEUS_MULTIPROC_DIR`` (set up by api/gunicorn_conf.py), and ``/metrics`` adds them
 up (prometheus_client's multiprocess mode). Queue depths and collection sizes are read
-from Redis when ``/metrics`` is scraped.
+from Redis when ``/metrics`` is scraped; the per-collection series only for the collections
+the scraping key may use (a key for some collections learns nothing of the others).
 """
 
 import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 
 from flask import Flask, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
@@ -52,10 +54,11 @@ def finish_request(response: Response) -> Response:
 
 
 class StoreCollector:
-    """Gauges read from Redis at scrape time: tasks waiting per queue, images per collection."""
+    """Gauges read from Redis at scrape time: tasks waiting per queue, images per (visible) collection."""
 
-    def __init__(self, store):
+    def __init__(self, store, visible: Callable[[str], bool] = lambda _name: True):
         self.store = store
+        self.visible = visible
 
     def collect(self):
         depth = GaugeMetricFamily("lookalike_queue_depth", "Tasks waiting in each Celery queue.", labels=["queue"])
@@ -68,11 +71,12 @@ class StoreCollector:
         yield depth
         sizes = GaugeMetricFamily("lookalike_collection_images", "Images stored per collection.", labels=["collection"])
         for name, count in self.store.collection_sizes().items():
-            sizes.add_metric([name], count)
+            if self.visible(name):
+                sizes.add_metric([name], count)
         yield sizes
 
 
-def metrics_response() -> Response:
+def metrics_response(visible: Callable[[str], bool] = lambda _name: True) -> Response:
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:  # under gunicorn: add up every worker process
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
@@ -80,6 +84,6 @@ def metrics_response() -> Response:
         registry = CollectorRegistry()
         for collector in (REQUESTS, LATENCY):
             registry.register(collector)
-    registry.register(StoreCollector(current_app.extensions["lookalike"]["store"]))
+    registry.register(StoreCollector(current_app.extensions["lookalike"]["store"], visible))
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 

@@ -141,7 +141,9 @@ class VectorsRequest(BaseModel):
 
 
 class WaitQuery(BaseModel):
-    wait: int | None = Field(None, description="Seconds to hold the answer until the task finishes (0-30).")
+    wait: int | None = Field(None, description="Seconds to hold the answer until the task finishes (0-30). When "
+                             "the API already holds as many waiting polls as it allows (per process and per key), "
+                             "answered at once with the task as it stands and Retry-After: 1.")
 
 
 class PageQuery(BaseModel):

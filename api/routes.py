@@ -5,12 +5,13 @@ from collections import Counter
 
 from pathlib import Path
 
-from flask import Blueprint, current_app, jsonify, request, url_for
+from flask import Blueprint, current_app, g, jsonify, request, url_for
 from flask import Response as FlaskResponse
 from spectree import Response
 
-from api.auth import may_see_collection
+from api.auth import may_read_record, may_see_collection, submitter
 from api.observability import metrics_response
+from api.waits import RETRY_AFTER_SECONDS
 from api.openapi import (
     Accepted,
     Batch,
@@ -57,12 +58,14 @@ from shared.schemas import (
     parse_signals,
     task_resource,
     FINISHED_STATES,
+    MAX_JSON_DEPTH,
     QUEUED,
     RUNNING,
     VECTOR_DIMENSION,
     parse_aligned_array,
     parse_filter,
     parse_metadata,
+    parse_json,
     parse_min_score,
     validate_collection_name,
     validate_collection_settings,
@@ -185,7 +188,7 @@ def put_collection(collection: str):
     """Set a collection's settings: ``match_threshold`` for near-duplicates, ``pdq_max_distance``, ``kind``
     (block or allow) and ``whitening`` (search in a PCA-whitened space learned from the collection)."""
     collection = validate_collection_name(collection)
-    settings = validate_collection_settings(request.get_json(silent=True))
+    settings = validate_collection_settings(_json_body("invalid_collection_settings"))
     _context()["store"].put_collection_settings(collection, settings)
     return jsonify({"collection": collection, "settings": settings})
 
@@ -201,7 +204,9 @@ def store_vectors(collection: str):
     """
     settings = _context()["settings"]
     collection = validate_collection_name(collection)
-    body = request.get_json(silent=True)
+    # NaN and Infinity may reach the vectors (refused there: 422 vector_not_finite), never the metadata
+    # (validate_metadata); the body may nest as deep as an item's metadata, plus its own three levels.
+    body = _json_body("invalid_json", max_depth=MAX_JSON_DEPTH + 3, allow_non_finite=True)
     if not isinstance(body, dict) or not isinstance(body.get("items"), list) or not body["items"]:
         raise LookalikeError("invalid_json", 'Send a JSON object {"items": [{"id", "vector", "metadata"}, ...]}.')
     items = body["items"]
@@ -229,6 +234,14 @@ def store_vectors(collection: str):
     replaced = store.save_images(collection, checked, descriptor)
     return jsonify({"collection": collection, "stored": len(checked), "replaced": replaced,
                     "model": descriptor.model, "weights": descriptor.weights}), 201
+
+
+def _json_body(code: str, **options):
+    """The request's JSON body through the one JSON parser (shared.schemas.parse_json); None when the request
+    is not JSON. Refused with ``code``: malformed, too deep, or (unless allowed) NaN or Infinity."""
+    if not request.is_json:
+        return None
+    return parse_json(request.get_data(cache=True), code, "body", **options)
 
 
 def _collection_dimension(collection: str) -> int:
@@ -293,8 +306,9 @@ def index_batch(collection: str):
     for (position, _), task_id in zip(accepted, task_ids):
         items[position]["task_id"] = task_id
     batch_id = uuid.uuid4().hex
+    owner = {"api_key_id": submitter()} if submitter() else {}  # who may read it; never shown
     _context()["store"].save_batch(batch_id, {"batch_id": batch_id, "collection": collection,
-                                              "submitted_at": utc_now(), "items": items})
+                                              "submitted_at": utc_now(), "items": items, **owner})
     body = {"batch_id": batch_id, "accepted": len(accepted), "rejected": len(items) - len(accepted), "tasks": items}
     return _accepted(body, url_for("api.get_batch", batch_id=batch_id))
 
@@ -366,7 +380,12 @@ def _callback_from_form() -> dict | None:
     if url is None:
         return None
     settings = _context()["settings"]
-    if settings.webhook_secret is None:
+    key = g.get("api_key")
+    if key is not None and key.webhook_secret is None:  # signed with the key's own secret (worker/webhooks.py)
+        raise LookalikeError("callback_not_allowed", "This API key has no webhook secret (it predates per-key "
+                             f"secrets): an operator gives it one with `python -m api.keys webhook-secret {key.key_id}`.",
+                             {"key_id": key.key_id})
+    if key is None and settings.webhook_secret is None:
         raise LookalikeError("callback_not_allowed", "Webhooks are off on this service (no LOOKALIKE_WEBHOOK_SECRET).")
     check_url(url, Allowlist(settings.callback_allowlist), invalid_code="invalid_callback_url",
               refused_code="callback_not_allowed", what="callback URL")
@@ -382,6 +401,8 @@ def _enqueue(task_name: str, submissions: list[tuple[dict, dict, bytes]]) -> lis
     store, celery = _context()["store"], _context()["celery"]
     task_ids = [uuid.uuid4().hex for _ in submissions]
     traced = {"request_id": logs.request_id.get()}  # the worker logs under the same request id
+    if submitter():  # the task belongs to this key: only it (or admin) reads it, its webhooks carry its signature
+        traced["api_key_id"] = submitter()
     store.submit([(task_id, TASK_KINDS[task_name], fields | traced, upload)
                   for task_id, (fields, _, upload) in zip(task_ids, submissions)])
     sent = 0
@@ -408,14 +429,32 @@ def _accepted(body: dict, status_url: str):
 @blueprint.get("/v1/tasks/<task_id>")
 @spec.validate(query=WaitQuery, resp=responses({"HTTP_200": Task}, 400, 404), tags=["tasks"], skip_validation=True)
 def get_task(task_id: str):
-    settings = _context()["settings"]
+    """A task as it stands; ``wait`` holds the answer until it finishes, within the bounds of api/waits.py."""
+    settings, store = _context()["settings"], _context()["store"]
     wait = parse_bounded_int(request.args.get("wait"), default=0, low=0, high=settings.max_wait_seconds,
                              code="invalid_wait", name="wait")
-    record = _context()["store"].wait_for_task(task_id, wait)
-    if record is None or not may_see_collection(record.get("collection")):
-        raise LookalikeError("task_not_found", "No such task; task records expire after "
-                             f"{settings.task_ttl_seconds} seconds.", {"task_id": task_id[:100]})
-    return jsonify(task_resource(record))
+    # Whose task it is is settled before any waiting: another key's task is a 404 at once.
+    record = store.get_task(task_id)
+    if record is None or not may_read_record(record):
+        raise _task_not_found(task_id)
+    waited = True
+    if wait and record["state"] not in FINISHED_STATES:
+        key = g.get("api_key")
+        caller = f"key:{key.key_id}" if key is not None else f"addr:{request.remote_addr}"
+        with _context()["wait_slots"].slot(caller) as waited:
+            if waited:
+                record = store.wait_for_task(task_id, wait)
+        if record is None:  # expired while waited on
+            raise _task_not_found(task_id)
+    response = jsonify(task_resource(record))
+    if not waited and record["state"] not in FINISHED_STATES:
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)  # answered without waiting: busy
+    return response
+
+
+def _task_not_found(task_id: str) -> LookalikeError:
+    return LookalikeError("task_not_found", "No such task; task records expire after "
+                          f"{_context()['settings'].task_ttl_seconds} seconds.", {"task_id": task_id[:100]})
 
 
 @blueprint.get("/v1/batches/<batch_id>")
@@ -424,7 +463,7 @@ def get_batch(batch_id: str):
     """Progress of a bulk upload: counts per state and each item's state."""
     store = _context()["store"]
     batch = store.get_batch(batch_id)
-    if batch is None or not may_see_collection(batch["collection"]):
+    if batch is None or not may_read_record(batch):
         raise LookalikeError("batch_not_found", "No such batch; batch records expire with their tasks.",
                              {"batch_id": batch_id[:100]})
     task_ids = [item["task_id"] for item in batch["items"] if item["task_id"]]
@@ -546,8 +585,9 @@ def get_collection(collection: str):
 @blueprint.get("/metrics")
 @spec.validate(resp=responses({"HTTP_200": None}), tags=["health"], skip_validation=True)
 def metrics():
-    """Prometheus metrics of the API (needs the ``metrics`` scope when keys are on)."""
-    return metrics_response()
+    """Prometheus metrics of the API (needs the ``metrics`` scope when keys are on); per-collection series
+    only of the collections the key may use."""
+    return metrics_response(may_see_collection)
 
 
 @blueprint.get("/healthz")

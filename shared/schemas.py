@@ -5,6 +5,7 @@ docs/api.md states the same rules in words.
 """
 
 import json
+import math
 import re
 from typing import Any
 
@@ -73,6 +74,10 @@ IMAGE_ID_MAX_CHARS = 256
 # What the form parser puts in place of bytes that are not UTF-8.
 REPLACEMENT_CHARACTER = "\ufffd"
 MAX_K = 1000
+# Deepest nesting of objects and arrays in a JSON value a caller sends (metadata, filters, bodies): 32
+# levels, counting the outermost. Deeper JSON is refused, never parsed into a stack overflow or stored to
+# break every later answer that carries it.
+MAX_JSON_DEPTH = 32
 MAX_EXPAND = 10  # best matches a query may be averaged with (query expansion)
 
 
@@ -116,13 +121,15 @@ def parse_metadata(raw: str | None, max_bytes: int) -> dict[str, Any]:
         raise LookalikeError("invalid_metadata", f"Metadata is larger than {max_bytes} bytes.", {"max_bytes": max_bytes})
     if REPLACEMENT_CHARACTER in raw:
         raise LookalikeError("invalid_metadata", "Metadata must be valid UTF-8.")
-    return validate_metadata(_parse_json(raw, "invalid_metadata", "metadata"), max_bytes)
+    return validate_metadata(parse_json(raw, "invalid_metadata", "metadata"), max_bytes)
 
 
 def validate_metadata(value: Any, max_bytes: int) -> dict[str, Any]:
-    """One image's metadata: a JSON object whose encoding is at most ``max_bytes``."""
+    """One image's metadata: a JSON object whose encoding is at most ``max_bytes``, nested at most
+    MAX_JSON_DEPTH deep, with finite numbers only (NaN and Infinity are not JSON)."""
     if not isinstance(value, dict):
         raise LookalikeError("invalid_metadata", "Metadata must be a JSON object.")
+    check_json_value(value, "invalid_metadata", "metadata")
     if len(json.dumps(value).encode()) > max_bytes:
         raise LookalikeError("invalid_metadata", f"Metadata is larger than {max_bytes} bytes.", {"max_bytes": max_bytes})
     return value
@@ -132,7 +139,7 @@ def parse_aligned_array(raw: str | None, length: int, *, code: str, name: str) -
     """An optional JSON array field with exactly one entry per uploaded file (bulk uploads)."""
     if raw is None or raw == "":
         return None
-    value = _parse_json(raw, code, name)
+    value = parse_json(raw, code, name, max_depth=MAX_JSON_DEPTH + 1)  # the array, then each item's own levels
     if not isinstance(value, list) or len(value) != length:
         raise LookalikeError(code, f"'{name}' must be a JSON array with one entry per image ({length}).",
                              {"expected_length": length, "received_length": len(value) if isinstance(value, list) else None})
@@ -175,7 +182,7 @@ def parse_collection_list(raw: str | None, *, name: str) -> list[str]:
     """An optional JSON array of distinct collection names (at most MAX_ALLOW_COLLECTIONS)."""
     if raw is None or raw == "":
         return []
-    value = _parse_json(raw, "invalid_allow_collections", name)
+    value = parse_json(raw, "invalid_allow_collections", name)
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value) \
             or not 1 <= len(value) <= MAX_ALLOW_COLLECTIONS or len(set(value)) != len(value):
         raise LookalikeError("invalid_allow_collections", f"'{name}' must be a JSON array of 1-{MAX_ALLOW_COLLECTIONS} "
@@ -205,7 +212,7 @@ def parse_filter(raw: str | None) -> dict[str, Any]:
     """Optional metadata filter: a JSON object of field -> value, all of which must be equal."""
     if raw is None or raw == "":
         return {}
-    value = _parse_json(raw, "invalid_filter", "filter")
+    value = parse_json(raw, "invalid_filter", "filter")
     scalar = (str, int, float, bool, type(None))
     if not isinstance(value, dict) or not all(isinstance(v, scalar) for v in value.values()):
         raise LookalikeError("invalid_filter", "'filter' must be a JSON object of field names to strings, numbers, "
@@ -226,11 +233,60 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def _parse_json(raw: str, code: str, name: str) -> Any:
+class _NonFiniteConstant(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NonFiniteConstant(name)
+
+
+def parse_json(raw: str | bytes, code: str, name: str, *, max_depth: int = MAX_JSON_DEPTH,
+               allow_non_finite: bool = False) -> Any:
+    """Every JSON a caller sends is parsed here: form fields and request bodies alike.
+
+    Refused with ``code`` (a 400): not JSON, nested deeper than ``max_depth``, or holding NaN,
+    Infinity or a number too large for a float (1e999), which are not JSON and would make the
+    API's own answers invalid JSON. ``allow_non_finite`` lets them through for a body whose
+    numbers are checked by their own rules (vectors: 422 vector_not_finite).
+    """
     try:
-        return json.loads(raw)
-    except ValueError as exc:
+        value = json.loads(raw, parse_constant=None if allow_non_finite else _refuse_constant)
+    except _NonFiniteConstant as exc:
+        raise LookalikeError(code, f"'{name}' holds {exc}, which JSON does not allow.") from None
+    except RecursionError:  # far deeper than any limit: the parser itself gave up
+        raise LookalikeError(code, f"'{name}' is nested deeper than {max_depth} levels.",
+                             {"max_depth": max_depth}) from None
+    except ValueError as exc:  # UnicodeDecodeError included
         raise LookalikeError(code, f"'{name}' is not valid JSON: {exc}.") from None
+    check_json_value(value, code, name, max_depth=max_depth, allow_non_finite=allow_non_finite)
+    return value
+
+
+def check_json_value(value: Any, code: str, name: str, *, max_depth: int = MAX_JSON_DEPTH,
+                     allow_non_finite: bool = False) -> None:
+    """Refuse (``code``) a parsed value nested deeper than ``max_depth`` or holding a non-finite number.
+
+    Iterative, so that no depth can exhaust the stack; one pass over the value.
+    """
+    pending = [(value, 0)]
+    while pending:
+        node, depth = pending.pop()
+        if isinstance(node, dict):
+            children = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            if not allow_non_finite and isinstance(node, float) and not math.isfinite(node):
+                raise LookalikeError(code, f"'{name}' holds a number JSON cannot carry (NaN, Infinity or too large).")
+            continue
+        depth += 1
+        if depth > max_depth:
+            raise LookalikeError(code, f"'{name}' is nested deeper than {max_depth} levels.", {"max_depth": max_depth})
+        for child in children:
+            if isinstance(child, (dict, list)) or (not allow_non_finite and isinstance(child, float)
+                                                    and not math.isfinite(child)):
+                pending.append((child, depth))
 
 
 def parse_bounded_int(raw: str | None, *, default: int, low: int, high: int, code: str, name: str,

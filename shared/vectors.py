@@ -7,12 +7,12 @@ cosine similarities.
 
 import base64
 import binascii
-import json
 from typing import Any
 
 import numpy as np
 
 from shared.errors import LookalikeError
+from shared.schemas import parse_json
 from shared.store import VECTOR_DTYPE
 
 
@@ -46,10 +46,8 @@ def parse_vector_field(raw: str, dimension: int) -> np.ndarray:
     """The ``vector`` form field of a query: a JSON array, or base64 as it is."""
     stripped = raw.strip()
     if stripped.startswith("["):
-        try:
-            value = json.loads(stripped)
-        except ValueError as exc:
-            raise LookalikeError("invalid_vector", f"'vector' is not valid JSON: {exc}.") from None
+        # NaN may pass the parser: a vector's values are checked (vector_not_finite) as a vector.
+        value = parse_json(stripped, "invalid_vector", "vector", max_depth=1, allow_non_finite=True)
     else:
         value = stripped
     return parse_vector(value, dimension)

@@ -121,3 +121,68 @@ def test_undecodable_image_fails_its_task_only(api, collection, redis_client):
     assert added == {f"lookalike:task:{task['task_id']}".encode()}
     # The worker is alive and serves the next task.
     assert api.wait(api.index(collection, MOON, "fine"))["state"] == "succeeded"
+
+
+def nested(depth: int, inner: str = "1") -> str:
+    """JSON arrays nested ``depth`` deep around ``inner``."""
+    return "[" * depth + inner + "]" * depth
+
+
+def in_object(depth: int) -> str:
+    """A JSON object nested ``depth`` deep in all (the object, then arrays)."""
+    return '{"a": ' + nested(depth - 1) + "}"
+
+
+def vectors_body(**item_fields) -> str:
+    item = json.dumps({"id": "a", "vector": [1.0] + [0.0] * 511})[:-1]
+    extra = "".join(f', "{name}": {value}' for name, value in item_fields.items())
+    return '{"items": [' + item + extra + '}], "model": "m", "weights": "w"}'
+
+
+JSON_BODY = {"Content-Type": "application/json"}
+# (name, method, path under /v1/collections/, requests arguments, status, code): JSON the service cannot carry --
+# nested deeper than 32 levels, or with NaN or Infinity -- refused with the field's own 400, never a 500.
+JSON_REJECTED = [
+    ("vector field 5000 deep", "POST", "c1/queries", {"data": {"vector": nested(5000)}}, 400, "invalid_vector"),
+    ("metadata 5000 deep", "POST", "c1/images", {"files": {"image": ("a.jpg", MOON)}, "data": {"metadata": in_object(5000)}}, 400, "invalid_metadata"),
+    ("metadata 975 deep", "POST", "c1/images", {"files": {"image": ("a.jpg", MOON)}, "data": {"metadata": in_object(975)}}, 400, "invalid_metadata"),
+    ("metadata 33 deep", "POST", "c1/images", {"files": {"image": ("a.jpg", MOON)}, "data": {"metadata": in_object(33)}}, 400, "invalid_metadata"),
+    ("metadata with NaN", "POST", "c1/images", {"files": {"image": ("a.jpg", MOON)}, "data": {"metadata": '{"x": NaN}'}}, 400, "invalid_metadata"),
+    ("metadata with Infinity", "POST", "c1/images", {"files": {"image": ("a.jpg", MOON)}, "data": {"metadata": '{"x": [Infinity]}'}}, 400, "invalid_metadata"),
+    ("metadata with -Infinity", "POST", "c1/images", {"files": {"image": ("a.jpg", MOON)}, "data": {"metadata": '{"x": -Infinity}'}}, 400, "invalid_metadata"),
+    ("metadata with 1e999", "POST", "c1/images", {"files": {"image": ("a.jpg", MOON)}, "data": {"metadata": '{"x": 1e999}'}}, 400, "invalid_metadata"),
+    ("filter 5000 deep", "POST", "c1/queries", {"files": {"image": ("a.jpg", MOON)}, "data": {"filter": in_object(5000)}}, 400, "invalid_filter"),
+    ("filter with NaN", "POST", "c1/queries", {"files": {"image": ("a.jpg", MOON)}, "data": {"filter": '{"n": NaN}'}}, 400, "invalid_filter"),
+    ("allow_collections 5000 deep", "POST", "c1/checks", {"files": {"image": ("a.jpg", MOON)}, "data": {"allow_collections": nested(5000, '"x"')}}, 400, "invalid_allow_collections"),
+    ("batch ids 5000 deep", "POST", "c1/batches", {"files": {"image": ("a.jpg", MOON)}, "data": {"ids": nested(5000, '"x"')}}, 400, "invalid_ids"),
+    ("batch metadata 5000 deep", "POST", "c1/batches", {"files": {"image": ("a.jpg", MOON)}, "data": {"metadata": "[" + in_object(5000) + "]"}}, 400, "invalid_metadata"),
+    ("batch metadata item 33 deep", "POST", "c1/batches", {"files": {"image": ("a.jpg", MOON)}, "data": {"metadata": "[" + in_object(33) + "]"}}, 400, "invalid_metadata"),
+    ("batch metadata with Infinity", "POST", "c1/batches", {"files": {"image": ("a.jpg", MOON)}, "data": {"metadata": '[{"x": Infinity}]'}}, 400, "invalid_metadata"),
+    ("vectors body 5000 deep", "POST", "c1/vectors", {"data": nested(5000), "headers": JSON_BODY}, 400, "invalid_json"),
+    ("vectors body 5000 deep, idempotent", "POST", "c1/vectors", {"data": nested(5000), "headers": JSON_BODY | {"Idempotency-Key": "deep"}}, 400, "invalid_json"),
+    ("vector metadata 975 deep", "POST", "c1/vectors", {"data": vectors_body(metadata=in_object(975)), "headers": JSON_BODY}, 400, "invalid_json"),
+    ("vector metadata 33 deep", "POST", "c1/vectors", {"data": vectors_body(metadata=in_object(33)), "headers": JSON_BODY}, 400, "invalid_json"),  # the body: 36 deep
+    ("vector metadata with NaN", "POST", "c1/vectors", {"data": vectors_body(metadata='{"x": NaN}'), "headers": JSON_BODY}, 400, "invalid_metadata"),
+    ("vector metadata with 1e999", "POST", "c1/vectors", {"data": vectors_body(metadata='{"x": 1e999}'), "headers": JSON_BODY}, 400, "invalid_metadata"),
+    ("settings 5000 deep", "PUT", "c1", {"data": in_object(5000), "headers": JSON_BODY}, 400, "invalid_collection_settings"),
+]
+
+
+@pytest.mark.parametrize("name, method, path, arguments, status, code", JSON_REJECTED, ids=[case[0] for case in JSON_REJECTED])
+def test_json_too_deep_or_not_finite_is_refused(api, unchanged_store, name, method, path, arguments, status, code):
+    response = api.http.request(method, api.url(f"/v1/collections/{path}"), **arguments)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+
+
+def test_metadata_may_nest_32_deep_and_no_deeper(api, collection):
+    too_deep = api.http.post(api.url(f"/v1/collections/{collection}/images"), files={"image": ("a.jpg", MOON)},
+                             data={"id": "deeper", "metadata": in_object(33)})
+    assert too_deep.status_code == 400 and too_deep.json()["error"]["code"] == "invalid_metadata"
+    metadata = json.loads(in_object(32))
+    task = api.wait(api.index(collection, MOON, "deep", metadata=metadata))
+    assert task["state"] == "succeeded", task
+    stored = api.http.get(api.url(f"/v1/collections/{collection}/images/deep"))
+    assert stored.status_code == 200 and json.loads(stored.text)["metadata"] == metadata
+    [match] = api.client.query(collection, MOON, k=1)["matches"]
+    assert match["metadata"] == metadata

@@ -1,8 +1,10 @@
 """No Docker engine runs on our build machines, so check docker-compose.yml against the code instead."""
 
+import ast
 import importlib
 import importlib.util
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -14,6 +16,7 @@ COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 APP_SERVICES = {name: spec for name, spec in SERVICES.items() if "build" in spec}
 SETTING_NAMES = {f"LOOKALIKE_{name.upper()}" for name in Settings.model_fields}
+WORKER_COMMAND = ["python", "-m", "worker"]
 
 
 def modules_named_by(command: list[str]) -> list[str]:
@@ -40,11 +43,14 @@ def test_service_command_names_real_code(name):
 
 @pytest.mark.parametrize("name", sorted(APP_SERVICES))
 def test_service_builds_from_a_dockerfile_whose_cmd_matches(name):
+    """The service runs its image's CMD, perhaps with arguments added (`--role webhooks`)."""
     spec = APP_SERVICES[name]
     dockerfile = REPO / spec["build"]["context"] / spec["build"]["dockerfile"]
     assert dockerfile.is_file()
     cmd = re.search(r"^CMD (\[.*\])$", dockerfile.read_text(), re.MULTILINE)
-    assert cmd and yaml.safe_load(cmd.group(1)) == spec["command"]
+    assert cmd
+    image_command = yaml.safe_load(cmd.group(1))
+    assert spec["command"][:len(image_command)] == image_command
 
 
 @pytest.mark.parametrize("name", sorted(APP_SERVICES))
@@ -55,7 +61,7 @@ def test_service_sets_only_real_settings(name):
 
 
 def test_workers_are_pinned_one_per_gpu():
-    workers = {name: spec for name, spec in APP_SERVICES.items() if spec["command"] == ["python", "-m", "worker"]}
+    workers = {name: spec for name, spec in APP_SERVICES.items() if spec["command"] == WORKER_COMMAND}
     assert len(workers) >= 2
     reserved = []
     for spec in workers.values():
@@ -78,3 +84,92 @@ def test_flower_watches_the_workers_broker():
     broker = next(arg.split("=", 1)[1] for arg in flower["command"] if arg.startswith("--broker="))
     assert broker == SERVICES["worker"]["environment"]["LOOKALIKE_REDIS_URL"]
     assert flower["command"][:1] == ["celery"] and "flower" in flower["command"]
+
+
+def worker_roles() -> set[str]:
+    """The roles `python -m worker --role` accepts (worker/runtime.py's ROLES), read without importing TensorFlow."""
+    tree = ast.parse((REPO / "worker" / "runtime.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(getattr(target, "id", None) == "ROLES" for target in node.targets):
+            return {key.value for key in node.value.keys}
+    raise AssertionError("worker/runtime.py defines no ROLES")
+
+
+def test_webhook_deliveries_run_in_a_service_of_their_own():
+    """Slow receivers must not hold model threads: webhooks in their own process, same image and settings, no GPU."""
+    [webhooks] = [spec for spec in APP_SERVICES.values() if spec["command"] == [*WORKER_COMMAND, "--role", "webhooks"]]
+    assert "webhooks" in worker_roles()
+    worker = SERVICES["worker"]
+    assert worker["command"] == WORKER_COMMAND  # the default role: index and query tasks
+    assert webhooks["build"] == worker["build"]
+    assert webhooks["environment"] == {k: v for k, v in worker["environment"].items() if k != "CUDA_VISIBLE_DEVICES"}
+    assert "deploy" not in webhooks and "ports" not in webhooks
+
+
+def test_worker_metrics_are_served_inside_the_network_only():
+    workers = {name: spec for name, spec in APP_SERVICES.items() if spec["command"][:3] == WORKER_COMMAND}
+    assert {"worker", "worker-gpu1", "webhooks"} <= set(workers)
+    for name, spec in workers.items():
+        assert spec["environment"]["LOOKALIKE_WORKER_METRICS_HOST"] == "0.0.0.0", name
+        assert "ports" not in spec, name
+    assert Settings.model_fields["worker_metrics_host"].default == "127.0.0.1"  # outside compose: loopback
+
+
+def test_only_the_proxy_is_published_on_every_interface():
+    published = {name: spec["ports"] for name, spec in SERVICES.items() if spec.get("ports")}
+    assert published == {"proxy": ["8000:8000"], "flower": ["127.0.0.1:5555:5555"]}
+    assert SERVICES["api"]["expose"] == [SERVICES["api"]["environment"]["LOOKALIKE_PORT"]]
+
+
+# --- The reverse proxy ----------------------------------------------------------------------
+
+def proxy_config() -> Path:
+    """The nginx config file the proxy service mounts over nginx's default server."""
+    [mount] = [volume for volume in SERVICES["proxy"]["volumes"] if volume.endswith(":/etc/nginx/conf.d/default.conf:ro")]
+    return REPO / mount.split(":")[0]
+
+
+def nginx_directives() -> dict[str, list[str]]:
+    """Every directive of the proxy's config file: name -> its values, in order (comments dropped)."""
+    text = re.sub(r"#.*", "", proxy_config().read_text())
+    found: dict[str, list[str]] = {}
+    for name, value in re.findall(r"(?m)^\s*([a-z_]+)\s+([^;{]+);", text):
+        found.setdefault(name, []).append(value.strip())
+    return found
+
+
+def nginx_seconds(value: str) -> float:
+    number, unit = re.fullmatch(r"(\d+)(ms|s|m|h)?", value).groups()
+    return int(number) * {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600}[unit]
+
+
+def nginx_bytes(value: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([kKmMgG])?", value).groups()
+    return int(number) * {None: 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit and unit.lower()]
+
+
+def test_the_proxy_buffers_whole_requests_with_header_and_body_timeouts():
+    proxy = SERVICES["proxy"]
+    assert proxy["image"].startswith("nginx:") and proxy_config().is_file()
+    assert "build" not in proxy
+    directives = nginx_directives()
+    assert directives["proxy_request_buffering"] == ["on"]
+    assert 0 < nginx_seconds(directives["client_header_timeout"][0]) <= 30
+    assert 0 < nginx_seconds(directives["client_body_timeout"][0]) <= 30
+    # As large as the largest request the API takes (a bulk upload), no larger.
+    assert nginx_bytes(directives["client_max_body_size"][0]) == Settings.model_fields["max_batch_bytes"].default
+    # Long polls are answered within LOOKALIKE_MAX_WAIT_SECONDS: nginx waits longer than that for gunicorn.
+    assert nginx_seconds(directives["proxy_read_timeout"][0]) > Settings.model_fields["max_wait_seconds"].default + 5
+    assert nginx_seconds(directives["proxy_send_timeout"][0]) > 0
+
+
+def test_the_proxy_fronts_the_api_and_the_api_trusts_it_for_client_addresses():
+    directives = nginx_directives()
+    api, proxy = SERVICES["api"], SERVICES["proxy"]
+    assert directives["server"] == [f"api:{api['environment']['LOOKALIKE_PORT']}"]
+    assert directives["listen"] == [proxy["ports"][0].split(":")[-1]]
+    assert "X-Forwarded-For $proxy_add_x_forwarded_for" in directives["proxy_set_header"]
+    assert api["environment"]["LOOKALIKE_TRUSTED_PROXIES"] == "1"  # exactly one proxy: nginx
+    assert Settings.model_fields["trusted_proxies"].default == 0  # without a proxy, X-Forwarded-For is the client's own
+    assert proxy["depends_on"]["api"]["condition"] == "service_healthy"
+    assert "/healthz" in " ".join(api["healthcheck"]["test"])

@@ -1,12 +1,16 @@
 """Prometheus metrics of the API and the worker, and one request id from the HTTP request to the worker's logs."""
 
 import json
+import logging
+import socket
 import time
 import uuid
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from api.app import create_app
+from shared.settings import Settings
 from tests.conftest import WORKER_METRICS_PORT, natural_images
 from tests.local_http import Answer
 
@@ -85,3 +89,42 @@ def test_one_request_id_from_the_api_to_the_worker_logs(api, api_process, worker
 
     generated = api.http.get(api.url("/healthz"), headers={"X-Request-Id": "bad id with spaces"})
     assert generated.headers["X-Request-Id"] != "bad id with spaces" and len(generated.headers["X-Request-Id"]) == 32
+
+
+def test_worker_metrics_listen_on_loopback_only(worker):
+    """LOOKALIKE_WORKER_METRICS_HOST defaults to 127.0.0.1: the page needs no key, so it is not on every interface."""
+    assert requests.get(f"http://127.0.0.1:{WORKER_METRICS_PORT}/metrics", timeout=10).status_code == 200
+    with socket.socket() as other_address:  # another loopback address: answered only by a socket on 0.0.0.0
+        other_address.settimeout(10)
+        assert other_address.connect_ex(("127.0.0.2", WORKER_METRICS_PORT)) != 0
+
+
+FORGED = "2026-01-01 00:00:00,000 INFO lookalike.auth [req=None task=None]: admin key accepted"
+
+
+def test_text_logs_escape_control_characters_so_no_line_can_be_forged(redis_server, capsys):
+    """A path with %0a (or %0d, or other control characters) stays on its own log line; JSON lines stay JSON."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    path = "/v1/tasks/x%0a" + requests.utils.quote(FORGED) + "%0d%1b[2J%e2%80%a8end"
+    try:
+        for log_format in ("text", "json"):
+            app = create_app(Settings(redis_url=redis_server.url, auth=False, rate_limit="", log_format=log_format))
+            assert app.test_client().get(path).status_code == 404
+            try:
+                raise ValueError("boom")
+            except ValueError:
+                logging.getLogger("lookalike.test").exception("failed on %s", "a\nb")
+            output = capsys.readouterr().err.splitlines()
+            if log_format == "text":
+                [access] = [line for line in output if "lookalike.access" in line]
+                assert "/v1/tasks/x\\n2026-01-01" in access and "\\r\\x1b[2J\\u2028end 404" in access
+                assert not any(line.startswith(FORGED[:23]) for line in output)
+                assert "Traceback (most recent call last):" in output  # tracebacks keep their own lines
+                assert any("failed on a\\nb" in line for line in output)
+            else:
+                [access] = [json.loads(line) for line in output if '"lookalike.access"' in line]
+                assert access["path"].startswith("/v1/tasks/x\n" + FORGED)
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])

@@ -1,4 +1,5 @@
-"""A worker's Prometheus metrics, served on ``LOOKALIKE_WORKER_METRICS_PORT`` (one process, threads).
+"""A worker's Prometheus metrics, served on ``LOOKALIKE_WORKER_METRICS_HOST``:``LOOKALIKE_WORKER_METRICS_PORT``
+(loopback unless told otherwise: the page needs no key; one process, threads).
 
 Images per second is ``rate(lookalike_images_embedded_total[1m])``; batch sizes and task
 durations are histograms; replica lag is how long the oldest change a replica applied had
@@ -8,6 +9,8 @@ waited (0 when a refresh found nothing new).
 import logging
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +31,14 @@ REPLICA_LAG = Gauge("lookalike_replica_lag_seconds", "Age of the oldest change t
 WEBHOOKS = Counter("lookalike_webhook_attempts", "Webhook delivery attempts, by outcome.", ["outcome"])
 
 
-def serve(port: int) -> None:
-    """Serve /metrics on ``port`` (0: not at all); a port in use is logged, not fatal."""
+def serve(port: int, host: str | None = None) -> None:
+    """Serve /metrics on ``host``:``port`` (0: not at all; host: ``LOOKALIKE_WORKER_METRICS_HOST``); a port in use
+    is logged, not fatal."""
     if not port:
         return
+    host = get_settings().worker_metrics_host if host is None else host
     try:
-        start_http_server(port)
-        log.info("metrics on :%d/metrics", port)
+        start_http_server(port, addr=host)
+        log.info("metrics on %s:%d/metrics", host, port)
     except OSError as exc:
-        log.error("cannot serve metrics on port %d (%s); set LOOKALIKE_WORKER_METRICS_PORT per worker", port, exc)
+        log.error("cannot serve metrics on %s:%d (%s); set LOOKALIKE_WORKER_METRICS_PORT per worker", host, port, exc)

@@ -5,6 +5,11 @@ receiver never holds a model thread, and the backoff between attempts is a count
 a sleep. Every attempt is written to the task record before the next is scheduled; a
 worker that crashes mid-delivery has the attempt redelivered (acks_late). Delivery is at
 least once: receivers deduplicate by ``X-Lookalike-Task-Id``.
+
+Each delivery is signed with the webhook secret of the API key that submitted the task (read
+from the key store by the task's ``api_key_id``), so a receiver of one tenant cannot forge
+deliveries to another. A task submitted without a key (``LOOKALIKE_AUTH=false``) is signed
+with ``LOOKALIKE_WEBHOOK_SECRET``; a task whose key is gone or has no secret is not delivered.
 """
 
 import json
@@ -12,6 +17,7 @@ import logging
 import time
 
 from shared import logs
+from shared.apikeys import KeyStore
 from shared.errors import LookalikeError
 from shared.outbound import Allowlist, check_url
 from shared.schemas import CALLBACK_DELIVERED, CALLBACK_FAILED, CALLBACK_RETRYING, WEBHOOK_QUEUE, WEBHOOK_TASK, task_resource
@@ -71,7 +77,8 @@ _REFUSED = "refused by this service's configuration"
 
 def _attempt(record: dict, attempt: int) -> Delivery:
     settings = get_settings()
-    if settings.webhook_secret is None:
+    secret = _signing_secret(record)
+    if secret is None:
         return Delivery(None, _REFUSED, 0.0)
     try:  # checked again: the allow list may have changed since the task was submitted
         target = check_url(record["callback"]["url"], Allowlist(settings.callback_allowlist),
@@ -82,8 +89,19 @@ def _attempt(record: dict, attempt: int) -> Delivery:
     timestamp = int(time.time())
     headers = {
         TIMESTAMP_HEADER: str(timestamp),
-        SIGNATURE_HEADER: sign(settings.webhook_secret.get_secret_value(), timestamp, body),
+        SIGNATURE_HEADER: sign(secret, timestamp, body),
         TASK_HEADER: record["task_id"],
         ATTEMPT_HEADER: str(attempt),
     }
     return post_webhook(target, body, headers, settings.webhook_timeout_seconds)
+
+
+def _signing_secret(record: dict) -> str | None:
+    """The secret of the key that submitted the task; the service's own for tasks submitted without one.
+    Never the service's own for a key's task: that would let one tenant's receiver verify (and forge)
+    another's deliveries."""
+    key_id = record.get("api_key_id")
+    if key_id:
+        return KeyStore(get_store().redis).webhook_secret(key_id)
+    secret = get_settings().webhook_secret
+    return None if secret is None else secret.get_secret_value()

@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.outbound import Allowlist
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOOKALIKE_", extra="ignore")
@@ -182,6 +184,13 @@ class Settings(BaseSettings):
     def _scales_fit_the_input(cls, value):
         if not value or any(not 32 <= scale <= 224 for scale in value) or len(set(value)) != len(value):
             raise ValueError("give one or more different sizes from 32 to 224, e.g. 224,160")
+        return value
+
+    @field_validator("fetch_allowlist", "callback_allowlist")
+    @classmethod
+    def _allowlist_parses(cls, value):
+        # Refused at start, naming the entry, rather than failing each request or task that reads it.
+        Allowlist(value)
         return value
 
     @field_validator("webhook_secret", mode="before")

@@ -19,11 +19,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import pydantic
 import pytest
 
 import worker.outbound
 from shared.errors import LookalikeError
 from shared.outbound import Allowlist, check_url, is_public
+from shared.settings import Settings
 from worker.outbound import Delivery, fetch_image, post_webhook
 
 IMAGE = b"\xff\xd8\xff\xe0" + b"not really a jpeg, but bytes to fetch" * 10
@@ -660,3 +662,10 @@ def test_redirects_and_lookups_spend_the_same_deadline(resolver):
         assert error.value.code == "fetch_timeout" and time.monotonic() - started <= DEADLINE + MARGIN
     finally:
         listener.close()
+
+
+@pytest.mark.parametrize("setting", ["fetch_allowlist", "callback_allowlist"])
+def test_a_malformed_allow_list_is_refused_when_settings_are_read(setting):
+    with pytest.raises(pydantic.ValidationError, match="allow list entry"):
+        Settings(**{setting: "images.example.com, http://x y"})
+    assert getattr(Settings(**{setting: "images.example.com,10.0.0.0/8:8080"}), setting)

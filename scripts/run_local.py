@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -89,19 +90,32 @@ class Part:
         return None
 
     def stop(self) -> None:
+        """SIGTERM, then SIGKILL after STOP_TIMEOUT_SECONDS -- at once if Ctrl-C comes again meanwhile."""
         if self.process is None or self.process.poll() is not None:
             return
         log(f"stopping {self.name}")
         self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
+        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+        while self.process.poll() is None and time.monotonic() < deadline and not HURRY.is_set():
+            time.sleep(0.1)
+        if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
 
 
+# Set by a second Ctrl-C (or SIGTERM) while stopping: the parts still running are killed, not waited for.
+HURRY = threading.Event()
+
+
 def interrupt(signum, frame) -> None:
+    signal.signal(signal.SIGINT, hurry)  # from now on a second Ctrl-C speeds the stop up, never abandons it
+    signal.signal(signal.SIGTERM, hurry)
     raise KeyboardInterrupt
+
+
+def hurry(signum, frame) -> None:
+    log("stopping the rest now")
+    HURRY.set()
 
 
 def main() -> int:
@@ -144,11 +158,13 @@ def main() -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGINT, hurry)
+        signal.signal(signal.SIGTERM, hurry)
         for part in reversed(parts):
             part.stop()
         if embedded is not None:
             log("stopping Redis")
-            embedded.stop()
+            embedded.stop(timeout=1 if HURRY.is_set() else 10)
     return status
 
 

@@ -10,6 +10,7 @@ worker keeps per image is small whatever was uploaded. Decoding itself costs the
 """
 
 import io
+import sys
 import threading
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -141,10 +142,14 @@ def decode_image(data: bytes, budget: PixelBudget | None = None, max_side: int =
     try:
         with Image.open(io.BytesIO(data)) as header:  # lazy: the header only
             fmt, (width, height) = header.format, header.size
+            # A progressive JPEG's decoder holds coefficients for the whole image at any output scale.
+            scalable = fmt == "JPEG" and not header.info.get("progressive")
     except Exception:  # noqa: BLE001 - OpenCV below gives the verdict on what Pillow cannot read
-        fmt, width, height = None, 0, 0
+        fmt, width, height, scalable = None, 0, 0, False
     reduction = next((factor for factor in _JPEG_REDUCED if fmt == "JPEG" and max(width, height) >= factor * max_side), 1)
-    decoded_pixels = -(-width // reduction) * -(-height // reduction)
+    budgeted = reduction if scalable else 1
+    # Size unknown (no header Pillow reads): the whole budget, so it decodes alone.
+    decoded_pixels = -(-width // budgeted) * -(-height // budgeted) if fmt else sys.maxsize
     with budget.hold(decoded_pixels) if budget is not None else nullcontext():
         pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _JPEG_REDUCED.get(reduction, cv2.IMREAD_COLOR))
         if pixels is None or pixels.size == 0:

@@ -160,6 +160,22 @@ redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 'claimed'
 """
+# KEYS: task record, its upload, its lease. ARGV: execution token ('' for none), state (JSON), the done channel,
+# record TTL, then field/value pairs. An execution that lost its lease -- another holds it, or it lapsed and
+# another execution finished the task -- records nothing; otherwise the outcome, upload and lease go together.
+FINISH_TASK_LUA = """
+if ARGV[1] ~= '' then
+  local holder = redis.call('GET', KEYS[3])
+  if holder and holder ~= ARGV[1] then return 0 end
+  local state = redis.call('HGET', KEYS[1], 'state')
+  if not holder and (state == '"succeeded"' or state == '"failed"') then return 0 end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('PUBLISH', ARGV[3], ARGV[2])
+return 1
+"""
 # KEYS: a lease. ARGV: execution token, lease ms. Extends the lease only if that execution still holds it.
 RENEW_LEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -203,6 +219,7 @@ class Store:
         self._put_settings_script = client.register_script(PUT_SETTINGS_LUA)
         self._claim_task_script = client.register_script(CLAIM_TASK_LUA)
         self._renew_lease_script = client.register_script(RENEW_LEASE_LUA)
+        self._finish_task_script = client.register_script(FINISH_TASK_LUA)
 
     @classmethod
     def from_settings(cls, settings) -> "Store":
@@ -276,29 +293,35 @@ class Store:
             args=[execution, int(lease_seconds * 1000), json.dumps(utc_now()), json.dumps(worker), self.task_ttl])
         return outcome.decode()
 
-    def renew_leases(self, leases: dict[str, str], lease_seconds: float) -> None:
-        """Extend the leases of running tasks (task id -> execution token) that their executions still hold."""
+    def renew_leases(self, leases: dict[str, str], lease_seconds: float) -> list[str]:
+        """Extend the leases of running tasks (task id -> execution token) that their executions still hold;
+        returns the tasks whose executions no longer hold theirs."""
         if not leases:
-            return
+            return []
         pipe = self.redis.pipeline(transaction=False)
         for task_id, execution in leases.items():
             self._renew_lease_script(keys=[keys.task_lease(task_id)], args=[execution, int(lease_seconds * 1000)],
                                      client=pipe)
-        pipe.execute()
+        return [task_id for task_id, renewed in zip(leases, pipe.execute()) if not renewed]
 
-    def finish_task(self, task_id: str, state: str, *, result: Any = None, error: dict | None = None) -> None:
-        """Record the outcome, drop the upload and the lease, and wake anyone waiting on the task.
+    def holds_lease(self, task_id: str, execution: str) -> bool:
+        """Whether ``execution`` still holds the task's lease (checked right before an execution writes)."""
+        holder = self.redis.get(keys.task_lease(task_id))
+        return holder is not None and holder.decode() == execution
+
+    def finish_task(self, task_id: str, state: str, *, result: Any = None, error: dict | None = None,
+                    execution: str | None = None) -> bool:
+        """Record the outcome, drop the upload and the lease, and wake anyone waiting on the task; False (nothing
+        written) when ``execution`` lost the task to another execution.
 
         Idempotent: written again after a failed attempt to write it, it says the same.
         """
         assert state in FINISHED_STATES
         fields = {"state": state, "finished_at": utc_now(), "result": result, "error": error}
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(keys.task(task_id), mapping=_encode_fields(fields))
-        pipe.expire(keys.task(task_id), self.task_ttl)
-        pipe.delete(keys.upload(task_id), keys.task_lease(task_id))
-        pipe.publish(keys.task_done_channel(task_id), state)
-        pipe.execute()
+        args = [execution or "", json.dumps(state), keys.task_done_channel(task_id), self.task_ttl,
+                *[part for pair in _encode_fields(fields).items() for part in pair]]
+        return bool(self._finish_task_script(
+            keys=[keys.task(task_id), keys.upload(task_id), keys.task_lease(task_id)], args=args))
 
     def update_callback(self, task_id: str, callback: dict[str, Any]) -> None:
         """Record a task's webhook delivery state and attempts."""
@@ -580,7 +603,7 @@ class Store:
     def beat_consumer(self, name: str, held: set[str], ttl_seconds: float) -> None:
         """Announce a worker process (any role) alive, with the delivery tags of the task messages it holds."""
         pipe = self.redis.pipeline(transaction=True)
-        pipe.zadd(keys.CONSUMERS, {name: time.time()})
+        pipe.zadd(keys.CONSUMERS, {name: self.now()})
         pipe.delete(keys.consumer_held(name))
         if held:
             pipe.sadd(keys.consumer_held(name), *held)
@@ -596,12 +619,17 @@ class Store:
     def held_by_live_consumers(self, max_age_seconds: float) -> set[str]:
         """Delivery tags held by worker processes that announced themselves within ``max_age_seconds``;
         processes silent for a day are forgotten."""
-        now = time.time()
+        now = self.now()
         self.redis.zremrangebyscore(keys.CONSUMERS, "-inf", now - 86_400)
         live = self.redis.zrangebyscore(keys.CONSUMERS, now - max_age_seconds, "+inf")
         if not live:
             return set()
         return {tag.decode() for tag in self.redis.sunion([keys.consumer_held(name.decode()) for name in live])}
+
+    def now(self) -> float:
+        """Redis' clock (unix seconds): what every process's liveness is measured by, whatever its own clock says."""
+        seconds, microseconds = self.redis.time()
+        return seconds + microseconds / 1e6
 
     def claim_reaper(self, name: str, seconds: float) -> bool:
         """True for one process at a time (for ``seconds``): it restores the messages of dead workers."""

@@ -246,10 +246,13 @@ def collection() -> str:
     return f"test-{uuid.uuid4().hex[:12]}"
 
 
-def store_snapshot(client: redis.Redis) -> dict[bytes, bytes]:
-    """Every Lookalike record (not what worker processes announce about themselves) with its serialised value,
-    to prove nothing changed."""
+def store_snapshot(client: redis.Redis) -> dict[bytes, object]:
+    """Every Lookalike record (not what worker processes announce about themselves) with its contents, to
+    prove nothing changed. Contents, not DUMP bytes: Redis may re-encode or rehash a set or hash whose
+    members did not change."""
     heartbeats = {key.encode() for key in (keys.WORKERS, keys.WORKERS_INFO, keys.CONSUMERS, keys.REAPER)}
     running = (keys.consumer_held("*"), keys.task_lease("*"))  # what processes hold while they run
-    return {key: client.dump(key) for key in client.scan_iter(keys.ALL_KEYS_PATTERN)
+    read = {b"string": client.get, b"hash": client.hgetall, b"set": client.smembers, b"list": lambda key: client.lrange(key, 0, -1),
+            b"zset": lambda key: client.zrange(key, 0, -1, withscores=True), b"stream": client.xrange}
+    return {key: read[client.type(key)](key) for key in client.scan_iter(keys.ALL_KEYS_PATTERN)
             if key not in heartbeats and not any(fnmatch.fnmatchcase(key.decode(), pattern) for pattern in running)}

@@ -21,7 +21,7 @@ def timed_query(api, collection: str, image: bytes) -> float:
     return time.monotonic() - started
 
 
-def test_thirty_slow_receivers_leave_queries_their_usual_time(api, collection, web_server):
+def test_thirty_slow_receivers_leave_queries_their_usual_time(api, collection, web_server, worker, webhook_worker):
     images = natural_images()
     api.wait(api.index(collection, images["moon"], "moon"))
     usual = statistics.median(timed_query(api, collection, images["rocket"]) for _ in range(3))
@@ -52,3 +52,5 @@ def test_thirty_slow_receivers_leave_queries_their_usual_time(api, collection, w
             assert time.monotonic() < deadline, "webhook deliveries still going on"
             time.sleep(0.2)
     assert during <= max(3 * usual, usual + 2.0), (during, usual)
+    delivery = "Task lookalike.deliver_webhook["  # as Celery logs each task it receives and finishes
+    assert delivery in webhook_worker.output() and delivery not in worker.output()

@@ -118,6 +118,7 @@ def test_redirects_are_followed_only_to_allowed_hosts(api, collection, web_serve
     (Answer(200, b"\xff\xd8" + b"\0" * TEST_MAX_UPLOAD_BYTES), "fetch_too_large"),  # Content-Length says so
     (Answer(200, b"\xff\xd8" + b"\0" * TEST_MAX_UPLOAD_BYTES, content_length=False), "fetch_too_large"),  # streamed
     (Answer(404, b"gone"), "fetch_failed"),
+    (Answer(302, headers={"Location": "http://[::1"}), "url_not_allowed"),  # a redirect no parser can read
     (Answer(200, natural_images()["moon"], delay_seconds=3), "fetch_timeout"),  # the limit is 2 s in the tests
     (Answer(200, b"<html>not an image</html>"), "unsupported_media_type"),
 ])

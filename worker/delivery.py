@@ -23,6 +23,7 @@ import threading
 import time
 import uuid
 
+from celery.worker import state as worker_state
 from celery.worker.request import Request as CeleryRequest
 from kombu.exceptions import OperationalError
 
@@ -33,23 +34,31 @@ log = logging.getLogger(__name__)
 
 
 class HeldMessages:
-    """Delivery tags of the task messages this process has received and not yet acknowledged."""
+    """The task messages this process has received and not yet settled, by delivery tag."""
 
     def __init__(self):
-        self._tags: set[str] = set()
+        self._requests: dict[str, "Request"] = {}
         self._lock = threading.Lock()
 
-    def add(self, tag: str) -> None:
+    def add(self, request: "Request") -> None:
         with self._lock:
-            self._tags.add(tag)
+            self._requests[request.message.delivery_tag] = request
 
     def discard(self, tag: str) -> None:
         with self._lock:
-            self._tags.discard(tag)
+            self._requests.pop(tag, None)
 
     def snapshot(self) -> set[str]:
+        """The tags this process still answers for. When the broker connection drops, Celery gives up the
+        messages it had not started (prefetched ones, countdowns waiting their turn) -- kombu tries to put
+        them back, which fails while Redis is away -- and keeps running the ones it had: those it still
+        holds (and settles on a fresh connection), the others are forgotten here, so they are restored."""
         with self._lock:
-            return set(self._tags)
+            given_up = [tag for tag, request in self._requests.items()
+                        if not _channel_is_open(request.message.channel) and request not in worker_state.active_requests]
+            for tag in given_up:
+                del self._requests[tag]
+            return set(self._requests)
 
 
 HELD = HeldMessages()
@@ -61,7 +70,7 @@ class Request(CeleryRequest):
 
     def __init__(self, message, *args, **kwargs):
         super().__init__(message, *args, **kwargs)
-        HELD.add(message.delivery_tag)
+        HELD.add(self)
 
     def acknowledge(self):
         if not self.acknowledged:
@@ -125,13 +134,12 @@ def restore_orphans(app, store, *, live_within_seconds: float, older_than_second
     restored = 0
     with app.connection_for_write() as connection:
         qos = connection.default_channel.qos
-        client = qos.channel.client
-        for tag, _ in client.zrangebyscore(qos.unacked_index_key, "-inf", time.time() - older_than_seconds,
-                                           withscores=True):
-            tag = tag.decode() if isinstance(tag, bytes) else tag
-            if tag not in held:
-                qos.restore_by_tag(tag, client=client)  # at the consuming end: first in line, it has waited already
-                restored += 1
+        with qos.channel.conn_or_acquire() as client:
+            for tag in client.zrangebyscore(qos.unacked_index_key, "-inf", store.now() - older_than_seconds):
+                tag = tag.decode() if isinstance(tag, bytes) else tag
+                if tag not in held:
+                    qos.restore_by_tag(tag, client=client)  # at the consuming end: first in line, it has waited
+                    restored += 1
     if restored:
         log.warning("restored %d task message(s) held by no live worker (a worker died); they run again now",
                     restored)

@@ -90,9 +90,17 @@ class _Watchdog:
     def _shutdown(self) -> None:
         if self._sock is not None:
             try:
-                self._sock.shutdown(socket.SHUT_RDWR)
+                # The plain socket's shutdown, also under TLS: SSLSocket.shutdown would drop its TLS state
+                # under the feet of the thread still reading it.
+                socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
             except OSError:  # not connected yet, or already closed
                 pass
+
+    def release(self, sock: socket.socket) -> None:
+        """Forget ``sock`` before its owner closes it, so a late timer never shuts down a reused descriptor."""
+        with self._lock:
+            if self._sock is sock:
+                self._sock = None
 
 
 @contextmanager
@@ -104,6 +112,7 @@ def _request(target: Target, addresses: list[IPAddress], watchdog: _Watchdog, me
     # opening (and so resolving a name for) one of its own.
     connection = http.client.HTTPConnection(target.host, target.port)
     connection.auto_open = 0
+    sock = None
     try:
         sock = connection.sock = _connect(target, addresses, watchdog)
         sock.settimeout(watchdog.left())
@@ -115,6 +124,8 @@ def _request(target: Target, addresses: list[IPAddress], watchdog: _Watchdog, me
             raise _Expired
         yield response, sock
     finally:
+        if sock is not None:
+            watchdog.release(sock)  # (http.client may have dropped its own reference already)
         connection.close()
 
 
@@ -163,7 +174,7 @@ def fetch_image(url: str, allowlist: Allowlist, *, max_bytes: int, timeout_secon
                     location = response.getheader("Location")
                     if response.status in REDIRECT_STATUSES and location:
                         # http.client reads headers as Latin-1; a Location is UTF-8 if anything (as requests reads it)
-                        url = urljoin(url, location.encode("latin-1").decode("utf-8", "replace"))
+                        url = _redirect_target(url, location)
                         continue
                     if response.status != 200:
                         raise LookalikeError("fetch_failed", f"The image URL answered HTTP {response.status}.",
@@ -228,6 +239,16 @@ class Delivery:
         return self.status is not None and 200 <= self.status < 300
 
 
+def _redirect_target(url: str, location: str) -> str:
+    """The absolute URL a ``Location`` header points at, to be checked like any other; refused if unparseable."""
+    try:
+        # http.client reads headers as Latin-1; a Location is UTF-8 if anything (as requests reads it)
+        return urljoin(url, location.encode("latin-1").decode("utf-8", "replace"))
+    except ValueError:  # e.g. "http://[::1" -- urljoin's own parser gives up
+        raise LookalikeError("url_not_allowed", "The redirect target is not a valid URL.",
+                             {"location": location[:200]}) from None
+
+
 def post_webhook(target: Target, body: bytes, headers: dict[str, str], timeout_seconds: float) -> Delivery:
     """POST ``body`` once, all within ``timeout_seconds``.
 
@@ -246,5 +267,7 @@ def post_webhook(target: Target, body: bytes, headers: dict[str, str], timeout_s
         except (_Expired, TimeoutError):
             status, error = None, "timeout"
         except (OSError, http.client.HTTPException) as exc:
+            status, error = None, "timeout" if watchdog.expired else type(exc).__name__
+        except Exception as exc:  # noqa: BLE001 - whatever else a broken exchange raises is this attempt's failure
             status, error = None, "timeout" if watchdog.expired else type(exc).__name__
     return Delivery(status, error, round((time.monotonic() - started) * 1000, 1))

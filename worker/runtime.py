@@ -144,20 +144,27 @@ class Heartbeat(threading.Thread):
             "since": self.since,
         }
 
-    def beat(self) -> None:
+    def beat(self, steady: bool) -> None:
+        """One heartbeat; ``steady``: the last LIVENESS_BEATS beats all went through, so this process may
+        judge which others are dead (after an outage, every process needs that long to announce itself again)."""
         store, alive_for = get_store(), liveness_seconds()
-        store.renew_leases(LEASES.snapshot(), alive_for)
+        for task_id in store.renew_leases(LEASES.snapshot(), alive_for):
+            log.warning("task %s: its lease lapsed while it ran (this worker stalled?); another execution may "
+                        "run it, and this one will write nothing", task_id)
         store.beat_consumer(WORKER_NAME, HELD.snapshot(), alive_for)
         if self.extractor is not None:
             store.heartbeat(WORKER_NAME, self.info())
-        if store.claim_reaper(WORKER_NAME, self.interval):
+        if steady and store.claim_reaper(WORKER_NAME, self.interval):
             restore_orphans(self.app, store, live_within_seconds=alive_for, older_than_seconds=alive_for)
 
     def run(self) -> None:
+        beats_in_a_row = 0
         while not self.stopped.is_set():
             try:
-                self.beat()
+                self.beat(steady=beats_in_a_row >= LIVENESS_BEATS)
+                beats_in_a_row += 1
             except Exception:  # Redis away for a moment: try again next beat
+                beats_in_a_row = 0
                 log.warning("heartbeat to Redis failed", exc_info=True)
             self.stopped.wait(self.interval)
 

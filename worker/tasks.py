@@ -4,6 +4,7 @@ and the learning of a collection's whitening, which workers start themselves."""
 import logging
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -73,6 +74,7 @@ def index_image(task_id: str, collection: str, image_id: str, metadata: dict, ur
         # The store may have filled since the API accepted the image: refuse it while the headroom
         # above the ratio still lets this task's outcome, and queries, be written.
         store.check_room_for_images(settings.store_full_ratio)
+        _check_still_running_it(task_id)
         replaced = store.save_image(collection, image_id, vector, metadata, extractor.descriptor, pdq.encode(),
                                     thumbnail, task_id=task_id)
         _learn_whitening_when_due(collection, store.collection_info(collection))
@@ -367,9 +369,26 @@ def _run(task_id: str, work: Callable[[], dict[str, Any]]) -> None:
         LEASES.end(task_id)
 
 
+class LeaseLost(Exception):
+    """This execution no longer holds its task's lease: it stalled past it, and another execution runs the task
+    (or has finished it). It must write nothing."""
+
+
+# The lease this thread's task runs under (None: the task had no record to claim).
+_running_under: ContextVar[str | None] = ContextVar("running_under", default=None)
+
+
+def _check_still_running_it(task_id: str) -> None:
+    """Raise LeaseLost unless this execution still holds the task: called right before a task writes."""
+    execution = _running_under.get()
+    if execution is not None and not get_store().holds_lease(task_id, execution):
+        raise LeaseLost(task_id)
+
+
 def _run_once(task_id: str, execution: str, work: Callable[[], dict[str, Any]], deadline: float) -> None:
     store = get_store()
     claim = _claim(store, task_id, execution, deadline)
+    _running_under.set(execution if claim == "claimed" else None)
     record = store.get_task(task_id)
     logs.request_id.set(record.get("request_id") if record else None)
     if claim == "finished":
@@ -389,15 +408,19 @@ def _run_once(task_id: str, execution: str, work: Callable[[], dict[str, Any]], 
         error = exc
     except REDIS_UNAVAILABLE:
         raise  # not the task's failure: _run waits for Redis and does it again
+    except LeaseLost:
+        log.warning("task %s: this execution lost its lease (it stalled); another runs the task, so it writes "
+                    "nothing", task_id)
+        return
     except redis.exceptions.OutOfMemoryError:  # Redis at maxmemory refused the write
         error = LookalikeError("store_full", "The store is full; the image was not written.")
     except Exception:
         log.exception("task %s failed unexpectedly", task_id)
         error = LookalikeError("internal_error", "The worker failed unexpectedly; see its log.", {"task_id": task_id})
-    if error is None:
-        store.finish_task(task_id, SUCCEEDED, result=result)
-    else:
-        store.finish_task(task_id, FAILED, error=error.to_dict())
+    outcome = {"result": result} if error is None else {"error": error.to_dict()}
+    if not store.finish_task(task_id, FAILED if error else SUCCEEDED, execution=_running_under.get(), **outcome):
+        log.warning("task %s: another execution ran it while this one stalled; its outcome stands", task_id)
+        return
     metrics.TASK_SECONDS.labels(kind).observe(time.perf_counter() - started)
     metrics.TASKS.labels(kind, FAILED if error else SUCCEEDED, error.code if error else "").inc()
     log.info("task %s %s in %.1f ms", task_id, error.code if error else SUCCEEDED,

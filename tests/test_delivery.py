@@ -13,7 +13,9 @@ from shared.images import PixelBudget
 from shared.queue import make_celery
 from shared.settings import Settings
 from shared.store import Descriptor, Store
-from worker.delivery import restore_orphans
+from kombu.transport import redis as kombu_redis
+
+from worker.delivery import restore_orphans, return_stranded
 
 DESCRIPTOR = Descriptor("test-model", 4, "test-weights")
 
@@ -118,3 +120,28 @@ def test_the_pixel_budget_lets_decodes_share_it_and_makes_a_large_one_wait():
     with budget.hold(10**9):  # larger than the whole budget: it decodes alone, holding all of it
         assert budget.in_use == 100
     assert budget.in_use == 0
+
+
+def test_a_message_taken_as_redis_goes_away_is_put_back_not_dropped(store, db_url, monkeypatch):
+    app = make_celery(Settings(redis_url=db_url))
+    app.conf.broker_transport = "worker.delivery:Transport"  # as the worker's app has it
+    app.send_task("lookalike.test", kwargs={"n": 1}, queue="stranded")
+
+    def redis_gone(*_args, **_kwargs):
+        raise redis.exceptions.ConnectionError("Redis went away")
+
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        # Taken from its queue, then Redis goes away before kombu records it as unacknowledged.
+        monkeypatch.setattr(kombu_redis.QoS, "append", redis_gone)
+        with pytest.raises(redis.exceptions.ConnectionError):
+            channel.basic_get("stranded", no_ack=False)
+        monkeypatch.undo()
+    assert store.redis.llen("stranded") == 0 and store.redis.hlen("unacked") == 0  # kombu alone: lost
+
+    assert return_stranded(app) == 1
+    assert store.redis.llen("stranded") == 1
+    with app.connection_for_write() as connection:
+        returned = connection.default_channel.basic_get("stranded", no_ack=True)
+        assert returned.payload[1] == {"n": 1} and returned.headers["redelivered"]  # (Celery's protocol 2 body)
+    assert return_stranded(app) == 0

@@ -64,6 +64,20 @@ def test_worker_metrics_show_tasks_batches_and_replicas(api, collection, web_ser
     assert ("lookalike_replica_lag_seconds", (("collection", collection),)) in after
 
 
+def test_collections_that_do_not_exist_leave_no_replica_or_series_behind(api, collection):
+    worker_metrics = f"http://127.0.0.1:{WORKER_METRICS_PORT}/metrics"
+    never_written = f"{collection}-never"
+    assert api.client.query(never_written, natural_images()["moon"], k=3)["matches"] == []
+    assert not any(labels == (("collection", never_written),) for _, labels in scrape(worker_metrics))
+
+    api.wait(api.index(collection, natural_images()["moon"], "moon"))
+    assert api.query_ids(collection, natural_images()["moon"], k=1) == ["moon"]
+    assert value(scrape(worker_metrics), "lookalike_replica_vectors", collection=collection) == 1
+    assert api.http.delete(api.url(f"/v1/collections/{collection}")).status_code == 200
+    assert api.client.query(collection, natural_images()["moon"], k=3)["matches"] == []  # dropped: let go
+    assert not any(labels == (("collection", collection),) for _, labels in scrape(worker_metrics))
+
+
 def test_one_request_id_from_the_api_to_the_worker_logs(api, api_process, worker, collection):
     request_id = f"trace-{uuid.uuid4().hex}"
     submitted = api.http.post(api.url(f"/v1/collections/{collection}/images"), headers={"X-Request-Id": request_id},

@@ -16,6 +16,8 @@ app.conf.include = ["worker.tasks", "worker.webhooks"]
 # Every task's messages are settled by worker.delivery's request class: held messages are announced
 # with the heartbeat, and acknowledged on a fresh connection after Redis restarted.
 app.Task.Request = "worker.delivery:Request"
+# kombu's Redis transport, keeping the messages it would drop when Redis goes away mid-delivery.
+app.conf.broker_transport = "worker.delivery:Transport"
 
 _heartbeat: Heartbeat | None = None
 

@@ -16,6 +16,10 @@ passed, whatever became of the worker. Three pieces shorten and harden that here
 - :class:`Leases`: the executions of running tasks (worker.tasks claims each task through
   ``Store.claim_task``), renewed with the heartbeat, so a message delivered twice never has two
   executions at once, and a dead worker's task is free again once its lease lapses.
+- :class:`Transport` (the worker's broker transport): kombu takes a message from its queue
+  (BRPOP) and records it as unacknowledged in a second step; when Redis goes away in between,
+  kombu drops the message, which is then nowhere. This transport keeps such a message and
+  :func:`return_stranded` puts it back in its queue once Redis answers again.
 """
 
 import logging
@@ -26,6 +30,7 @@ import uuid
 from celery.worker import state as worker_state
 from celery.worker.request import Request as CeleryRequest
 from kombu.exceptions import OperationalError
+from kombu.transport import redis as kombu_redis
 
 from shared.settings import get_settings
 from shared.store import REDIS_UNAVAILABLE
@@ -170,3 +175,66 @@ class Leases:
 
 
 LEASES = Leases()
+
+
+class StrandedMessages:
+    """Messages taken from their queue that Redis went away before they could be recorded as unacknowledged."""
+
+    def __init__(self):
+        self._messages: list[tuple[dict, str, str]] = []  # (raw message, exchange, routing key)
+        self._lock = threading.Lock()
+
+    def add(self, raw: dict, exchange: str, routing_key: str) -> None:
+        with self._lock:
+            self._messages.append((raw, exchange, routing_key))
+
+    def take(self) -> list[tuple[dict, str, str]]:
+        with self._lock:
+            taken, self._messages = self._messages, []
+            return taken
+
+
+STRANDED = StrandedMessages()
+
+
+class _QoS(kombu_redis.QoS):
+    def append(self, message, delivery_tag):
+        try:
+            super().append(message, delivery_tag)
+        except REDIS_UNAVAILABLE:
+            delivery = message.delivery_info
+            STRANDED.add(message._raw, delivery["exchange"], delivery["routing_key"])
+            log.warning("a task message taken from its queue could not be recorded as Redis went away; it goes "
+                        "back to its queue once Redis is back")
+            raise
+
+
+class _Channel(kombu_redis.Channel):
+    QoS = _QoS
+
+
+class Transport(kombu_redis.Transport):
+    """kombu's Redis transport, keeping the messages it would drop when Redis goes away mid-delivery."""
+
+    Channel = _Channel
+
+
+def return_stranded(app) -> int:
+    """Put stranded messages back at the head of their queues; the ones Redis refuses stay for next time."""
+    stranded = STRANDED.take()
+    if not stranded:
+        return 0
+    try:
+        with app.connection_for_write() as connection:
+            channel = connection.default_channel
+            with channel.conn_or_acquire() as client:
+                pipe = client.pipeline()
+                for raw, exchange, routing_key in stranded:
+                    channel._do_restore_message(raw, exchange, routing_key, pipe)
+                pipe.execute()
+    except (OperationalError, *REDIS_UNAVAILABLE):
+        for message in stranded:
+            STRANDED.add(*message)
+        raise
+    log.warning("returned %d task message(s) stranded by a Redis outage to their queues", len(stranded))
+    return len(stranded)

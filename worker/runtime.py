@@ -10,7 +10,7 @@ from shared.images import PixelBudget
 from shared.schemas import INDEX_QUEUE, QUERY_QUEUE, WEBHOOK_QUEUE
 from shared.settings import get_settings
 from shared.store import Store, utc_now
-from worker.delivery import HELD, LEASES, restore_orphans
+from worker.delivery import HELD, LEASES, restore_orphans, return_stranded
 from worker.extractor import DIMENSION, FeatureExtractor
 from worker.replica import HnswConfig, Replicas
 from worker.weights import resolve_weights
@@ -148,6 +148,7 @@ class Heartbeat(threading.Thread):
         """One heartbeat; ``steady``: the last LIVENESS_BEATS beats all went through, so this process may
         judge which others are dead (after an outage, every process needs that long to announce itself again)."""
         store, alive_for = get_store(), liveness_seconds()
+        return_stranded(self.app)
         for task_id in store.renew_leases(LEASES.snapshot(), alive_for):
             log.warning("task %s: its lease lapsed while it ran (this worker stalled?); another execution may "
                         "run it, and this one will write nothing", task_id)

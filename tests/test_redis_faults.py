@@ -110,14 +110,20 @@ def test_tasks_in_flight_survive_a_redis_restart(isolated, collection, stop):
     _eventually(lambda: any(store.get_task(task_id)["state"] == "running" for task_id in task_ids), timeout=120)
 
     log_before = len(worker.output())
-    if stop == "SIGKILL":  # no shutdown at all: Redis comes back from what its AOF has
-        server.process.kill()
-        server.process.wait()
-    else:
-        server.stop()
-    _eventually(lambda: "Connection to broker lost" in worker.output()[log_before:])  # the worker noticed
-    time.sleep(OUTAGE_SECONDS)  # the outage itself: tasks finishing meanwhile cannot write
-    server.start()
+    try:
+        if stop == "SIGKILL":  # no shutdown at all: Redis comes back from what its AOF has
+            server.process.kill()
+            server.process.wait()
+        else:
+            server.stop()
+        # The worker noticed (its heartbeat, every second, or its consumer), then the outage goes on:
+        # tasks finishing meanwhile cannot write.
+        _eventually(lambda: any(sign in worker.output()[log_before:]
+                                for sign in ("heartbeat to Redis failed", "Connection to broker lost")))
+        time.sleep(OUTAGE_SECONDS)
+    finally:
+        if server.process.poll() is not None:
+            server.start()  # whatever happened, later tests find Redis up
 
     def finished() -> bool:
         return all(store.get_task(task_id)["state"] in ("succeeded", "failed") for task_id in task_ids)

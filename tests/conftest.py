@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,21 @@ def natural_images() -> dict[str, bytes]:
 def redis_server(tmp_path_factory):
     with EmbeddedRedis(tmp_path_factory.mktemp("redis"), free_port()) as server:
         yield server
+
+
+def database_url(redis_server: EmbeddedRedis, number: int) -> str:
+    """The URL of one of the session server's other databases, which no session worker consumes.
+    In use: 1 test_end_to_end, 3 test_crash_recovery, 4 test_auth, 6 test_openapi, 7 test_delivery."""
+    return redis_server.url.rsplit("/", 1)[0] + f"/{number}"
+
+
+@contextmanager
+def emptied_afterwards(url: str) -> Iterator[str]:
+    """A database for one test, emptied when it ends."""
+    try:
+        yield url
+    finally:
+        redis.Redis.from_url(url).flushdb()
 
 
 @pytest.fixture(scope="session")

@@ -15,15 +15,14 @@ import redis
 from api.app import create_app
 from shared.apikeys import KeyStore
 from shared.settings import Settings
-from tests.conftest import REPO, natural_images
+from tests.conftest import REPO, database_url, emptied_afterwards, natural_images
 
 
 @pytest.fixture
 def auth_db(redis_server) -> str:
     """A Redis database of its own (no worker consumes it): requests are only let in or turned away here."""
-    url = redis_server.url.rsplit("/", 1)[0] + "/4"
-    yield url
-    redis.Redis.from_url(url).flushdb()
+    with emptied_afterwards(database_url(redis_server, 4)) as url:
+        yield url
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from api.app import create_app
 from shared import keys
 from shared.settings import Settings
 from shared.store import Store
-from tests.conftest import ManagedProcess, consumer_alive, natural_images
+from tests.conftest import ManagedProcess, consumer_alive, database_url, natural_images
 
 TASKS = 40
 THREADS = 4
@@ -23,7 +23,7 @@ RESUME_WITHIN_SECONDS = 30
 def test_tasks_of_a_killed_worker_are_resumed_by_another_soon_and_once(redis_server, service_env, tmp_path):
     # A Redis database of its own, so the session's worker takes none of these tasks; the
     # real Flask app (test client) enqueues them. The visibility timeout stays at its default.
-    url = redis_server.url.rsplit("/", 1)[0] + "/3"
+    url = database_url(redis_server, 3)
     env = service_env | {"LOOKALIKE_WORKER_METRICS_PORT": "0", "LOOKALIKE_REDIS_URL": url,
                          "LOOKALIKE_WORKER_THREADS": str(THREADS), "LOOKALIKE_MAX_BATCH": str(THREADS)}
     assert "LOOKALIKE_VISIBILITY_TIMEOUT_SECONDS" not in env and env["LOOKALIKE_HEARTBEAT_SECONDS"] == "1"

@@ -15,6 +15,7 @@ from shared.settings import Settings
 from shared.store import Descriptor, Store
 from kombu.transport import redis as kombu_redis
 
+from tests.conftest import database_url, emptied_afterwards
 from worker.delivery import restore_orphans, return_stranded
 
 DESCRIPTOR = Descriptor("test-model", 4, "test-weights")
@@ -23,9 +24,8 @@ DESCRIPTOR = Descriptor("test-model", 4, "test-weights")
 @pytest.fixture
 def db_url(redis_server) -> str:
     """A Redis database of its own, emptied afterwards (no worker consumes it)."""
-    url = redis_server.url.rsplit("/", 1)[0] + "/6"
-    yield url
-    redis.Redis.from_url(url).flushdb()
+    with emptied_afterwards(database_url(redis_server, 7)) as url:
+        yield url
 
 
 @pytest.fixture

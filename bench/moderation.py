@@ -4,7 +4,8 @@
 
 1. PDQ hashing per image by input size: the full image vs the service's path (a copy of at
    most 512 px a side), next to one image's share of a batched VGG16 forward pass.
-2. PDQ search: an exhaustive Hamming scan over 100,000 and 1,000,000 hashes (the replica's).
+2. PDQ search through the replica's hash index over 100,000 and 1,000,000 hashes (bench/scale.py
+   sets it beside a scan and faiss).
 3. Through the HTTP API of a stack started here (`scripts/run_local.py`, random weights):
    check latency with signals cnn / pdq / both; webhook delivery delay (task finished ->
    receiver); an Idempotency-Key replay next to the first POST; indexing by URL next to
@@ -66,7 +67,7 @@ def forward_ms_per_image(repeats: int, batch: int = 16) -> float:
     return 1000 * median_seconds(lambda: extractor.forward(images), repeats) / batch
 
 
-def scan_costs(sizes: list[int], queries: int) -> dict:
+def pdq_search_costs(sizes: list[int], queries: int) -> dict:
     rng = np.random.default_rng(0)
     out = {}
     for size in sizes:
@@ -171,7 +172,7 @@ def main() -> None:
 
     hashing = hashing_costs(args.repeats)
     forward = forward_ms_per_image(max(3, args.repeats // 2))
-    scans = scan_costs([int(size) for size in args.scan_sizes.split(",")], queries=50)
+    scans = pdq_search_costs([int(size) for size in args.scan_sizes.split(",")], queries=50)
     with LocalHttpServer() as local, tempfile.TemporaryDirectory() as folder:
         allow = f"127.0.0.1:{local.port}"
         stack = Stack(Path(folder), {"LOOKALIKE_CALLBACK_ALLOWLIST": allow, "LOOKALIKE_FETCH_ALLOWLIST": allow,
@@ -195,7 +196,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}",
         "pdq_hash_ms_by_side": hashing,
         "vgg16_forward_ms_per_image_batch16": round(forward, 1),
-        "pdq_scan_ms_by_hashes": scans,
+        "pdq_search_ms_by_hashes": scans,
         "stored_vectors": args.stored_vectors,
         "check_p50_ms_by_signals": checks,
         "webhook_delay_p50_ms": webhook,

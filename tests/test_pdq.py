@@ -8,6 +8,7 @@ import pytest
 
 from tests.conftest import natural_images, store_snapshot
 from tests.test_vectors_and_filters import unit_vectors
+import worker.pdq
 from worker.pdq import HashIndex, PdqHash, compute_pdq
 
 
@@ -75,6 +76,48 @@ def test_hash_index_finds_within_distance_and_ignores_low_quality():
     index.delete("same")
     index.put("near", PdqHash(near.tobytes(), 20))  # replaced by a low-quality hash: gone
     assert index.within(base.tobytes(), 256) == [("far", 256)] and len(index) == 1
+
+
+def flipped(words: np.ndarray, bits: int, rng) -> np.ndarray:
+    """A copy of a 256-bit hash (32 bytes) with ``bits`` random bits flipped."""
+    unpacked = np.unpackbits(words)
+    unpacked[rng.choice(256, bits, replace=False)] ^= 1
+    return np.packbits(unpacked)
+
+
+def scan(hashes: dict[str, np.ndarray], query: np.ndarray, max_distance: int) -> list[tuple[str, int]]:
+    """What the index must answer: every hash within the distance, by a plain scan."""
+    distances = {image_id: int(np.unpackbits(stored ^ query).sum()) for image_id, stored in hashes.items()}
+    return sorted(((image_id, d) for image_id, d in distances.items() if d <= max_distance), key=lambda m: (m[1], m[0]))
+
+
+def test_the_hash_index_answers_as_a_scan_through_puts_replacements_and_deletes(monkeypatch):
+    monkeypatch.setattr(worker.pdq, "INDEX_MIN_HASHES", 200)  # index a small collection, so the test stays quick
+    rng = np.random.default_rng(1)
+    centres = [rng.integers(0, 256, 32, dtype=np.uint8) for _ in range(20)]
+    hashes: dict[str, np.ndarray] = {}
+    index = HashIndex(min_quality=50)
+
+    def put(image_id: str, words: np.ndarray) -> None:
+        hashes[image_id] = words
+        index.put(image_id, PdqHash(words.tobytes(), 100))
+
+    for number in range(1500):  # clusters of near hashes: many within 31 bits of each other
+        put(f"h/{number}", flipped(centres[number % 20], int(rng.integers(0, 48)), rng))
+    index.build()
+    for round_number in range(6):  # changes after the build: fresh slots, reused slots, rebuilds
+        for number in rng.choice(1500, 400, replace=False):  # 2,400 writes in all: the tables get rebuilt
+            image_id = f"h/{number}"
+            if rng.random() < 0.3:
+                hashes.pop(image_id, None)
+                index.delete(image_id)
+            else:
+                put(image_id, flipped(centres[int(rng.integers(20))], int(rng.integers(0, 48)), rng))
+        for _ in range(10):
+            query = flipped(centres[int(rng.integers(20))], int(rng.integers(0, 24)), rng)
+            for max_distance in (0, 15, 31, 47):  # 47: more than one bit a chunk, answered by a scan
+                assert index.within(query.tobytes(), max_distance) == scan(hashes, query, max_distance)
+    assert len(index) == len(hashes)
 
 
 # --- Through the service -----------------------------------------------------------------------

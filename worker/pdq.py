@@ -13,7 +13,6 @@ import cv2
 import numpy as np
 import pdqhash
 
-from worker.search import RowsById
 
 HASH_BYTES = 32
 # PDQ reduces every image to 64x64 internally; hashing a copy of at most this side gives
@@ -50,41 +49,146 @@ def compute_pdq(pixels_bgr: np.ndarray) -> PdqHash:
     return PdqHash(np.packbits(bits.astype(np.uint8)).tobytes(), int(quality))
 
 
-class HashIndex:
-    """A collection's usable PDQ hashes as one (n, 4) uint64 matrix; exhaustive Hamming search.
+# Multi-index hashing (Norouzi, Punjani and Fleet, "Fast search in Hamming space with multi-index
+# hashing", CVPR 2012): the 256 bits are cut into 16 chunks of 16 bits, each with its own buckets.
+# Two hashes within distance r differ in at least one chunk by at most r // 16 bits (pigeonhole),
+# so looking up the query's chunk values and their neighbours within that many bits finds every
+# hash within r; the candidates are then checked exactly.
+CHUNKS, CHUNK_BITS = 16, 16
+# Neighbours within one bit: 17 lookups per chunk, enough for any r <= 31 (Meta's threshold). A
+# larger r makes the lookups outgrow a scan: then the index scans.
+MAX_CHUNK_RADIUS = 1
+_ONE_BIT_FLIPS = np.array([0] + [1 << bit for bit in range(CHUNK_BITS)], dtype=np.uint16)
+# Below this many hashes a scan (under 0.5 ms) beats keeping 16 bucket tables (4 MB of offsets).
+INDEX_MIN_HASHES = 16_384
 
-    32 bytes per image; a full scan of a million hashes takes about 30 ms on one core,
-    so no index structure is needed at the sizes the CNN replica holds.
+
+class HashIndex:
+    """A collection's usable PDQ hashes, searched within a Hamming distance by multi-index hashing.
+
+    Hashes live in slots (32 bytes each) that never move; a deleted slot is reused. The 16
+    bucket tables (4 bytes per hash each) are built over the slots at one moment; slots
+    written since (the fresh ones) are checked one by one beside the lookups, and the tables
+    are rebuilt when those pass a sixteenth of the collection -- so puts and deletes stay O(1)
+    and every answer is the scan's, exactly.
     """
 
     def __init__(self, min_quality: int):
         self.min_quality = min_quality
-        self._rows = RowsById(HASH_BYTES // 8, np.uint64)
+        self._words = np.empty((0, HASH_BYTES // 8), dtype=np.uint64)  # by slot
+        self._alive = np.empty(0, dtype=bool)
+        self._ids: list[str | None] = []
+        self._slot_of: dict[str, int] = {}
+        self._free: list[int] = []
+        # Hashes written since the tables were built, in order, with their slots: kept contiguous, so checking
+        # them is one sequential pass. An entry whose slot was deleted or written again since is stale.
+        self._fresh_slots = np.empty(1024, dtype=np.int64)
+        self._fresh_words = np.empty((1024, HASH_BYTES // 8), dtype=np.uint64)
+        self._fresh_count = 0
+        self._order: np.ndarray | None = None  # (CHUNKS, built) slots sorted by each chunk's value
+        self._starts: np.ndarray | None = None  # (CHUNKS, 2**CHUNK_BITS + 1) where each value's slots begin
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._slot_of)
 
     def put(self, image_id: str, stored: PdqHash | None) -> None:
         """Set an image's hash; None (no hash) or one below the minimum quality removes it."""
         if stored is None or stored.quality < self.min_quality:
-            self._rows.delete(image_id)
-        else:
-            self._rows.put(image_id, np.frombuffer(stored.bits, dtype=np.uint64))
+            self.delete(image_id)
+            return
+        slot = self._slot_of.get(image_id)
+        if slot is None:
+            slot = self._free.pop() if self._free else self._grow()
+            self._slot_of[image_id] = slot
+            self._ids[slot] = image_id
+            self._alive[slot] = True
+        self._words[slot] = np.frombuffer(stored.bits, dtype=np.uint64)
+        if self._order is not None:
+            if self._fresh_count == len(self._fresh_slots):
+                self._fresh_slots = np.concatenate([self._fresh_slots, np.empty_like(self._fresh_slots)])
+                self._fresh_words = np.concatenate([self._fresh_words, np.empty_like(self._fresh_words)])
+            self._fresh_slots[self._fresh_count] = slot
+            self._fresh_words[self._fresh_count] = self._words[slot]
+            self._fresh_count += 1
 
     def delete(self, image_id: str) -> None:
-        self._rows.delete(image_id)
+        slot = self._slot_of.pop(image_id, None)
+        if slot is not None:
+            self._ids[slot] = None
+            self._alive[slot] = False
+            self._free.append(slot)
+
+    def build(self) -> None:
+        """(Re)build the bucket tables over every hash now held; small collections keep none (they scan)."""
+        self._fresh_count = 0
+        if len(self) < INDEX_MIN_HASHES:
+            self._order = self._starts = None
+            return
+        slots = np.flatnonzero(self._alive).astype(np.int32)
+        chunks = self._words[slots].view(np.uint16)  # (n, CHUNKS)
+        self._order = np.empty((CHUNKS, len(slots)), dtype=np.int32)
+        self._starts = np.empty((CHUNKS, 2**CHUNK_BITS + 1), dtype=np.int64)
+        for chunk in range(CHUNKS):
+            values = chunks[:, chunk]
+            self._order[chunk] = slots[np.argsort(values, kind="stable")]
+            self._starts[chunk, 0] = 0
+            np.cumsum(np.bincount(values, minlength=2**CHUNK_BITS), out=self._starts[chunk, 1:])
 
     def within(self, query: bytes, max_distance: int) -> list[tuple[str, int]]:
-        """Every image whose hash is within ``max_distance`` bits of ``query``, nearest first."""
-        distances = _popcount_rows(self._rows.matrix ^ np.frombuffer(query, dtype=np.uint64))
-        rows = np.flatnonzero(distances <= max_distance)
-        rows = rows[np.argsort(distances[rows], kind="stable")]
-        return [(self._rows.ids[row], int(distances[row])) for row in rows]
+        """Every image whose hash is within ``max_distance`` bits of ``query``, nearest first (then by id)."""
+        if (self._order is None and len(self) >= INDEX_MIN_HASHES) or self._fresh_count > max(1024, len(self) // 16):
+            self.build()
+        query_words = np.frombuffer(query, dtype=np.uint64)
+        if self._order is None or max_distance // CHUNKS > MAX_CHUNK_RADIUS:
+            candidates = np.flatnonzero(self._alive)
+        else:  # may repeat a slot, or name a deleted or rewritten one: checked against the slot's current hash
+            candidates = np.concatenate(self._bucket_slots(query_words) or [np.empty(0, dtype=np.int32)])
+        distances = _popcount_rows(self._words[candidates] ^ query_words)
+        near = (distances <= max_distance) & self._alive[candidates]
+        slots, distances = candidates[near], distances[near]
+        if self._order is not None and self._fresh_count:
+            fresh_slots, fresh_distances = self._fresh_within(query_words, max_distance)
+            slots, distances = np.concatenate([slots, fresh_slots]), np.concatenate([distances, fresh_distances])
+        slots, first = np.unique(slots, return_index=True)
+        found = sorted(zip(distances[first].tolist(), (self._ids[slot] for slot in slots)))
+        return [(image_id, distance) for distance, image_id in found]
+
+    def _fresh_within(self, query_words: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
+        """Slots written since the build that are within ``max_distance``, with their distances."""
+        distances = _popcount_rows(self._fresh_words[:self._fresh_count] ^ query_words)
+        near = np.flatnonzero(distances <= max_distance)
+        slots = self._fresh_slots[near]
+        current = self._alive[slots] & (self._words[slots] == self._fresh_words[near]).all(axis=1)
+        return slots[current], distances[near][current]
+
+    def _bucket_slots(self, query_words: np.ndarray) -> list[np.ndarray]:
+        """The slots whose chunk, in some chunk, is within one bit of the query's (stale ones are checked later)."""
+        found = []
+        for chunk, value in enumerate(query_words.view(np.uint16)):
+            probes = (value ^ _ONE_BIT_FLIPS).astype(np.int64)
+            begins, ends = self._starts[chunk, probes], self._starts[chunk, probes + 1]
+            order = self._order[chunk]
+            found += [order[begin:end] for begin, end in zip(begins.tolist(), ends.tolist()) if end > begin]
+        return found
 
     def distance_to(self, image_id: str, query: bytes) -> int | None:
         """Hamming distance to one image's hash (None: it has no usable hash)."""
-        words = self._rows.row_of(image_id)
-        return None if words is None else int(np.bitwise_count(words ^ np.frombuffer(query, dtype=np.uint64)).sum())
+        slot = self._slot_of.get(image_id)
+        if slot is None:
+            return None
+        return int(np.bitwise_count(self._words[slot] ^ np.frombuffer(query, dtype=np.uint64)).sum())
+
+    def _grow(self) -> int:
+        slot = len(self._ids)
+        if slot == self._words.shape[0]:
+            capacity = max(16, slot + slot // 2)
+            words = np.zeros((capacity, self._words.shape[1]), dtype=np.uint64)
+            words[:slot] = self._words
+            alive = np.zeros(capacity, dtype=bool)
+            alive[:slot] = self._alive
+            self._words, self._alive = words, alive
+        self._ids.append(None)
+        return slot
 
 
 def _popcount_rows(words: np.ndarray) -> np.ndarray:

@@ -13,8 +13,8 @@ as snapshots with the stream position they include, so a restarted worker loads 
 newest snapshot and catches up from the stream instead of rebuilding.
 
 Beside the vectors, each replica holds the collection's usable PDQ hashes (worker.pdq),
-changed by the same events; at 32 bytes each they are always scanned from Redis on load
-rather than snapshotted.
+changed by the same events and searched through a multi-index hash table; at 32 bytes each
+(96 with the tables) they are always read from Redis on load rather than snapshotted.
 
 A collection with a learned PCA-whitening (its ``whitening`` setting) is searched in the
 whitened space: Redis keeps the vectors as extracted, the replica holds them whitened, and
@@ -491,6 +491,7 @@ class Replicas:
         for chunk in self.store.scan_hashes(collection, LOAD_CHUNK):
             for image_id, stored in chunk:
                 hashes.put(image_id, PdqHash.decode(stored))
+        hashes.build()  # its lookup tables, here rather than in the first check
         return hashes
 
     def _load_snapshot(self, collection: str) -> CollectionReplica | None:

@@ -20,6 +20,7 @@ from limits.strategies import FixedWindowRateLimiter
 
 from shared.apikeys import KeyStore
 from shared.errors import LookalikeError
+from shared.redis_client import limits_storage_uri
 
 # The web page itself is open; what it shows comes from API calls made with the key typed into it.
 OPEN = {"api.healthz", "api.readyz", "api.home", "openapi_json", "openapi_docs", "openapi_assets"}
@@ -46,9 +47,9 @@ AUTH_FAILURES = "lookalike-auth-failures"  # the limits package's namespace for 
 class AuthFailures:
     """Failed authentications per client address, counted in a fixed window (the ``limits`` package)."""
 
-    def __init__(self, redis_url: str, limit: str):
+    def __init__(self, storage_uri: str, limit: str):
         self.limit = parse_limit(limit)
-        self.limiter = FixedWindowRateLimiter(storage_from_string(redis_url))
+        self.limiter = FixedWindowRateLimiter(storage_from_string(storage_uri))
 
     def refuse_if_over(self, address: str) -> None:
         if not self.limiter.test(self.limit, AUTH_FAILURES, address):
@@ -64,7 +65,8 @@ class AuthFailures:
 def register_auth(app: Flask) -> None:
     settings = app.extensions["lookalike"]["settings"]
     if settings.auth and settings.auth_failure_limit:
-        app.extensions["lookalike"]["auth_failures"] = AuthFailures(settings.redis_url, settings.auth_failure_limit)
+        app.extensions["lookalike"]["auth_failures"] = AuthFailures(limits_storage_uri(settings),
+                                                                    settings.auth_failure_limit)
     app.before_request(require_api_key)
 
 

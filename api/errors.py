@@ -8,6 +8,7 @@ from kombu.exceptions import OperationalError as BrokerUnavailable
 from werkzeug.exceptions import HTTPException
 
 from shared.errors import LookalikeError
+from shared.store import REDIS_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,13 @@ def register_error_handlers(app: Flask) -> None:
         log.warning("Redis refused a write: %s", error)
         return error_response(LookalikeError("store_full", "The store is full; delete images or add memory."))
 
-    @app.errorhandler(redis.exceptions.ConnectionError)
-    @app.errorhandler(redis.exceptions.TimeoutError)
     @app.errorhandler(BrokerUnavailable)
     def handle_store_unavailable(error: Exception):
         log.warning("Redis unavailable: %s", error)
         return error_response(LookalikeError("store_unavailable", "The store is unavailable; retry shortly."))
+
+    for unavailable in REDIS_UNAVAILABLE:  # restarting, failing over, a cluster slot moving: retry shortly
+        app.register_error_handler(unavailable, handle_store_unavailable)
 
     @app.errorhandler(Exception)
     def handle_unexpected(error: Exception):

@@ -15,8 +15,6 @@ import json
 import sys
 from dataclasses import asdict
 
-import redis
-
 from shared.apikeys import SCOPES, KeyStore
 from shared.settings import get_settings
 
@@ -38,7 +36,7 @@ def main(argv: list[str]) -> int:
     rotate.add_argument("key_id")
     args = parser.parse_args(argv)
 
-    store = KeyStore(redis.Redis.from_url(get_settings().redis_url))
+    store = KeyStore.from_settings(get_settings())
     if args.command == "create":
         # Given but blank (--collections "" or " , "): refused by the store, never "every collection".
         collections = None if args.collections is None else [c.strip() for c in args.collections.split(",") if c.strip()]

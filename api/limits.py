@@ -16,6 +16,7 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
 from api.auth import OPEN
+from shared.redis_client import limits_storage_uri
 from shared.settings import Settings
 
 
@@ -33,7 +34,7 @@ def register_rate_limits(app: Flask, settings: Settings) -> None:
         app=app,
         application_limits=[settings.rate_limit],
         application_limits_exempt_when=lambda: request.endpoint in OPEN,
-        storage_uri=settings.redis_url,
+        storage_uri=limits_storage_uri(settings),
         strategy="fixed-window",
         headers_enabled=True,
         swallow_errors=True,

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 
 from flask import Flask, Response, current_app, g, request
+from kombu.exceptions import ChannelError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 
@@ -53,20 +54,30 @@ def finish_request(response: Response) -> Response:
     return response
 
 
-class StoreCollector:
-    """Gauges read from Redis at scrape time: tasks waiting per queue, images per (visible) collection."""
+def queue_depths(celery) -> dict[str, int]:
+    """Messages waiting in each of Lookalike's queues, asked of the broker (wherever it is) through kombu."""
+    depths = {}
+    with celery.connection_for_read() as connection:
+        channel = connection.default_channel
+        for queue in (INDEX_QUEUE, QUERY_QUEUE, WEBHOOK_QUEUE):
+            try:
+                depths[queue] = channel.queue_declare(queue=queue, passive=True).message_count
+            except ChannelError:  # kombu's Redis transport: an empty queue does not exist
+                depths[queue] = 0
+    return depths
 
-    def __init__(self, store, visible: Callable[[str], bool] = lambda _name: True):
+
+class StoreCollector:
+    """Gauges read at scrape time: tasks waiting per queue (from the broker), images per (visible) collection."""
+
+    def __init__(self, store, celery, visible: Callable[[str], bool] = lambda _name: True):
         self.store = store
+        self.celery = celery
         self.visible = visible
 
     def collect(self):
         depth = GaugeMetricFamily("lookalike_queue_depth", "Tasks waiting in each Celery queue.", labels=["queue"])
-        pipe = self.store.redis.pipeline(transaction=False)
-        queues = (INDEX_QUEUE, QUERY_QUEUE, WEBHOOK_QUEUE)
-        for queue in queues:
-            pipe.llen(queue)
-        for queue, waiting in zip(queues, pipe.execute()):
+        for queue, waiting in queue_depths(self.celery).items():
             depth.add_metric([queue], waiting)
         yield depth
         sizes = GaugeMetricFamily("lookalike_collection_images", "Images stored per collection.", labels=["collection"])
@@ -84,6 +95,7 @@ def metrics_response(visible: Callable[[str], bool] = lambda _name: True) -> Res
         registry = CollectorRegistry()
         for collector in (REQUESTS, LATENCY):
             registry.register(collector)
-    registry.register(StoreCollector(current_app.extensions["lookalike"]["store"], visible))
+    context = current_app.extensions["lookalike"]
+    registry.register(StoreCollector(context["store"], context["celery"], visible))
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 

@@ -214,7 +214,7 @@ def store_vectors(collection: str):
         raise LookalikeError("too_many_vectors", f"At most {settings.max_vectors_per_request} vectors per request.",
                              {"max_items": settings.max_vectors_per_request, "received": len(items)})
     store = _context()["store"]
-    store.check_room_for_images(settings.store_full_ratio)
+    store.check_room_for_images(settings.store_full_ratio, collection)
     descriptor = _descriptor_for_vectors(collection, body)
     checked, seen_ids = [], set()
     for position, item in enumerate(items):
@@ -351,7 +351,7 @@ def _enqueue_index(collection: str, images: list[tuple[str, dict, bytes | None]]
 
     ``url``: the single image is fetched by the worker (its upload is None).
     """
-    _context()["store"].check_room_for_images(_context()["settings"].store_full_ratio)
+    _context()["store"].check_room_for_images(_context()["settings"].store_full_ratio, collection)
     fetched = {"url": url} if url is not None else {}
     with_callback = {"callback": callback} if callback is not None else {}
     return _enqueue(INDEX_TASK, [

@@ -42,6 +42,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from shared import keys  # noqa: E402
 from shared.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.store import Descriptor, Store  # noqa: E402
@@ -229,8 +230,8 @@ def measure_size(size: int, args, folder: Path) -> dict:
             chunk = [(f"v/{n}", vectors[n], {}, None, None) for n in range(start, min(size, start + WRITE_CHUNK))]
             write_seconds += timed(lambda: store.save_images(COLLECTION, chunk, DESCRIPTOR))
         used_after = store.redis.info("memory")["used_memory"]
-        vectors_hash = store.redis.memory_usage(f"lookalike:col:{COLLECTION}:vectors", samples=0)
-        images_hash = store.redis.memory_usage(f"lookalike:col:{COLLECTION}:images", samples=0)
+        vectors_hash = store.redis.memory_usage(keys.collection_vectors(COLLECTION), samples=0)
+        images_hash = store.redis.memory_usage(keys.collection_images(COLLECTION), samples=0)
 
         reference, faiss_rows = faiss_flat(vectors, queries, args.k)
         truth = [[f"v/{row}" for row in rows] for rows in faiss_rows]

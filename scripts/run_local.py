@@ -1,5 +1,6 @@
-"""`make run`: Redis (embedded unless LOOKALIKE_REDIS_URL is set), the worker, the webhook deliverer and
-the API, in the foreground, supervised.
+"""`make run`: Redis (embedded unless LOOKALIKE_REDIS_URL is set; with a Cluster or Sentinel store and no
+LOOKALIKE_BROKER_URL, an embedded Redis for the broker alone), the worker, the webhook deliverer and the API,
+in the foreground, supervised.
 
 A part that exits on its own is started again (after 1 s, then waits doubling up to 30 s
 while it keeps dying), as a process supervisor in production would; the others go on (the
@@ -126,10 +127,17 @@ def main() -> int:
     settings = get_settings()
     env = dict(os.environ)
     embedded = None
-    if "redis_url" not in settings.model_fields_set:
+    if "redis_url" not in settings.model_fields_set:  # no store given: an embedded Redis for everything
+        if settings.redis_mode != "single":
+            log(f"LOOKALIKE_REDIS_MODE={settings.redis_mode} needs LOOKALIKE_REDIS_URL (the store's nodes)")
+            return CANNOT_START
         embedded = EmbeddedRedis(settings.data_dir / "redis", settings.embedded_redis_port).start()
         env["LOOKALIKE_REDIS_URL"] = embedded.url
         log(f"embedded Redis on {embedded.url}, data in {embedded.data_dir}")
+    elif settings.redis_mode != "single" and not settings.broker_url:  # a clustered store: a Redis for the broker
+        embedded = EmbeddedRedis(settings.data_dir / "broker", settings.embedded_redis_port).start()
+        env["LOOKALIKE_BROKER_URL"] = embedded.url
+        log(f"store: {settings.redis_mode} at {settings.redis_url}; embedded Redis for the broker on {embedded.url}")
     choose_weights(env)
     if "LOOKALIKE_AUTH" not in env:
         env["LOOKALIKE_AUTH"] = "false"

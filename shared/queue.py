@@ -8,7 +8,7 @@ from shared.settings import Settings
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("lookalike", broker=settings.redis_url)
+    app = Celery("lookalike", broker=settings.broker)
     app.conf.update(
         # Task state and results live in our own task records (shared.store), which carry
         # kind and timestamps and expire on our schedule; Celery's result backend would
@@ -30,6 +30,7 @@ def make_celery(settings: Settings) -> Celery:
         # kombu sweeps for such tasks every interval x throttle seconds (100 s by default);
         # sweeping every tenth of the timeout brings them back within 1.1 timeouts.
         broker_transport_options={
+            **({"master_name": settings.broker_sentinel_master} if settings.broker_sentinel_master else {}),
             "visibility_timeout": settings.visibility_timeout_seconds,
             "unacked_restore_interval": max(1, min(30, settings.visibility_timeout_seconds // 10)),
             "unacked_restore_throttle": 1,

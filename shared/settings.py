@@ -20,9 +20,27 @@ class Settings(BaseSettings):
     # --- Redis -----------------------------------------------------------------------
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",
-        description="Redis used as Celery broker and as the store of vectors, metadata and "
-        "tasks. `make run` starts an embedded Redis when this is not set.",
+        description="The store: Redis holding vectors, metadata, tasks, uploads, API keys, rate limits and "
+        "idempotency records (and the broker too, unless `LOOKALIKE_BROKER_URL` names another). `make run` "
+        "starts an embedded Redis when this is not set.",
     )
+    redis_mode: Literal["single", "cluster", "sentinel"] = Field(
+        "single", description="How the store's Redis is reached: `single` (one server at `LOOKALIKE_REDIS_URL`), "
+        "`cluster` (a Redis Cluster; the URL names one or more of its nodes, comma-separated: "
+        "`redis://10.0.0.1:6379,10.0.0.2:6379`), or `sentinel` (the master named by "
+        "`LOOKALIKE_REDIS_SENTINEL_MASTER`, found through the Sentinels the URL lists: "
+        "`redis://[:password@]10.0.0.1:26379,10.0.0.2:26379/0`, the password and database being the master's).",
+    )
+    redis_sentinel_master: str | None = Field(
+        None, description="In `sentinel` mode, the name the Sentinels know the store's master by (required there).")
+    broker_url: str | None = Field(
+        None, description="Celery's broker, as kombu takes it: `redis://host:6379/0`, or "
+        "`sentinel://host:26379;sentinel://host2:26379` with `LOOKALIKE_BROKER_SENTINEL_MASTER`. Unset: the store's "
+        "Redis, in `single` mode; required in the others (`make run` then starts an embedded Redis for it). Its own "
+        "Redis keeps queues moving while the store's forks for persistence.",
+    )
+    broker_sentinel_master: str | None = Field(
+        None, description="The master's name the broker's Sentinels know, for a `sentinel://` broker.")
     data_dir: Path = Field(Path(".data"), description="Where the embedded Redis of `make run` keeps its files.")
     embedded_redis_port: int = Field(6380, description="Port of the embedded Redis started by `make run`.")
 
@@ -200,11 +218,28 @@ class Settings(BaseSettings):
         return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
+    def _sentinel_mode_names_its_master(self):
+        if self.redis_mode == "sentinel" and not self.redis_sentinel_master:
+            raise ValueError("LOOKALIKE_REDIS_MODE=sentinel needs LOOKALIKE_REDIS_SENTINEL_MASTER, the master's name")
+        return self
+
+    @model_validator(mode="after")
     def _outage_wait_within_visibility(self):
         # A task still waiting for Redis when its message becomes visible again would run twice.
         if self.redis_outage_seconds >= self.visibility_timeout_seconds:
             raise ValueError("LOOKALIKE_REDIS_OUTAGE_SECONDS must be shorter than LOOKALIKE_VISIBILITY_TIMEOUT_SECONDS")
         return self
+
+    @property
+    def broker(self) -> str:
+        """Celery's broker URL: its own, or the store's (in single mode only: Celery cannot use a Redis Cluster,
+        and a store behind Sentinel is named by its Sentinels, which kombu's URL names otherwise)."""
+        if self.broker_url:
+            return self.broker_url
+        if self.redis_mode != "single":
+            raise ValueError(f"LOOKALIKE_REDIS_MODE={self.redis_mode} needs LOOKALIKE_BROKER_URL: Celery's broker "
+                             "is its own Redis then (redis://... or sentinel://...)")
+        return self.redis_url
 
     @property
     def snapshot_path(self) -> Path:

@@ -4,6 +4,7 @@ Key names come from :mod:`shared.keys`; this module owns how records are (de)ser
 Vectors are stored as raw little-endian float32 bytes (512 x 4 = 2 KiB per image).
 """
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -15,12 +16,16 @@ import redis
 
 from shared import keys
 from shared.errors import LookalikeError
+from shared.redis_client import is_cluster, redis_client
 from shared.schemas import DEFAULT_COLLECTION_SETTINGS, FINISHED_STATES, QUEUED
 
 VECTOR_DTYPE = np.dtype("<f4")
 # Redis is away for now (restarting, loading its data, failing over): what waiting out an outage catches.
-# (BusyLoadingError is a ConnectionError; a replica answers ReadOnlyError until a failover has promoted it.)
-REDIS_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError)
+# (BusyLoadingError is a ConnectionError; a replica answers ReadOnlyError until a failover has promoted it; a
+# Redis Cluster answers CLUSTERDOWN or TRYAGAIN, or leaves a slot unserved, while it fails over or reshards.)
+REDIS_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError,
+                     redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError,
+                     redis.exceptions.SlotNotCoveredError)
 
 
 def utc_now() -> str:
@@ -65,33 +70,34 @@ class Change:
 
 
 # Run atomically inside Redis: an image's records, the change counter and the change event
-# are written together or not at all. KEYS: vectors, images, seq, changes, pdq, thumbs[, descriptor, collections].
+# are written together or not at all. KEYS: vectors, images, seq, changes, pdq, thumbs, descriptor -- all of one
+# collection, so of one hash slot (nothing global: the collections registry is written after, by Store).
 # Events carry only the id: a replica reads the current vector, so events stay small.
-# ARGV[11] names the index task writing (empty: none) and ARGV[3] / ARGV[12] are the image's record
-# as a first write / as a replacement. A task run again after a crash that came after its write
-# (its message redelivered) finds its own record and changes nothing: each task's effect once.
+# ARGV: id, vector, record (first write), stream length, model, dimension, weights, pdq, thumbnail, task,
+# record (replacement). ARGV[10] names the index task writing (empty: none). A task run again after a crash
+# that came after its write (its message redelivered) finds its own record and changes nothing: each task's
+# effect once.
 SAVE_IMAGE_LUA = """
-if ARGV[11] ~= '' then
+if ARGV[10] ~= '' then
   local previous = redis.call('HGET', KEYS[2], ARGV[1])
   if previous then
     local readable, record = pcall(cjson.decode, previous)
-    if readable and record['task'] == ARGV[11] then return {'ok', record['replaced'] and 1 or 0} end
+    if readable and record['task'] == ARGV[10] then return {'ok', record['replaced'] and 1 or 0} end
   end
 end
 local stored = redis.call('HMGET', KEYS[7], 'model', 'dimension', 'weights')
 if stored[1] then
-  if stored[1] ~= ARGV[6] or stored[2] ~= ARGV[7] or stored[3] ~= ARGV[8] then
+  if stored[1] ~= ARGV[5] or stored[2] ~= ARGV[6] or stored[3] ~= ARGV[7] then
     return {'mismatch', stored[1], stored[2], stored[3]}
   end
 else
-  redis.call('HSET', KEYS[7], 'model', ARGV[6], 'dimension', ARGV[7], 'weights', ARGV[8])
+  redis.call('HSET', KEYS[7], 'model', ARGV[5], 'dimension', ARGV[6], 'weights', ARGV[7])
 end
 local replaced = redis.call('HEXISTS', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[1], replaced == 1 and ARGV[12] or ARGV[3])
-if ARGV[9] == '' then redis.call('HDEL', KEYS[5], ARGV[1]) else redis.call('HSET', KEYS[5], ARGV[1], ARGV[9]) end
-if ARGV[10] == '' then redis.call('HDEL', KEYS[6], ARGV[1]) else redis.call('HSET', KEYS[6], ARGV[1], ARGV[10]) end
-redis.call('SADD', KEYS[8], ARGV[5])
+redis.call('HSET', KEYS[2], ARGV[1], replaced == 1 and ARGV[11] or ARGV[3])
+if ARGV[8] == '' then redis.call('HDEL', KEYS[5], ARGV[1]) else redis.call('HSET', KEYS[5], ARGV[1], ARGV[8]) end
+if ARGV[9] == '' then redis.call('HDEL', KEYS[6], ARGV[1]) else redis.call('HSET', KEYS[6], ARGV[1], ARGV[9]) end
 local seq = redis.call('INCR', KEYS[3])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'seq', seq, 'op', 'put', 'id', ARGV[1])
 return {'ok', replaced}
@@ -108,14 +114,14 @@ return 1
 """
 
 
-# KEYS: vectors, images, seq, changes, pdq, thumbs, descriptor, settings, collections, whitening. The
-# change counter and stream survive, with a "drop" event: replicas see it and start again from empty.
+# KEYS: vectors, images, seq, changes, pdq, thumbs, descriptor, settings, whitening. ARGV: stream length. The
+# change counter and stream survive, with a "drop" event: replicas see it and start again from empty. UNLINK:
+# the memory of a large collection is freed in the background, not inside the script.
 DROP_COLLECTION_LUA = """
 local images = redis.call('HLEN', KEYS[1])
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[10])
-redis.call('SREM', KEYS[9], ARGV[1])
+redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9])
 local seq = redis.call('INCR', KEYS[3])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'seq', seq, 'op', 'drop', 'id', '')
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[1], '*', 'seq', seq, 'op', 'drop', 'id', '')
 return images
 """
 
@@ -132,19 +138,28 @@ local seq = redis.call('INCR', KEYS[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'seq', seq, 'op', 'whiten', 'id', '')
 return 1
 """
-# KEYS: settings, collections, seq, changes, whitening. New settings; turning whitening off forgets
-# the learned one, with a "whiten" event so replicas search unwhitened again.
+# KEYS: settings, seq, changes, whitening. ARGV: settings (JSON), whitening wanted ('0'/'1'), stream length.
+# New settings; turning whitening off forgets the learned one, with a "whiten" event so replicas search
+# unwhitened again.
 PUT_SETTINGS_LUA = """
 redis.call('SET', KEYS[1], ARGV[1])
-redis.call('SADD', KEYS[2], ARGV[2])
-if ARGV[3] == '0' and redis.call('DEL', KEYS[5]) == 1 then
-  local seq = redis.call('INCR', KEYS[3])
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'seq', seq, 'op', 'whiten', 'id', '')
+if ARGV[2] == '0' and redis.call('DEL', KEYS[4]) == 1 then
+  local seq = redis.call('INCR', KEYS[2])
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'seq', seq, 'op', 'whiten', 'id', '')
 end
 return 1
 """
 
 
+# KEYS: task record, its upload. ARGV: record TTL, upload TTL, '1' with an upload ('0' without), the upload,
+# then the record's field/value pairs. One task's record and upload, written together (each task on its own:
+# a submission of many tasks spans many hash slots, so it is no one transaction on a cluster).
+SUBMIT_TASK_LUA = """
+if ARGV[3] == '1' then redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[2]) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
 # KEYS: task record, its lease. ARGV: execution token, lease ms, started_at, worker (both JSON), record TTL.
 # Lets one execution at a time run a task: "finished" (nothing to do), "busy" (another live execution
 # holds the lease), "missing" (no record), or "claimed" (state running, attempts counted).
@@ -208,7 +223,9 @@ def whitening_summary(learned_from, collection_size, learned_at, dimensions) -> 
 class Store:
     def __init__(self, client: redis.Redis, task_ttl_seconds: int, upload_ttl_seconds: int,
                  change_stream_length: int = 100_000):
+        """``client``: a ``redis.Redis`` (one server, or a Sentinel's master) or a ``redis.cluster.RedisCluster``."""
         self.redis = client
+        self.cluster = is_cluster(client)
         self.task_ttl = task_ttl_seconds
         self.upload_ttl = upload_ttl_seconds
         self.change_stream_length = change_stream_length
@@ -220,43 +237,100 @@ class Store:
         self._claim_task_script = client.register_script(CLAIM_TASK_LUA)
         self._renew_lease_script = client.register_script(RENEW_LEASE_LUA)
         self._finish_task_script = client.register_script(FINISH_TASK_LUA)
+        self._submit_task_script = client.register_script(SUBMIT_TASK_LUA)
 
     @classmethod
     def from_settings(cls, settings) -> "Store":
-        client = redis.Redis.from_url(settings.redis_url, decode_responses=False, health_check_interval=30)
+        client = redis_client(settings, decode_responses=False, health_check_interval=30)
         return cls(client, settings.task_ttl_seconds, settings.upload_ttl_seconds, settings.change_stream_length)
+
+    def _run_scripts(self, calls: list[tuple[Any, list[str], list]]) -> list:
+        """Run many ``(script, keys, args)`` in one round trip (one per node on a cluster), each atomic on its own;
+        their results in order, or the first error raised once all have run.
+
+        redis-py's cluster pipeline refuses Script objects (it blocks EVALSHA by name), so there the calls are
+        queued as plain EVALSHA commands, which it sends to the node of each call's slot; a node that does not
+        know a script yet answers NOSCRIPT without running it, and gets the script and the call again.
+        """
+        if not calls:
+            return []
+        if not self.cluster:
+            pipe = self.redis.pipeline(transaction=False)
+            for script, script_keys, args in calls:
+                script(keys=script_keys, args=args, client=pipe)
+            return pipe.execute()
+        results: list = [None] * len(calls)
+        pending = list(range(len(calls)))
+        for attempt in (1, 2):
+            pipe = self.redis.pipeline(transaction=False)
+            for position in pending:
+                script, script_keys, args = calls[position]
+                pipe.execute_command("EVALSHA", script.sha, len(script_keys), *script_keys, *args)
+            unknown = []
+            for position, outcome in zip(pending, pipe.execute(raise_on_error=False)):
+                results[position] = outcome
+                if isinstance(outcome, redis.exceptions.NoScriptError) and attempt == 1:
+                    unknown.append(position)
+            if not unknown:
+                break
+            for script in {id(calls[position][0]): calls[position][0] for position in unknown}.values():
+                self.redis.script_load(script.script)  # on every primary
+            pending = unknown
+        error = next((outcome for outcome in results if isinstance(outcome, Exception)), None)
+        if error is not None:
+            raise error
+        return results
 
     # --- Capacity -------------------------------------------------------------------------------
 
-    def check_room_for_images(self, full_ratio: float) -> None:
+    def check_room_for_images(self, full_ratio: float, collection: str | None = None) -> None:
         """Refuse new images (``store_full``) once Redis is ``full_ratio`` of its maxmemory.
 
         The headroom left keeps queries, task records and deletes working when the store is
-        full of images: with noeviction, Redis refuses every write at maxmemory itself.
+        full of images: with noeviction, Redis refuses every write at maxmemory itself. On a cluster,
+        the node that takes ``collection``'s images is asked; without one, every primary (any full refuses).
         """
-        memory = self.redis.info("memory")
-        limit = memory.get("maxmemory", 0)
-        if limit and memory["used_memory"] >= full_ratio * limit:
-            raise LookalikeError("store_full", "The store has no room for more images; delete some or add memory.",
-                                 {"used_memory": memory["used_memory"], "maxmemory": limit})
+        for memory in self._memory_info(collection):
+            limit = memory.get("maxmemory", 0)
+            if limit and memory["used_memory"] >= full_ratio * limit:
+                raise LookalikeError("store_full", "The store has no room for more images; delete some or add memory.",
+                                     {"used_memory": memory["used_memory"], "maxmemory": limit})
+
+    def _memory_info(self, collection: str | None) -> list[dict]:
+        """INFO memory of the server that takes the collection's images: on a cluster, the primary serving its
+        slot, or every primary when no collection is named (refusing when any is full)."""
+        if not self.cluster:
+            return [self.redis.info("memory")]
+        if collection is not None:
+            node = self.redis.get_node_from_key(keys.collection_vectors(collection))
+            return [self.redis.info("memory", target_nodes=node)]
+        return list(self.redis.info("memory", target_nodes=self.redis.PRIMARIES).values())
 
     # --- Tasks and uploads ---------------------------------------------------------------------
 
     def submit(self, submissions: list[tuple[str, str, dict[str, Any], bytes]]) -> None:
-        """Store uploads and their queued task records, all in one transaction.
+        """Store uploads and their queued task records in one round trip, each task's upload and record
+        together (one script per task: a task's keys share a hash slot, several tasks' do not). Should any
+        fail, every one is removed again before the error is raised, as far as the store lets.
 
         Each submission is ``(task_id, kind, record fields, upload bytes)``; None: nothing
         uploaded (the worker fetches the image by URL).
         """
         submitted_at = utc_now()
-        pipe = self.redis.pipeline(transaction=True)
+        calls = []
         for task_id, kind, fields, upload in submissions:
             record = {"task_id": task_id, "kind": kind, "state": QUEUED, "submitted_at": submitted_at, **fields}
-            if upload is not None:
-                pipe.set(keys.upload(task_id), upload, ex=self.upload_ttl)
-            pipe.hset(keys.task(task_id), mapping=_encode_fields(record))
-            pipe.expire(keys.task(task_id), self.task_ttl)
-        pipe.execute()
+            calls.append((self._submit_task_script, [keys.task(task_id), keys.upload(task_id)],
+                          [self.task_ttl, self.upload_ttl, "0" if upload is None else "1", upload or b"",
+                           *[part for pair in _encode_fields(record).items() for part in pair]]))
+        try:
+            self._run_scripts(calls)
+        except Exception:
+            try:
+                self.discard_submissions([task_id for task_id, *_ in submissions])
+            except redis.exceptions.RedisError:
+                pass  # unreachable: the records left expire with their TTLs, and no message names them
+            raise
 
     def discard_submissions(self, task_ids: list[str]) -> None:
         """Undo :meth:`submit` for tasks that could not be enqueued."""
@@ -298,11 +372,9 @@ class Store:
         returns the tasks whose executions no longer hold theirs."""
         if not leases:
             return []
-        pipe = self.redis.pipeline(transaction=False)
-        for task_id, execution in leases.items():
-            self._renew_lease_script(keys=[keys.task_lease(task_id)], args=[execution, int(lease_seconds * 1000)],
-                                     client=pipe)
-        return [task_id for task_id, renewed in zip(leases, pipe.execute()) if not renewed]
+        renewed = self._run_scripts([(self._renew_lease_script, [keys.task_lease(task_id)],
+                                      [execution, int(lease_seconds * 1000)]) for task_id, execution in leases.items()])
+        return [task_id for task_id, held in zip(leases, renewed) if not held]
 
     def holds_lease(self, task_id: str, execution: str) -> bool:
         """Whether ``execution`` still holds the task's lease (checked right before an execution writes)."""
@@ -380,8 +452,8 @@ class Store:
         """:meth:`save_image` for many ``(id, vector, metadata, pdq, thumbnail)`` in one round trip (each
         written atomically); returns how many replaced."""
         indexed_at = utc_now()
-        pipe = self.redis.pipeline(transaction=False)
-        change_keys = [*self._change_keys(collection), keys.collection_descriptor(collection), keys.COLLECTIONS]
+        calls = []
+        change_keys = [*self._change_keys(collection), keys.collection_descriptor(collection)]
         written_by = {"task": task_id} if task_id else {}
         for image_id, vector, metadata, pdq, thumbnail in images:
             if vector.shape != (descriptor.dimension,):
@@ -389,11 +461,22 @@ class Store:
             record = {"metadata": metadata, "indexed_at": indexed_at, **written_by}
             first, replacement = (json.dumps(record | ({"replaced": replaced} if task_id else {}))
                                   for replaced in (False, True))
-            self._save_script(keys=change_keys, client=pipe,
-                              args=[image_id, encode_vector(vector), first, self.change_stream_length, collection,
-                                    descriptor.model, descriptor.dimension, descriptor.weights, pdq or b"",
-                                    thumbnail or b"", task_id or "", replacement])
-        outcomes = pipe.execute()
+            calls.append((self._save_script, change_keys,
+                          [image_id, encode_vector(vector), first, self.change_stream_length, descriptor.model,
+                           descriptor.dimension, descriptor.weights, pdq or b"", thumbnail or b"", task_id or "",
+                           replacement]))
+        # The registry is written after the scripts, apart from the collection's keys (another slot), after every
+        # save -- one that found its task's write already done, or one that failed part-way, included: a drop
+        # racing this save relies on it (drop_collection).
+        try:
+            outcomes = self._run_scripts(calls)
+        except Exception:
+            if calls:
+                with contextlib.suppress(redis.exceptions.RedisError):
+                    self.redis.sadd(keys.COLLECTIONS, collection)
+            raise
+        if calls:
+            self.redis.sadd(keys.COLLECTIONS, collection)
         mismatch = next((outcome for outcome in outcomes if outcome[0] == b"mismatch"), None)
         if mismatch is not None:  # the descriptor is checked by the first write, so nothing was written
             stored = {"model": mismatch[1].decode(), "dimension": mismatch[2].decode(), "weights": mismatch[3].decode()}
@@ -432,10 +515,31 @@ class Store:
 
         What re-indexing with another descriptor starts from: vectors of different
         descriptors never mix, so a collection changes descriptor by being emptied.
+
+        The registry (``lookalike:collections``, another slot) is updated after the script: the name is
+        removed, then put back if the collection holds anything again by then. A save (or settings write)
+        racing the drop registers its collection after its own script, so whichever order the steps
+        interleave in, a collection left holding images stays registered; at worst the registry names a
+        collection that is gone, which listings and :meth:`collection_info` pass over.
         """
         drop_keys = [*self._change_keys(collection), keys.collection_descriptor(collection),
-                     keys.collection_settings(collection), keys.COLLECTIONS, keys.collection_whitening(collection)]
-        return int(self._drop_script(keys=drop_keys, args=[collection, self.change_stream_length]))
+                     keys.collection_settings(collection), keys.collection_whitening(collection)]
+        images = int(self._drop_script(keys=drop_keys, args=[self.change_stream_length]))
+        self.redis.srem(keys.COLLECTIONS, collection)
+        if self._existing([collection]):
+            self.redis.sadd(keys.COLLECTIONS, collection)
+        return images
+
+    def _existing(self, names: list[str]) -> list[str]:
+        """Those of ``names`` whose collection holds anything: a descriptor (images were saved since its last
+        drop), settings, or vectors. One round trip (one per node on a cluster)."""
+        if not names:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(keys.collection_descriptor(name), keys.collection_settings(name),
+                        keys.collection_vectors(name))
+        return [name for name, found in zip(names, pipe.execute()) if found]
 
     def change_position(self, collection: str) -> tuple[int, str]:
         """Number and stream id of the collection's last change event, read together ((0, "0-0"): none)."""
@@ -549,10 +653,11 @@ class Store:
         return [None if value is None else json.loads(value)["metadata"] for value in raw]
 
     def list_collections(self) -> list[str]:
-        return sorted(name.decode() for name in self.redis.smembers(keys.COLLECTIONS))
+        """Every collection holding images or settings (the registry's names, less any dropped meanwhile)."""
+        return self._existing(sorted(name.decode() for name in self.redis.smembers(keys.COLLECTIONS)))
 
     def collection_sizes(self) -> dict[str, int]:
-        """Images per collection, for every collection ever written."""
+        """Images per collection, for every collection holding images or settings."""
         names = self.list_collections()
         pipe = self.redis.pipeline(transaction=False)
         for name in names:
@@ -570,21 +675,24 @@ class Store:
 
     def put_collection_settings(self, collection: str, settings: dict[str, Any]) -> None:
         """Replace the collection's settings; whitening turned off forgets any learned one (a "whiten" event)."""
-        settings_keys = [keys.collection_settings(collection), keys.COLLECTIONS, keys.collection_change_seq(collection),
+        settings_keys = [keys.collection_settings(collection), keys.collection_change_seq(collection),
                          keys.collection_changes(collection), keys.collection_whitening(collection)]
-        self._put_settings_script(keys=settings_keys, args=[json.dumps(settings), collection,
-                                                            int(bool(settings.get("whitening"))),
+        self._put_settings_script(keys=settings_keys, args=[json.dumps(settings), int(bool(settings.get("whitening"))),
                                                             self.change_stream_length])
+        self.redis.sadd(keys.COLLECTIONS, collection)  # after the script, as a save does (drop_collection)
 
     def collection_info(self, collection: str) -> dict[str, Any] | None:
+        """The collection as GET /v1/collections/{c} shows it; None unless it holds images (or had some since its
+        last drop: its descriptor stays) or settings. Read from its own keys only.
+
+        (No MULTI here: redis-py's cluster transactions hand back HGETALL's raw reply, a flat list.)"""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.sismember(keys.COLLECTIONS, collection)
         pipe.hlen(keys.collection_vectors(collection))
         pipe.hgetall(keys.collection_descriptor(collection))
         pipe.get(keys.collection_settings(collection))
         pipe.hmget(keys.collection_whitening(collection), "learned_from", "collection_size", "learned_at", "dimensions")
-        known, count, descriptor, settings, whitening = pipe.execute()
-        if not known:
+        count, descriptor, settings, whitening = pipe.execute()
+        if not (count or descriptor or settings):
             return None
         descriptor = {k.decode(): v.decode() for k, v in descriptor.items()}
         return {
@@ -627,8 +735,12 @@ class Store:
         return {tag.decode() for tag in self.redis.sunion([keys.consumer_held(name.decode()) for name in live])}
 
     def now(self) -> float:
-        """Redis' clock (unix seconds): what every process's liveness is measured by, whatever its own clock says."""
-        seconds, microseconds = self.redis.time()
+        """Redis' clock (unix seconds): what every process's liveness is measured by, whatever its own clock says.
+        On a cluster, the clock of the node holding the consumers' records, the same one for every process."""
+        if self.cluster:
+            seconds, microseconds = self.redis.time(target_nodes=self.redis.get_node_from_key(keys.CONSUMERS))
+        else:
+            seconds, microseconds = self.redis.time()
         return seconds + microseconds / 1e6
 
     def claim_reaper(self, name: str, seconds: float) -> bool:

@@ -19,7 +19,7 @@ import requests
 
 from api.client import Client
 from shared import keys
-from shared.embedded_redis import EmbeddedRedis, free_port
+from shared.embedded_redis import EmbeddedCluster, EmbeddedRedis, free_port
 from shared.settings import Settings
 from shared.store import Store
 from tests.local_http import LocalHttpServer
@@ -61,6 +61,14 @@ def emptied_afterwards(url: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def redis_client(redis_server) -> redis.Redis:
     return redis.Redis.from_url(redis_server.url)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory) -> Iterator[EmbeddedCluster]:
+    """A real Redis Cluster of 3 masters on loopback (its nodes in ``.url``, as LOOKALIKE_REDIS_MODE=cluster takes
+    them); stopped at the end of the session, whatever happened."""
+    with EmbeddedCluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
 
 
 # The descriptor label of a worker with the default settings (what the session worker stores).

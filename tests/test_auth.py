@@ -421,7 +421,9 @@ def test_waiting_polls_are_bounded_per_key_and_overall(auth_db, key_store):
             answered.notify_all()
 
     def waiting() -> int:
-        channels = [f"lookalike:task:{task_id}:done" for ids in tasks.values() for task_id in ids]
+        from shared import keys
+
+        channels = [keys.task_done_channel(task_id) for ids in tasks.values() for task_id in ids]
         return sum(count for _, count in store.redis.pubsub_numsub(*channels))
 
     def until(condition, what: str) -> None:

@@ -8,6 +8,7 @@ import zlib
 import pytest
 from PIL import Image
 
+from shared import keys
 from shared.schemas import INDEX_QUEUE, QUERY_QUEUE
 from tests.conftest import TEST_MAX_UPLOAD_BYTES, natural_images, store_snapshot
 
@@ -118,7 +119,7 @@ def test_undecodable_image_fails_its_task_only(api, collection, redis_client):
     assert api.http.get(api.url(f"/v1/collections/{collection}/images/broken")).status_code == 404
     # Only the task record was added; no image, vector or leftover upload.
     added = set(store_snapshot(redis_client)) - set(before)
-    assert added == {f"lookalike:task:{task['task_id']}".encode()}
+    assert added == {keys.task(task["task_id"]).encode()}
     # The worker is alive and serves the next task.
     assert api.wait(api.index(collection, MOON, "fine"))["state"] == "succeeded"
 

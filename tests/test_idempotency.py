@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from shared import keys
 from tests.conftest import natural_images, store_snapshot
 from tests.test_vectors_and_filters import unit_vectors
 
@@ -26,7 +27,7 @@ def test_a_retried_upload_returns_the_first_answer_and_indexes_once(api, collect
     assert again.json() == first.json() and again.headers["Location"] == first.headers["Location"]
     assert again.headers["Idempotent-Replayed"] == "true" and "Idempotent-Replayed" not in first.headers
     assert api.wait(first)["state"] == "succeeded"
-    tasks = [key for key in redis_client.scan_iter("lookalike:task:*") if not key.endswith(b":done")]
+    tasks = list(redis_client.scan_iter(keys.task("*")))  # the task records (not uploads or leases)
     assert sum(json.loads(redis_client.hget(key, "collection")) == collection for key in tasks) == 1
     other = post_image(api, collection, images["chelsea"], "upload-43", id="cat")
     assert other.status_code == 202 and other.json()["task_id"] != first.json()["task_id"]

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
+from shared import keys
 from tests.conftest import natural_images, store_snapshot
 from tests.test_vectors_and_filters import unit_vectors
 import worker.pdq
@@ -205,9 +206,9 @@ def test_low_quality_hashes_are_not_used(api, collection):
 
 def test_deleting_an_image_deletes_its_hash(api, photos, redis_client):
     collection, images = photos
-    assert redis_client.hexists(f"lookalike:col:{collection}:pdq", "photo/horse")
+    assert redis_client.hexists(keys.collection_pdq(collection), "photo/horse")
     api.http.delete(api.url(f"/v1/collections/{collection}/images/photo/horse"))
-    assert not redis_client.hexists(f"lookalike:col:{collection}:pdq", "photo/horse")
+    assert not redis_client.hexists(keys.collection_pdq(collection), "photo/horse")
     assert check(api, collection, images["horse"], signals="pdq")["best_match"] is None
 
 

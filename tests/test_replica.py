@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import redis
 
+from shared import keys
 from shared.settings import Settings
 from shared.store import Descriptor, Store
 from worker.replica import Replicas
@@ -95,7 +96,7 @@ def test_a_replica_behind_a_trimmed_stream_reloads(redis_server, name, caplog):
     replicas.search(name, query, 10)
     for n in range(400):
         short.save_image(name, f"img/{n}", unit(rng), {}, DESCRIPTOR)
-    assert client.xlen(f"lookalike:col:{name}:changes") < 400  # the replica's position was trimmed away
+    assert client.xlen(keys.collection_changes(name)) < 400  # the replica's position was trimmed away
     with caplog.at_level(logging.WARNING, logger="worker.replica"):
         found = replicas.search(name, query, 500).matches
     assert "reloading" in caplog.text

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from shared import keys
 from shared.schemas import INDEX_QUEUE, QUERY_QUEUE
 from tests.conftest import DEFAULT_MODEL, natural_images, store_snapshot
 
@@ -157,7 +158,7 @@ def test_dropping_a_collection_lets_it_change_descriptor(api, collection, redis_
     dropped = api.http.delete(api.url(f"/v1/collections/{collection}"))
     assert dropped.status_code == 200 and dropped.json() == {"collection": collection, "deleted": True, "images": 3}
     assert api.http.get(api.url(f"/v1/collections/{collection}")).status_code == 404
-    assert [key for key in redis_client.scan_iter(f"lookalike:col:{collection}:*")
+    assert [key for key in redis_client.scan_iter(keys.collection_keys_pattern(collection))
             if not key.endswith((b":changes", b":seq"))] == []
 
     assert api.wait(api.index(collection, natural_images()["moon"], "moon"))["state"] == "succeeded"

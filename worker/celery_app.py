@@ -9,6 +9,7 @@ from celery import signals
 from shared.queue import make_celery
 from shared.settings import get_settings
 from worker import runtime
+from worker.delivery import transport_for
 from worker.runtime import Heartbeat, get_extractor
 
 app = make_celery(get_settings())
@@ -16,8 +17,8 @@ app.conf.include = ["worker.tasks", "worker.webhooks"]
 # Every task's messages are settled by worker.delivery's request class: held messages are announced
 # with the heartbeat, and acknowledged on a fresh connection after Redis restarted.
 app.Task.Request = "worker.delivery:Request"
-# kombu's Redis transport, keeping the messages it would drop when Redis goes away mid-delivery.
-app.conf.broker_transport = "worker.delivery:Transport"
+# kombu's Redis (or Sentinel) transport, keeping the messages it would drop when Redis goes away mid-delivery.
+app.conf.broker_transport = transport_for(get_settings().broker)
 
 _heartbeat: Heartbeat | None = None
 

@@ -219,6 +219,21 @@ class Transport(kombu_redis.Transport):
     Channel = _Channel
 
 
+class _SentinelChannel(kombu_redis.SentinelChannel):
+    QoS = _QoS
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """The same for a broker behind Redis Sentinel (``sentinel://`` URLs): a failover is an outage too."""
+
+    Channel = _SentinelChannel
+
+
+def transport_for(broker_url: str) -> str:
+    """The worker's transport class for a broker URL, as Celery's ``broker_transport`` takes it."""
+    return f"{__name__}:{'SentinelTransport' if broker_url.startswith('sentinel') else 'Transport'}"
+
+
 def return_stranded(app) -> int:
     """Put stranded messages back at the head of their queues; the ones Redis refuses stay for next time."""
     stranded = STRANDED.take()

@@ -73,7 +73,7 @@ def index_image(task_id: str, collection: str, image_id: str, metadata: dict, ur
         store = get_store()
         # The store may have filled since the API accepted the image: refuse it while the headroom
         # above the ratio still lets this task's outcome, and queries, be written.
-        store.check_room_for_images(settings.store_full_ratio)
+        store.check_room_for_images(settings.store_full_ratio, collection)
         _check_still_running_it(task_id)
         replaced = store.save_image(collection, image_id, vector, metadata, extractor.descriptor, pdq.encode(),
                                     thumbnail, task_id=task_id)

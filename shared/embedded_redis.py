@@ -254,3 +254,114 @@ class EmbeddedCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class EmbeddedSentinels:
+    """A Redis master, one replica of it and ``sentinels`` Sentinels watching them as ``master_name``, on
+    loopback -- what LOOKALIKE_REDIS_MODE=sentinel and a ``sentinel://`` broker talk to. Ready once the
+    replica's link is up and every Sentinel knows the master, the replica and the other Sentinels. A master
+    silent for ``down_after_ms`` is failed over to the replica. :meth:`stop` stops every process."""
+
+    def __init__(self, data_dir: Path, master_name: str = "lookalike", sentinels: int = 3, down_after_ms: int = 1000,
+                 failover_timeout_ms: int = 5000):
+        self.data_dir = Path(data_dir)
+        self.master_name = master_name
+        self.sentinel_count = sentinels
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.servers: list[EmbeddedRedis] = []  # the first master, then its replica
+        self.sentinels: list[subprocess.Popen] = []
+        self.sentinel_ports: list[int] = []
+
+    @property
+    def url(self) -> str:
+        """The Sentinels, in the notation of ``LOOKALIKE_REDIS_MODE=sentinel`` (shared.redis_client)."""
+        return "redis://" + ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports) + "/0"
+
+    @property
+    def broker_url(self) -> str:
+        """The Sentinels as kombu's ``sentinel://`` broker URL takes them (with ``master_name``)."""
+        return ";".join(f"sentinel://127.0.0.1:{port}" for port in self.sentinel_ports)
+
+    def master_port(self) -> int:
+        """The port of the server the Sentinels now call master (it changes with a failover)."""
+        for port in self.sentinel_ports:
+            try:
+                with redis.Redis(port=port, socket_timeout=5, decode_responses=True) as sentinel:
+                    return int(sentinel.execute_command("SENTINEL", "get-master-addr-by-name", self.master_name)[1])
+            except (redis.exceptions.RedisError, TypeError):
+                continue
+        raise RuntimeError("no Sentinel answered")
+
+    def start(self, timeout: float = 60.0) -> "EmbeddedSentinels":
+        try:
+            master = EmbeddedRedis(self.data_dir / "server-a", free_port()).start()
+            self.servers.append(master)
+            self.servers.append(EmbeddedRedis(self.data_dir / "server-b", free_port(),
+                                              ("--replicaof", "127.0.0.1", str(master.port))).start())
+            for number in range(self.sentinel_count):
+                self._start_sentinel(number, master.port)
+            self._wait_until_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_sentinel(self, number: int, master_port: int) -> None:
+        folder = self.data_dir / f"sentinel-{number}"
+        folder.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        config = folder / "sentinel.conf"  # a Sentinel rewrites its own configuration: a file of its own
+        config.write_text("\n".join([
+            f"port {port}", "bind 127.0.0.1", f"dir {folder.resolve()}", f"logfile {(folder / 'sentinel.log').resolve()}",
+            f"sentinel monitor {self.master_name} 127.0.0.1 {master_port} {self.sentinel_count // 2 + 1}",
+            f"sentinel down-after-milliseconds {self.master_name} {self.down_after_ms}",
+            f"sentinel failover-timeout {self.master_name} {self.failover_timeout_ms}",
+            f"sentinel parallel-syncs {self.master_name} 1", ""]))
+        self.sentinels.append(subprocess.Popen([find_redis_server(), str(config), "--sentinel"],
+                                               stdin=subprocess.DEVNULL, start_new_session=True))
+        self.sentinel_ports.append(port)
+
+    def _wait_until_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                waiting_for = self._not_ready()
+            except redis.exceptions.RedisError as exc:
+                waiting_for = repr(exc)
+            if waiting_for is None:
+                return
+            if time.monotonic() > deadline or any(process.poll() is not None for process in self.sentinels):
+                raise RuntimeError(f"Sentinels on {self.sentinel_ports} not ready after {timeout} s: {waiting_for}")
+            time.sleep(0.05)
+
+    def _not_ready(self) -> str | None:
+        with redis.Redis(port=self.servers[1].port, socket_timeout=5) as replica:
+            if replica.info("replication").get("master_link_status") != "up":
+                return "the replica's link to the master"
+        for port in self.sentinel_ports:
+            with redis.Redis(port=port, socket_connect_timeout=1, socket_timeout=5, decode_responses=True) as sentinel:
+                master = sentinel.execute_command("SENTINEL", "master", self.master_name)
+                state = dict(zip(master[::2], master[1::2])) if isinstance(master, list) else master
+                if int(state.get("num-slaves", 0)) < 1 or int(state.get("num-other-sentinels", 0)) < self.sentinel_count - 1:
+                    return f"Sentinel {port}: {state.get('num-slaves')} replicas, {state.get('num-other-sentinels')} others"
+        return None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop every Sentinel and server started (each, whatever happens to another)."""
+        for process in self.sentinels:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        for server in self.servers:
+            server.stop(timeout)
+
+    def __enter__(self) -> "EmbeddedSentinels":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

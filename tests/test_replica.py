@@ -103,6 +103,31 @@ def test_a_replica_behind_a_trimmed_stream_reloads(redis_server, name, caplog):
     assert_same_ranking(found, exact_ranking(short, name, query))
 
 
+def test_a_replica_ahead_of_a_failed_over_store_reloads(redis_server, store, name, caplog):
+    """A failover to a replica that had not received the last writes: the store's change numbers go back, and
+    the replica, which applied those writes, must not keep them."""
+    client = redis.Redis.from_url(redis_server.url)
+    rng = np.random.default_rng(4)
+    replicas = Replicas(store, DIMENSION)
+    query = unit(rng)
+    for n in range(10):
+        store.save_image(name, f"img/{n}", unit(rng), {}, DESCRIPTOR)
+    assert len(replicas.search(name, query, 100).matches) == 10  # the replica applied all ten
+    # What the promoted replica holds: the last three writes never reached it.
+    events = client.xrange(keys.collection_changes(name))
+    client.xdel(keys.collection_changes(name), *[event_id for event_id, _ in events[-3:]])
+    client.set(keys.collection_change_seq(name), 7)
+    for n in (7, 8, 9):
+        for key in (keys.collection_vectors(name), keys.collection_images(name), keys.collection_pdq(name)):
+            client.hdel(key, f"img/{n}")
+    store.save_image(name, "after", unit(rng), {}, DESCRIPTOR)  # the next write: change number 8 again
+    with caplog.at_level(logging.WARNING, logger="worker.replica"):
+        found = replicas.search(name, query, 100).matches
+    assert "reloading" in caplog.text
+    assert_same_ranking(found, exact_ranking(store, name, query))
+    assert {image_id for image_id, _ in found} == {*(f"img/{n}" for n in range(7)), "after"}
+
+
 def test_descriptor_mismatch_is_refused_and_changes_nothing(store, name):
     rng = np.random.default_rng(3)
     store.save_image(name, "a", unit(rng), {}, DESCRIPTOR)

@@ -9,6 +9,7 @@ import sys
 import time
 
 import psutil
+import redis
 import requests
 
 from shared.embedded_redis import free_port
@@ -93,3 +94,32 @@ def test_run_local_restarts_a_dead_worker_and_ctrl_c_stops_everything(tmp_path):
             except psutil.NoSuchProcess:
                 pass
         log.close()
+
+
+def test_run_local_with_a_cluster_store_starts_a_redis_for_the_broker_only(redis_cluster, tmp_path):
+    api_port, broker_port = free_port(), free_port()
+    env = {name: value for name, value in os.environ.items() if not name.startswith("LOOKALIKE_")}
+    env.update(LOOKALIKE_DATA_DIR=str(tmp_path / "data"), LOOKALIKE_PORT=str(api_port),
+               LOOKALIKE_EMBEDDED_REDIS_PORT=str(broker_port), LOOKALIKE_WEIGHTS="random",
+               LOOKALIKE_REDIS_MODE="cluster", LOOKALIKE_REDIS_URL=redis_cluster.url,
+               LOOKALIKE_HEARTBEAT_SECONDS="1", LOOKALIKE_WORKER_METRICS_PORT="0", TF_CPP_MIN_LOG_LEVEL="2")
+    log_path = tmp_path / "run.log"
+    with log_path.open("wb") as log:
+        supervisor = subprocess.Popen([sys.executable, "scripts/run_local.py"], cwd=REPO, env=env, stdout=log,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_for(lambda: readiness(api_port), "ready API", log_path, supervisor)
+            assert f"embedded Redis for the broker on redis://127.0.0.1:{broker_port}/0" in log_path.read_text()
+            assert not (tmp_path / "data" / "redis").exists()  # no embedded store: the cluster is the store
+            with redis.Redis(port=broker_port) as broker:
+                assert broker.exists("_kombu.binding.index")  # the broker's queues are there, the store's keys not
+                assert not any(key.startswith(b"lookalike:") for key in broker.scan_iter())
+        finally:
+            parts = psutil.Process(supervisor.pid).children(recursive=True) if supervisor.poll() is None else []
+            if supervisor.poll() is None:
+                os.killpg(supervisor.pid, signal.SIGINT)
+                supervisor.wait(90)
+            psutil.wait_procs(parts, timeout=30)
+            for part in parts:
+                if part.is_running():
+                    part.kill()

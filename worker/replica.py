@@ -330,8 +330,9 @@ class Replicas:
             changes = self.store.changes_since(collection, replica.stream_id, CHANGES_PER_READ)
             if not changes:
                 break
-            if changes[0].seq != replica.seq + 1:  # events between were trimmed away
-                log.warning("replica of %s is behind its trimmed change stream; reloading", collection)
+            if changes[0].seq != replica.seq + 1:  # events between were trimmed away, or lost in a failover
+                log.warning("replica of %s no longer follows on from the change stream (trimmed past it, or the store "
+                            "failed over and lost changes it had applied); reloading", collection)
                 replica = self._load(collection, use_snapshot=False)
                 continue
             if any(change.op == "drop" for change in changes):  # emptied: start again from its (new) contents

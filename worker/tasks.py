@@ -354,17 +354,23 @@ def _run(task_id: str, work: Callable[[], dict[str, Any]]) -> None:
     store = get_store()
     deadline = time.monotonic() + get_settings().redis_outage_seconds
     execution = LEASES.start(task_id)
+    outage = None  # the first error of an outage (logged once)
     try:
         while True:
             try:
                 _run_once(task_id, execution, work, deadline)
+                if outage is not None:
+                    log.info("task %s: done again from the start once Redis was back", task_id)
                 return
             except REDIS_UNAVAILABLE as exc:
-                log.warning("task %s: Redis unavailable (%s); waiting for it to come back", task_id, exc)
+                if outage is None:
+                    outage = exc
+                    log.warning("task %s: Redis unavailable (%s); waiting for it to come back", task_id, exc)
+                # A failover takes seconds, and a cluster client may reach some nodes meanwhile: never spin.
+                time.sleep(CLAIM_RETRY_SECONDS)
                 if not _wait_for_store(store, deadline):
                     raise Reject(f"Redis unavailable for {get_settings().redis_outage_seconds:g} s", requeue=True) \
                         from exc
-                log.info("task %s: Redis is back; doing the task again", task_id)
     finally:
         LEASES.end(task_id)
 

@@ -77,6 +77,7 @@ CATALOGUE: dict[str, int] = {
     "store_unavailable": 503,
     "store_full": 503,
     "not_ready": 503,
+    "collection_loading": 503,  # a task's: the worker is loading the collection's replica; submit again shortly
     # A bug: never expected in normal operation.
     "internal_error": 500,
 }

@@ -139,6 +139,10 @@ class Settings(BaseSettings):
     )
 
     # --- Search ----------------------------------------------------------------------------
+    load_wait_seconds: float = Field(30, gt=0, description="How long a query or check waits for its worker to load "
+                                     "a collection it does not hold yet (loads run in the background); past it the task "
+                                     "fails with `collection_loading`, to submit again. Keep it well under "
+                                     "`LOOKALIKE_VISIBILITY_TIMEOUT_SECONDS`.")
     exact_max: int = Field(200_000, ge=0, description="Collections up to this many vectors are searched exactly; "
                            "larger ones through an HNSW index.")
     hnsw_m: int = Field(16, ge=2, description="HNSW graph degree (hnswlib's M): higher is more accurate and larger.")
@@ -226,8 +230,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _outage_wait_within_visibility(self):
         # A task still waiting for Redis when its message becomes visible again would run twice.
-        if self.redis_outage_seconds >= self.visibility_timeout_seconds:
-            raise ValueError("LOOKALIKE_REDIS_OUTAGE_SECONDS must be shorter than LOOKALIKE_VISIBILITY_TIMEOUT_SECONDS")
+        if max(self.redis_outage_seconds, self.load_wait_seconds) >= self.visibility_timeout_seconds:
+            raise ValueError("LOOKALIKE_REDIS_OUTAGE_SECONDS and LOOKALIKE_LOAD_WAIT_SECONDS must be shorter than "
+                             "LOOKALIKE_VISIBILITY_TIMEOUT_SECONDS")
         return self
 
     @property

@@ -20,6 +20,8 @@ from shared.redis_client import is_cluster, redis_client
 from shared.schemas import DEFAULT_COLLECTION_SETTINGS, FINISHED_STATES, QUEUED
 
 VECTOR_DTYPE = np.dtype("<f4")
+# Tries of a pipelined batch of scripts on a cluster: a node may not know a script yet, or be gone in a failover.
+CLUSTER_SCRIPT_ATTEMPTS = 4
 # Redis is away for now (restarting, loading its data, failing over): what waiting out an outage catches.
 # (BusyLoadingError is a ConnectionError; a replica answers ReadOnlyError until a failover has promoted it; a
 # Redis Cluster answers CLUSTERDOWN or TRYAGAIN, or leaves a slot unserved, while it fails over or reshards.)
@@ -261,21 +263,28 @@ class Store:
             return pipe.execute()
         results: list = [None] * len(calls)
         pending = list(range(len(calls)))
-        for attempt in (1, 2):
+        for attempt in range(1, CLUSTER_SCRIPT_ATTEMPTS + 1):
             pipe = self.redis.pipeline(transaction=False)
             for position in pending:
                 script, script_keys, args = calls[position]
                 pipe.execute_command("EVALSHA", script.sha, len(script_keys), *script_keys, *args)
-            unknown = []
+            unknown, unreached = [], []
             for position, outcome in zip(pending, pipe.execute(raise_on_error=False)):
                 results[position] = outcome
-                if isinstance(outcome, redis.exceptions.NoScriptError) and attempt == 1:
+                if isinstance(outcome, redis.exceptions.NoScriptError):
                     unknown.append(position)
-            if not unknown:
+                elif isinstance(outcome, REDIS_UNAVAILABLE):
+                    unreached.append(position)
+            if not (unknown or unreached) or attempt == CLUSTER_SCRIPT_ATTEMPTS:
                 break
+            if unreached:
+                # A node gone (a failover): ask the cluster where the slots are now, and send those calls again
+                # (every script here may run twice: writing the same state again changes nothing).
+                time.sleep(0.2 * attempt)
+                self.redis.nodes_manager.initialize()
             for script in {id(calls[position][0]): calls[position][0] for position in unknown}.values():
                 self.redis.script_load(script.script)  # on every primary
-            pending = unknown
+            pending = unknown + unreached
         error = next((outcome for outcome in results if isinstance(outcome, Exception)), None)
         if error is not None:
             raise error

@@ -1,6 +1,7 @@
 """Search replicas against a real Redis: incremental changes, trimmed streams, and agreement with a full load."""
 
 import logging
+import threading
 import uuid
 
 import numpy as np
@@ -10,6 +11,7 @@ import redis
 from shared import keys
 from shared.settings import Settings
 from shared.store import Descriptor, Store
+import worker.replica
 from worker.replica import Replicas
 from worker.search import RowsById
 
@@ -126,6 +128,69 @@ def test_a_replica_ahead_of_a_failed_over_store_reloads(redis_server, store, nam
     assert "reloading" in caplog.text
     assert_same_ranking(found, exact_ranking(store, name, query))
     assert {image_id for image_id, _ in found} == {*(f"img/{n}" for n in range(7)), "after"}
+
+
+class SlowScanStore(Store):
+    """A store whose vector scans run ``between_chunks`` after each chunk: the test's ingest, or a gate."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.between_chunks = lambda: None
+        self.scans = 0
+
+    def scan_vectors(self, collection, dimension, chunk):
+        self.scans += 1
+        for part in super().scan_vectors(collection, dimension, chunk):
+            yield part
+            self.between_chunks()
+
+
+def test_a_query_waits_a_bounded_time_for_a_load_and_never_answers_from_part_of_it(redis_server, name, monkeypatch):
+    from shared.errors import LookalikeError
+
+    monkeypatch.setattr(worker.replica, "LOAD_CHUNK", 200)
+    store = SlowScanStore(redis.Redis.from_url(redis_server.url), 3600, 3600)
+    rng = np.random.default_rng(5)
+    store.save_images(name, [(f"img/{n}", unit(rng), {}, None, None) for n in range(1000)], DESCRIPTOR)
+    gate = threading.Event()
+    store.between_chunks = lambda: gate.wait(30)  # the load stops after its first chunk until the test says
+    replicas = Replicas(store, DIMENSION, load_wait_seconds=0.5)
+    query = unit(rng)
+    for _ in range(2):  # each query waits its half second, then is told: no answer from part of the collection
+        with pytest.raises(LookalikeError) as waited:
+            replicas.search(name, query, 10)
+        assert waited.value.code == "collection_loading"
+        assert waited.value.details["vectors"] == 1000 and 0 < waited.value.details["vectors_loaded"] < 1000
+    gate.set()
+    found = replicas.search(name, query, 1000).matches
+    assert store.scans == 1  # one load, in the background, whatever the queries waiting for it
+    assert_same_ranking(found, exact_ranking(store, name, query))
+
+
+def test_a_load_converges_under_ingest_beyond_the_stream_window(redis_server, name, caplog, monkeypatch):
+    monkeypatch.setattr(worker.replica, "LOAD_CHUNK", 200)
+    store = SlowScanStore(redis.Redis.from_url(redis_server.url), 3600, 3600, change_stream_length=1000)
+    rng = np.random.default_rng(6)
+    store.save_images(name, [(f"img/{n}", unit(rng), {}, None, None) for n in range(2000)], DESCRIPTOR)
+    written = 0
+
+    def ingest() -> None:  # 300 writes after every chunk the load reads, 3,000 in all: three stream windows
+        nonlocal written
+        for _ in range(300 if written < 3000 else 0):
+            if written % 10 == 9:
+                store.delete_image(name, f"img/{written}")
+            else:
+                store.save_image(name, f"new/{written}", unit(rng), {}, DESCRIPTOR)
+            written += 1
+
+    store.between_chunks = ingest
+    replicas = Replicas(store, DIMENSION)
+    query = unit(rng)
+    with caplog.at_level(logging.WARNING, logger="worker.replica"):
+        replicas.search(name, query, 10)
+    assert "reloading" not in caplog.text and store.scans == 1  # converged in one load, not reloading forever
+    assert written == 3000 and store.redis.xlen(keys.collection_changes(name)) < 3000  # the stream kept less
+    assert_same_ranking(replicas.search(name, query, 10_000).matches, exact_ranking(store, name, query))
 
 
 def test_descriptor_mismatch_is_refused_and_changes_nothing(store, name):

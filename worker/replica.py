@@ -29,6 +29,8 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -36,6 +38,7 @@ from typing import NamedTuple, Protocol
 import hnswlib
 import numpy as np
 
+from shared.errors import LookalikeError
 from shared.store import Change, Store
 from worker import metrics
 from worker.descriptors import Whitening, l2_normalise
@@ -253,8 +256,10 @@ class Replicas:
     """Every collection this worker has searched, each refreshed before each search."""
 
     def __init__(self, store: Store, dimension: int, *, exact_max: int = 200_000, hnsw: HnswConfig = HnswConfig(),
-                 snapshot_dir: Path | None = None, snapshot_every_changes: int = 10_000, pdq_min_quality: int = 50):
+                 snapshot_dir: Path | None = None, snapshot_every_changes: int = 10_000, pdq_min_quality: int = 50,
+                 load_wait_seconds: float = 30.0):
         self.store = store
+        self.load_wait_seconds = load_wait_seconds
         self.pdq_min_quality = pdq_min_quality
         self.dimension = dimension
         self.exact_max = exact_max
@@ -267,6 +272,10 @@ class Replicas:
         # Background work in progress, by (kind, collection): HNSW builds, reloads in a new whitening.
         self._background: dict[tuple[str, str], threading.Thread] = {}
         self._again: set[tuple[str, str]] = set()  # asked for again while running
+        # Loads in progress (and the last one's failure), by collection: set when a load attempt ends.
+        self._loads: dict[str, threading.Event] = {}
+        self._load_failures: dict[str, BaseException] = {}
+        self._load_progress: dict[str, tuple[int, int]] = {}  # (vectors loaded, vectors in the collection)
 
     def search(self, collection: str, query: np.ndarray, k: int, min_score: float | None = None, *,
                refresh: bool = True, expand: int = 0) -> SearchResult:
@@ -276,8 +285,7 @@ class Replicas:
         query, which saw the collection as it was when it started. ``expand``: average query
         expansion over that many best matches first.
         """
-        with self._lock(collection):
-            replica = self._current(collection, refresh)
+        with self._replica(collection, refresh) as replica:
             ids, scores = replica.index.search(self._query_vector(replica, query, expand), k)
             matches = [(image_id, float(score)) for image_id, score in zip(ids, scores)
                        if min_score is None or score >= min_score]
@@ -288,8 +296,7 @@ class Replicas:
                expand: int = 0) -> list[float | None]:
         """The score :meth:`search` gives each image for ``query`` (None: not in the collection), as of the
         last refresh."""
-        with self._lock(collection):
-            replica = self._current(collection, refresh=False)
+        with self._replica(collection, refresh=False) as replica:
             vector = self._query_vector(replica, query, expand)
             return [None if stored is None else float(stored @ vector) for stored in replica.index.vectors_of(image_ids)]
 
@@ -306,40 +313,94 @@ class Replicas:
     def search_hashes(self, collection: str, query: bytes, max_distance: int, *,
                       refresh: bool = True) -> list[tuple[str, int]]:
         """Every image whose usable PDQ hash is within ``max_distance`` bits of ``query``, nearest first."""
-        with self._lock(collection):
-            return self._current(collection, refresh).hashes.within(query, max_distance)
+        with self._replica(collection, refresh) as replica:
+            return replica.hashes.within(query, max_distance)
 
     def hash_distances(self, collection: str, image_ids: list[str], query: bytes, *,
                        refresh: bool = True) -> list[int | None]:
         """The PDQ distance from ``query`` to each image (None: it has no usable hash)."""
-        with self._lock(collection):
-            hashes = self._current(collection, refresh).hashes
-            return [hashes.distance_to(image_id, query) for image_id in image_ids]
+        with self._replica(collection, refresh) as replica:
+            return [replica.hashes.distance_to(image_id, query) for image_id in image_ids]
 
-    def _current(self, collection: str, refresh: bool) -> CollectionReplica:
-        replica = self._replicas.get(collection)
-        return self.refresh(collection) if refresh or replica is None else replica
+    @contextmanager
+    def _replica(self, collection: str, refresh: bool) -> Iterator[CollectionReplica]:
+        """The collection's replica, brought up to date if ``refresh``, with the collection's lock held.
 
-    def refresh(self, collection: str) -> CollectionReplica:
-        """The collection's replica, brought up to date (call with the collection's lock held)."""
+        One this worker does not hold (yet, or again) is loaded in the background -- never in
+        the query's own time and lock -- and waited for up to ``load_wait_seconds``; past that
+        the query fails with ``collection_loading`` (a 503 to retry), never an answer from part
+        of the collection.
+        """
+        deadline = time.monotonic() + self.load_wait_seconds
+        while True:
+            self._wait_until_loaded(collection, deadline)
+            with self._lock(collection):
+                replica = self._replicas.get(collection)
+                if replica is not None and refresh:
+                    replica = self.refresh(collection)
+                if replica is not None:
+                    yield replica
+                    return
+
+    def _wait_until_loaded(self, collection: str, deadline: float) -> None:
+        """Return once this worker holds a replica of the collection, loading it in the background if need be."""
+        while collection not in self._replicas:
+            with self._locks_lock:
+                loaded = self._loads.get(collection)
+                if loaded is None or loaded.is_set():
+                    failure = self._load_failures.pop(collection, None) if loaded is not None else None
+                    if failure is not None:
+                        raise failure  # the load this query waited for failed (a Redis outage: the task waits it out)
+                    loaded = self._loads[collection] = threading.Event()
+                    start = True
+                else:
+                    start = False
+            if start:
+                self._start_background("load", collection, self._load_in_background, again_if_running=True)
+            if not loaded.wait(max(0.0, deadline - time.monotonic())):
+                done, total = self._load_progress.get(collection, (0, 0))
+                raise LookalikeError("collection_loading", "This worker is still loading the collection; retry shortly.",
+                                     {"collection": collection, "vectors_loaded": done, "vectors": total,
+                                      "waited_seconds": self.load_wait_seconds})
+
+    def _load_in_background(self, collection: str) -> None:
+        """Load the collection (its snapshot, else Redis), put it in place and bring it up to date."""
+        with self._locks_lock:
+            loaded = self._loads.setdefault(collection, threading.Event())
+        try:
+            replica = self._load_snapshot(collection)
+            if replica is not None and not self._catch_up(collection, replica):
+                replica = None  # the snapshot is further behind than the change stream reaches
+            replica = replica or self._load_from_store(collection)
+            with self._lock(collection):
+                self._replicas[collection] = replica
+                self.refresh(collection)
+            log.info("collection %s: replica of %d vectors loaded", collection, len(replica.index))
+        except BaseException as failure:
+            log.warning("loading the replica of %s failed (%s); the next search tries again", collection, failure)
+            with self._locks_lock:
+                self._load_failures[collection] = failure
+        finally:
+            self._load_progress.pop(collection, None)
+            loaded.set()
+
+    def refresh(self, collection: str) -> CollectionReplica | None:
+        """The collection's replica, brought up to date (call with the collection's lock held); None when it must
+        be loaded again -- it fell behind its trimmed change stream, or the collection was dropped -- which is
+        then started in the background."""
         replica = self._replicas.get(collection)
         if replica is None:
-            replica = self._load(collection)
+            return None
         lag = None
         while True:
             changes = self.store.changes_since(collection, replica.stream_id, CHANGES_PER_READ)
             if not changes:
                 break
-            if changes[0].seq != replica.seq + 1:  # events between were trimmed away, or lost in a failover
-                log.warning("replica of %s no longer follows on from the change stream (trimmed past it, or the store "
-                            "failed over and lost changes it had applied); reloading", collection)
-                replica = self._load(collection, use_snapshot=False)
-                continue
-            if any(change.op == "drop" for change in changes):  # emptied: start again from its (new) contents
-                log.info("collection %s was dropped; its replica starts again", collection)
-                self._forget_snapshots(collection)
-                replica = self._load(collection, use_snapshot=False)
-                continue
+            if not self._follows_on(collection, replica, changes):
+                self._replicas.pop(collection, None)
+                if any(change.op == "drop" for change in changes):
+                    self._forget_snapshots(collection)
+                return None
             if any(change.op == "whiten" for change in changes):  # this one answers until the new one is in
                 log.info("collection %s has a new whitening: loading its replica in it in the background", collection)
                 self._start_background("whiten", collection, self._reload_whitened, again_if_running=True)
@@ -405,6 +466,19 @@ class Replicas:
             if not again:
                 return
 
+    @staticmethod
+    def _follows_on(collection: str, replica: CollectionReplica, changes: list[Change]) -> bool:
+        """Whether ``changes`` can be applied to the replica as they are: False when events between were
+        trimmed away (or lost in a failover), or the collection was dropped -- it must be loaded anew."""
+        if changes[0].seq != replica.seq + 1:
+            log.warning("replica of %s no longer follows on from the change stream (trimmed past it, or the store "
+                        "failed over and lost changes it had applied); reloading", collection)
+            return False
+        if any(change.op == "drop" for change in changes):
+            log.info("collection %s was dropped; its replica starts again", collection)
+            return False
+        return True
+
     def _reload_whitened(self, collection: str) -> None:
         """Load the collection in its current whitening, swap it in and let the stream catch it up."""
         try:
@@ -421,31 +495,17 @@ class Replicas:
                 self._replicas.pop(collection, None)
 
     def _build_hnsw(self, collection: str) -> None:
-        """Build a graph from a scan of Redis, then swap it in and let the stream catch it up.
-
-        Like a cold load: position first, then the scan, then every event after the
-        position -- the exact replica keeps answering meanwhile (this runs in a thread).
-        """
+        """Build a graph from a scan of Redis (a load into an HNSW index), then swap it in and let the stream
+        catch it up; the exact replica keeps answering meanwhile (this runs in a thread)."""
         log.info("collection %s passed %d vectors: building its HNSW index in the background", collection,
                  self.exact_max)
         try:
-            seq, stream_id = self.store.change_position(collection)
-            whitening = self._read_whitening(collection)
-            count = self.store.count_vectors(collection)
-            index = HnswIndex(self._dimension_of(whitening), self.hnsw, capacity=max(1024, count * 5 // 4))
-            index.graph.set_num_threads(os.cpu_count() or 1)  # a bulk build may use every core
-            for chunk in self.store.scan_vectors(collection, self.dimension, LOAD_CHUNK):
-                index.put_many(list(zip([image_id for image_id, _ in chunk],
-                                        LearnedWhitening.apply(whitening, np.stack([vector for _, vector in chunk])))))
-            index.graph.set_num_threads(1)
+            built = self._load_from_store(collection, hnsw=True)
             with self._lock(collection):
-                # The hashes are taken over from the replica answering now: they are at a
-                # later position, and replaying events re-reads current state, so it is exact.
-                built = CollectionReplica(index, self._replicas[collection].hashes, seq, stream_id, whitening)
                 self._replicas[collection] = built
-                self.refresh(collection)
-                self._snapshot(collection, built)
-            log.info("collection %s: HNSW index of %d vectors in place", collection, len(index))
+                if self.refresh(collection) is not None:
+                    self._snapshot(collection, built)
+            log.info("collection %s: HNSW index of %d vectors in place", collection, len(built.index))
         except Exception:
             log.exception("HNSW build of %s failed; it stays exact and the build is retried", collection)
 
@@ -453,29 +513,54 @@ class Replicas:
         with self._locks_lock:
             return self._locks.setdefault(collection, threading.Lock())
 
-    def _load(self, collection: str, use_snapshot: bool = True) -> CollectionReplica:
-        replica = self._load_snapshot(collection) if use_snapshot else None
-        if replica is None:
-            replica = self._load_from_store(collection)
-        self._replicas[collection] = replica
-        return replica
+    def _load_from_store(self, collection: str, hnsw: bool = False) -> CollectionReplica:
+        """Scan the collection's vectors in chunks into an exact index (or an HNSW graph), catching up from the
+        change stream after every chunk, so a load converges however long it takes under ingest.
 
-    def _load_from_store(self, collection: str) -> CollectionReplica:
-        """Scan the collection's vectors in chunks, then catch up from the position read first.
-
-        Changes made during the scan may or may not be in it; replaying every event after
-        the position read before it starts makes the result exact either way.
+        The position is read first; changes made during the scan may or may not be in it, and
+        replaying every event after the position (each re-reads the image's current state) makes
+        the result exact either way. Catching up chunk by chunk keeps the replica within the
+        stream's window; if it still falls out of it (or the collection is dropped or gets a new
+        whitening meanwhile), the load starts again.
         """
-        seq, stream_id = self.store.change_position(collection)
-        whitening = self._read_whitening(collection)
-        replica = CollectionReplica(ExactIndex(self._dimension_of(whitening), self.store.count_vectors(collection)),
-                                    HashIndex(self.pdq_min_quality), seq, stream_id, whitening)
-        for chunk in self.store.scan_vectors(collection, self.dimension, LOAD_CHUNK):
-            vectors = replica.to_search_space(np.stack([vector for _, vector in chunk]))
-            for (image_id, _), vector in zip(chunk, vectors):
-                replica.index.put(image_id, vector)
-        replica.hashes = self._load_hashes(collection)
-        return replica
+        while True:
+            seq, stream_id = self.store.change_position(collection)
+            whitening = self._read_whitening(collection)
+            count = self.store.count_vectors(collection)
+            if hnsw:
+                index = HnswIndex(self._dimension_of(whitening), self.hnsw, capacity=max(1024, count * 5 // 4))
+                index.graph.set_num_threads(os.cpu_count() or 1)  # a bulk build may use every core
+            else:
+                index = ExactIndex(self._dimension_of(whitening), count)
+            replica = CollectionReplica(index, HashIndex(self.pdq_min_quality), seq, stream_id, whitening)
+            loaded, complete = 0, True
+            for chunk in self.store.scan_vectors(collection, self.dimension, LOAD_CHUNK):
+                vectors = replica.to_search_space(np.stack([vector for _, vector in chunk]))
+                if hnsw:
+                    index.put_many(list(zip([image_id for image_id, _ in chunk], vectors)))
+                else:
+                    for (image_id, _), vector in zip(chunk, vectors):
+                        index.put(image_id, vector)
+                loaded += len(chunk)
+                self._load_progress[collection] = (loaded, count)
+                if not self._catch_up(collection, replica):
+                    complete = False
+                    break
+            if hnsw:
+                index.graph.set_num_threads(1)
+            if complete:
+                replica.hashes = self._load_hashes(collection)
+                return replica
+
+    def _catch_up(self, collection: str, replica: CollectionReplica) -> bool:
+        """Apply the change events after the replica's position; False when it must be loaded anew."""
+        while True:
+            changes = self.store.changes_since(collection, replica.stream_id, CHANGES_PER_READ)
+            if not changes:
+                return True
+            if not self._follows_on(collection, replica, changes) or any(c.op == "whiten" for c in changes):
+                return False
+            self._apply(collection, replica, changes)
 
     def _read_whitening(self, collection: str) -> LearnedWhitening | None:
         stored = self.store.get_whitening(collection)

@@ -78,6 +78,7 @@ def get_replicas() -> Replicas:
                 snapshot_dir=settings.snapshot_path,
                 snapshot_every_changes=settings.snapshot_every_changes,
                 pdq_min_quality=settings.pdq_min_quality,
+                load_wait_seconds=settings.load_wait_seconds,
             )
         return _replicas
 

@@ -110,13 +110,15 @@ class CheckForm(BaseModel):
 
 class CollectionSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"match_threshold": 0.9, "pdq_max_distance": 31, "kind": "block", "whitening": False}]})
+        {"match_threshold": 0.9, "pdq_max_distance": 31, "kind": "block", "whitening": False, "group": None}]})
     match_threshold: float = Field(0.9, ge=-1, le=1)
     pdq_max_distance: int = Field(31, ge=0, le=256)
     kind: Literal["block", "allow"] = "block"
     whitening: bool = Field(False, description="Search in a PCA-whitened space learned from the collection's own "
                             "vectors (once it holds enough; re-learned as it grows). Changes what scores mean: "
                             "calibrate `match_threshold` again.")
+    group: str | None = Field(None, description="The search group holding the collection (one of "
+                              "`LOOKALIKE_SEARCH_GROUPS`); null: chosen by a stable hash of its name.")
 
 
 class WhiteningSummary(BaseModel):

@@ -186,9 +186,11 @@ def _submit_query(task_name: str, collection: str, *, k: int, min_score: float |
                tags=["collections"], skip_validation=True)
 def put_collection(collection: str):
     """Set a collection's settings: ``match_threshold`` for near-duplicates, ``pdq_max_distance``, ``kind``
-    (block or allow) and ``whitening`` (search in a PCA-whitened space learned from the collection)."""
+    (block or allow), ``whitening`` (search in a PCA-whitened space learned from the collection) and ``group``
+    (the search group holding it; null: chosen by a hash of its name)."""
     collection = validate_collection_name(collection)
-    settings = validate_collection_settings(_json_body("invalid_collection_settings"))
+    settings = validate_collection_settings(_json_body("invalid_collection_settings"),
+                                            _context()["settings"].search_groups)
     _context()["store"].put_collection_settings(collection, settings)
     return jsonify({"collection": collection, "settings": settings})
 

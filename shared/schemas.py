@@ -7,6 +7,7 @@ docs/api.md states the same rules in words.
 import json
 import math
 import re
+import zlib
 from typing import Any
 
 from shared.errors import LookalikeError
@@ -20,6 +21,11 @@ INDEX_QUEUE = "index"
 QUERY_QUEUE = "query"
 WEBHOOK_QUEUE = "webhooks"
 WHITEN_TASK = "lookalike.whiten"  # learns a collection's whitening; started by workers, not by callers
+# The ranking half of a query or check, passed by the worker that computed its vector to the search group
+# holding the collection (queue search.<group>).
+SEARCH_TASK = "lookalike.search"
+SEARCH_QUEUE_PREFIX = "search."
+GROUP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 TASK_QUEUES = {INDEX_TASK: INDEX_QUEUE, QUERY_TASK: QUERY_QUEUE, CHECK_TASK: QUERY_QUEUE, WEBHOOK_TASK: WEBHOOK_QUEUE,
                WHITEN_TASK: INDEX_QUEUE}
 # The tasks callers submit, by the kind their task records show.
@@ -30,7 +36,9 @@ COLLECTION_KINDS = ("block", "allow")
 # match_threshold: CNN cosine at or above which a match is a near-duplicate;
 # pdq_max_distance: PDQ Hamming distance at or below which it is (Meta's suggested 31);
 # whitening: search in a PCA-whitened space learned from the collection's own vectors.
-DEFAULT_COLLECTION_SETTINGS = {"match_threshold": 0.9, "pdq_max_distance": 31, "kind": "block", "whitening": False}
+# group: the search group holding the collection (LOOKALIKE_SEARCH_GROUPS); None: chosen by a hash of its name.
+DEFAULT_COLLECTION_SETTINGS = {"match_threshold": 0.9, "pdq_max_distance": 31, "kind": "block", "whitening": False,
+                               "group": None}
 PDQ_BITS = 256
 
 # --- Matching signals: the CNN vector, the PDQ hash, or both ---------------------------------
@@ -146,9 +154,10 @@ def parse_aligned_array(raw: str | None, length: int, *, code: str, name: str) -
     return value
 
 
-def validate_collection_settings(value: Any) -> dict[str, Any]:
+def validate_collection_settings(value: Any, groups: tuple[str, ...]) -> dict[str, Any]:
     """A complete settings object: ``match_threshold`` (-1 to 1), ``pdq_max_distance`` (0-256),
-    ``kind`` (block or allow) and ``whitening`` (true or false); fields left out take their defaults."""
+    ``kind`` (block or allow), ``whitening`` (true or false) and ``group`` (one of ``groups``, the search
+    groups, or null: by a hash of the name); fields left out take their defaults."""
     problem = None
     if not isinstance(value, dict) or set(value) - set(DEFAULT_COLLECTION_SETTINGS):
         problem = f"Send a JSON object with only {sorted(DEFAULT_COLLECTION_SETTINGS)}."
@@ -163,10 +172,25 @@ def validate_collection_settings(value: Any) -> dict[str, Any]:
             problem = f"'kind' must be one of {list(COLLECTION_KINDS)}."
         elif not isinstance(value["whitening"], bool):
             problem = "'whitening' must be true or false."
+        elif value["group"] is not None and value["group"] not in groups:
+            problem = f"'group' must be null or one of this service's search groups {list(groups)}."
     if problem:
         raise LookalikeError("invalid_collection_settings", problem)
     return {"match_threshold": float(value["match_threshold"]), "pdq_max_distance": value["pdq_max_distance"],
-            "kind": value["kind"], "whitening": value["whitening"]}
+            "kind": value["kind"], "whitening": value["whitening"], "group": value["group"]}
+
+
+def group_of(collection: str, settings: dict[str, Any], groups: tuple[str, ...]) -> str:
+    """The search group holding a collection: the one its settings pin, else one chosen by a stable hash of its
+    name (CRC-32: the same in every process and Python version)."""
+    pinned = settings.get("group")
+    if pinned in groups:
+        return pinned
+    return groups[zlib.crc32(collection.encode()) % len(groups)]
+
+
+def search_queue(group: str) -> str:
+    return f"{SEARCH_QUEUE_PREFIX}{group}"
 
 
 def parse_signals(raw: str | None, default: str) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.outbound import Allowlist
+from shared.schemas import GROUP_NAME
 
 
 class Settings(BaseSettings):
@@ -125,6 +126,11 @@ class Settings(BaseSettings):
     mixed_precision: bool = Field(
         False, description="float16 compute (float32 weights and vectors); for GPUs with tensor cores."
     )
+    search_groups: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("main",), description="The search groups, comma-separated: each has its own queue (`search.<group>`) and "
+        "the search workers started with `--groups` naming it (`python -m worker --role search --groups a,b`) hold "
+        "replicas of its collections only. A collection belongs to the group its `group` setting names, else to "
+        "one chosen by a stable hash of its name. Every API and worker process must list the same groups.")
     heartbeat_seconds: int = Field(10, ge=1, description="How often a worker process announces itself (for /readyz) "
                                    "and renews the leases of its running tasks; one silent for 3 heartbeats is dead, "
                                    "and its tasks are given to other workers.")
@@ -193,6 +199,20 @@ class Settings(BaseSettings):
                                                "it under `LOOKALIKE_VISIBILITY_TIMEOUT_SECONDS`.")
     webhook_timeout_seconds: float = Field(10.0, gt=0, description="Longest one delivery takes, the whole exchange: "
                                            "lookup, connect, TLS, sending and the receiver's answer.")
+
+    @field_validator("search_groups", mode="before")
+    @classmethod
+    def _comma_separated_groups(cls, value):
+        if isinstance(value, str):
+            value = tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("search_groups")
+    @classmethod
+    def _group_names(cls, value):
+        if not value or len(set(value)) != len(value) or not all(GROUP_NAME.fullmatch(name) for name in value):
+            raise ValueError("give one or more different group names of 1-32 characters of a-z, 0-9, '_' and '-'")
+        return value
 
     @field_validator("scales", mode="before")
     @classmethod

@@ -193,6 +193,11 @@ redis.call('DEL', KEYS[2], KEYS[3])
 redis.call('PUBLISH', ARGV[3], ARGV[2])
 return 1
 """
+# KEYS: a lease. ARGV: execution token. Deletes the lease only if that execution holds it.
+RELEASE_LEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 # KEYS: a lease. ARGV: execution token, lease ms. Extends the lease only if that execution still holds it.
 RENEW_LEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -238,6 +243,7 @@ class Store:
         self._put_settings_script = client.register_script(PUT_SETTINGS_LUA)
         self._claim_task_script = client.register_script(CLAIM_TASK_LUA)
         self._renew_lease_script = client.register_script(RENEW_LEASE_LUA)
+        self._release_lease_script = client.register_script(RELEASE_LEASE_LUA)
         self._finish_task_script = client.register_script(FINISH_TASK_LUA)
         self._submit_task_script = client.register_script(SUBMIT_TASK_LUA)
 
@@ -384,6 +390,10 @@ class Store:
         renewed = self._run_scripts([(self._renew_lease_script, [keys.task_lease(task_id)],
                                       [execution, int(lease_seconds * 1000)]) for task_id, execution in leases.items()])
         return [task_id for task_id, held in zip(leases, renewed) if not held]
+
+    def release_lease(self, task_id: str, execution: str) -> None:
+        """Give up the task's lease, if ``execution`` holds it (the task's next stage claims it then)."""
+        self._release_lease_script(keys=[keys.task_lease(task_id)], args=[execution])
 
     def holds_lease(self, task_id: str, execution: str) -> bool:
         """Whether ``execution`` still holds the task's lease (checked right before an execution writes)."""

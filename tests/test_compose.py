@@ -91,7 +91,7 @@ def worker_roles() -> set[str]:
     tree = ast.parse((REPO / "worker" / "runtime.py").read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and any(getattr(target, "id", None) == "ROLES" for target in node.targets):
-            return {key.value for key in node.value.keys}
+            return {element.value for element in node.value.elts}
     raise AssertionError("worker/runtime.py defines no ROLES")
 
 

@@ -51,6 +51,16 @@ def test_one_execution_holds_a_task_at_a_time(store):
     assert store.claim_task("never-submitted", "x", "worker-b", lease_seconds=30) == "missing"
 
 
+def test_a_released_lease_lets_the_next_stage_claim_the_task(store):
+    task = submitted(store)
+    assert store.claim_task(task, "embed", "worker-a", lease_seconds=30) == "claimed"
+    store.release_lease(task, "someone-else")  # not theirs: nothing happens
+    assert store.claim_task(task, "search", "worker-b", lease_seconds=30) == "busy"
+    store.release_lease(task, "embed")  # passed on to its search group
+    assert store.claim_task(task, "search", "worker-b", lease_seconds=30) == "claimed"
+    assert store.get_task(task)["attempts"] == 2 and store.get_task(task)["state"] == "running"
+
+
 def test_a_lapsed_lease_passes_the_task_on_and_fences_the_stalled_execution(store):
     task = submitted(store)
     assert store.claim_task(task, "stalled", "worker-a", lease_seconds=0.2) == "claimed"

@@ -35,11 +35,11 @@ def banned(api, collection):
 def test_settings_default_and_update(api, banned):
     collection, _ = banned
     assert api.http.get(api.url(f"/v1/collections/{collection}")).json()["settings"] == {
-        "match_threshold": 0.9, "pdq_max_distance": 31, "kind": "block", "whitening": False}
+        "match_threshold": 0.9, "pdq_max_distance": 31, "kind": "block", "whitening": False, "group": None}
     response = api.http.put(api.url(f"/v1/collections/{collection}"), json={"match_threshold": 0.8, "kind": "allow"})
     assert response.status_code == 200
     assert response.json()["settings"] == {"match_threshold": 0.8, "pdq_max_distance": 31, "kind": "allow",
-                                           "whitening": False}
+                                           "whitening": False, "group": None}
     assert api.http.get(api.url(f"/v1/collections/{collection}")).json()["settings"]["kind"] == "allow"
 
 

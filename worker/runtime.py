@@ -7,7 +7,7 @@ import threading
 import time
 
 from shared.images import PixelBudget
-from shared.schemas import INDEX_QUEUE, QUERY_QUEUE, WEBHOOK_QUEUE
+from shared.schemas import INDEX_QUEUE, QUERY_QUEUE, WEBHOOK_QUEUE, search_queue
 from shared.settings import get_settings
 from shared.store import Store, utc_now
 from worker.delivery import HELD, LEASES, restore_orphans, return_stranded
@@ -25,23 +25,42 @@ _decode_budget: PixelBudget | None = None
 
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 
-# What this process does (``python -m worker --role``): the queues it consumes, and whether it holds the model.
-ROLES = {
-    "all": (INDEX_QUEUE, QUERY_QUEUE),  # VGG16: index, query and check tasks (and whitening, on the index queue)
-    "webhooks": (WEBHOOK_QUEUE,),  # webhook deliveries only: no model, so slow receivers never hold model threads
-}
+# What a process does (``python -m worker --role``). The model's roles compute vectors and hashes (index,
+# query and check tasks; whitening on the index queue); the search roles hold replicas of their groups'
+# collections and rank queries against them (queues search.<group>); ``all`` is both, in one process.
+ROLES = ("all", "embed", "search", "webhooks")
 _role = "all"
+_groups: tuple[str, ...] = ()  # the search groups this process serves
 
 
-def set_role(role: str) -> None:
-    global _role
+def set_role(role: str, groups: tuple[str, ...] | None = None) -> None:
+    """This process's role, and for ``search`` and ``all`` the groups it serves (default: every group)."""
+    global _role, _groups
     if role not in ROLES:
         raise ValueError(f"unknown worker role {role!r}; one of {', '.join(ROLES)}")
+    known = get_settings().search_groups
+    if groups is not None and (role not in ("search", "all") or set(groups) - set(known)):
+        raise ValueError(f"--groups goes with --role search or all, and names groups of {', '.join(known)}")
     _role = role
+    _groups = (groups or known) if role in ("search", "all") else ()
+
+
+def role_queues() -> tuple[str, ...]:
+    """The queues this process consumes."""
+    searching = tuple(search_queue(group) for group in _groups)
+    return {"all": (INDEX_QUEUE, QUERY_QUEUE, *searching), "embed": (INDEX_QUEUE, QUERY_QUEUE),
+            "search": searching, "webhooks": (WEBHOOK_QUEUE,)}[_role]
 
 
 def role_holds_model() -> bool:
-    return _role != "webhooks"
+    return _role in ("all", "embed")
+
+
+def serves_group(group: str) -> bool:
+    """Whether this process holds the replicas of ``group`` (then it ranks that group's queries itself)."""
+    return group in _groups
+
+
 RANDOM_WEIGHTS_WARNING = (
     "This worker uses RANDOM weights (LOOKALIKE_WEIGHTS=random): scores only show that pixels are alike, "
     "not what images depict. For tests and offline smoke runs only."

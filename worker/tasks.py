@@ -1,8 +1,10 @@
 """The index, query and check tasks, each keeping its own outcome in its task record (shared.store),
 and the learning of a collection's whitening, which workers start themselves."""
 
+import base64
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -26,13 +28,16 @@ from shared.schemas import (
     FAILED,
     INDEX_TASK,
     QUERY_TASK,
+    SEARCH_TASK,
     SUCCEEDED,
     WHITEN_TASK,
+    group_of,
+    search_queue,
     matches_filter,
     verdict,
 )
 from shared.settings import get_settings
-from shared.store import REDIS_UNAVAILABLE, VECTOR_DTYPE, StoredWhitening, utc_now
+from shared.store import REDIS_UNAVAILABLE, VECTOR_DTYPE, Descriptor, StoredWhitening, encode_vector, utc_now
 from worker.batcher import QUERY_PRIORITY
 from worker import metrics
 from worker.celery_app import app
@@ -48,6 +53,7 @@ from worker.runtime import (
     get_replicas,
     get_store,
     liveness_seconds,
+    serves_group,
 )
 from worker.webhooks import schedule_webhook
 
@@ -88,16 +94,14 @@ def index_image(task_id: str, collection: str, image_id: str, metadata: dict, ur
 def query_image(task_id: str, collection: str, k: int, min_score: float | None = None,
                 filter: dict | None = None, by_vector: bool = False,  # noqa: A002 - the API's name
                 signals: tuple[str, ...] = (CNN,), url: str | None = None, expand: int = 0) -> None:
-    def query() -> dict:
-        info, settings = _collection(collection)
+    def embed() -> dict | object:
+        info, _ = _collection(collection)
         _learn_whitening_when_due(collection, info)
         probe = _probe(task_id, url, info, by_vector, signals, expand)
-        matches, whitened = _ranked_matches(collection, info, probe, settings, k, min_score, filter or {})
-        near_duplicate = bool(matches) and matches[0]["near_duplicate"]
-        return {"matches": matches, "verdict": verdict(settings["kind"], near_duplicate), **settings,
-                "whitened": whitened, "expand": expand, **probe.report()} | _model_labels()
+        request = {"kind": "query", "collection": collection, "k": k, "min_score": min_score, "filter": filter or {}}
+        return _rank_or_pass_on(task_id, request, probe, _model_labels())
 
-    _run(task_id, query)
+    _run(task_id, embed)
 
 
 @app.task(name=CHECK_TASK)
@@ -105,21 +109,88 @@ def check_image(task_id: str, collection: str, k: int = 1, min_score: float | No
                 filter: dict | None = None, by_vector: bool = False,  # noqa: A002 - the API's name
                 signals: tuple[str, ...] = (CNN, PDQ), allow_collections: list[str] | None = None,
                 url: str | None = None) -> None:
-    def check() -> dict:
-        info, settings = _collection(collection)
+    def embed() -> dict | object:
+        info, _ = _collection(collection)
         _learn_whitening_when_due(collection, info)
         probe = _probe(task_id, url, info, by_vector, signals)
-        matches, whitened = _ranked_matches(collection, info, probe, settings, 1, None, filter or {})
+        request = {"kind": "check", "collection": collection, "filter": filter or {},
+                   "allow_collections": allow_collections or []}
+        return _rank_or_pass_on(task_id, request, probe, _model_labels())
+
+    _run(task_id, embed)
+
+
+@app.task(name=SEARCH_TASK)
+def search_task(task_id: str, request: dict, probe: dict, labels: dict, state: dict | None = None) -> None:
+    """The ranking half of a query or check, in the search group holding the collection it needs next."""
+    _run(task_id, lambda: _rank_or_pass_on(task_id, request, Probe.from_message(probe), labels, state))
+
+
+# What a task's work returns when the task's next stage, in another process, finishes it.
+HANDED_OFF = object()
+
+
+@dataclass
+class PassOn:
+    """Ranking needs a collection this process does not hold: the group that does, and what was found so far."""
+
+    group: str
+    state: dict | None
+
+
+def _rank_or_pass_on(task_id: str, request: dict, probe: "Probe", labels: dict,
+                     state: dict | None = None) -> dict | object:
+    """Rank here as far as this process holds the collections needed; pass the rest on to the search group
+    holding the next one (a ``lookalike.search`` task on its queue), which finishes the task."""
+    ranked = _rank(request, probe, labels, state)
+    if isinstance(ranked, PassOn):
+        search_task.apply_async(kwargs={"task_id": task_id, "request": request, "probe": probe.to_message(),
+                                        "labels": labels, "state": ranked.state},
+                                task_id=f"{task_id}-search-{uuid.uuid4().hex[:8]}", queue=search_queue(ranked.group))
+        return HANDED_OFF
+    return ranked
+
+
+def _group_of(collection: str, settings: dict) -> str:
+    return group_of(collection, settings, get_settings().search_groups)
+
+
+def _rank(request: dict, probe: "Probe", labels: dict, state: dict | None) -> dict | PassOn:
+    """A query's or check's result, or where to go on when the next collection it needs is held elsewhere.
+
+    A check ranks its collection, then -- when the verdict would be ``block`` -- its allow
+    collections one by one until one holds a near-duplicate; ``state`` carries what was
+    found so far from one group to the next.
+    """
+    collection = request["collection"]
+    if state is None:
+        info, settings = _collection(collection)
+        if not serves_group(_group_of(collection, settings)):
+            return PassOn(_group_of(collection, settings), None)
+        if request["kind"] == "query":
+            matches, whitened = _ranked_matches(collection, info, probe, settings, request["k"], request["min_score"],
+                                                request["filter"])
+            near_duplicate = bool(matches) and matches[0]["near_duplicate"]
+            return {"matches": matches, "verdict": verdict(settings["kind"], near_duplicate), **settings,
+                    "whitened": whitened, "expand": probe.expand, **probe.report()} | labels
+        matches, whitened = _ranked_matches(collection, info, probe, settings, 1, None, request["filter"])
         best = next(iter(matches), None)
         near_duplicate = best is not None and best["near_duplicate"]
         outcome = verdict(settings["kind"], near_duplicate)
-        allow_match = _allow_match(probe, allow_collections or []) if outcome == "block" else None
-        if allow_match is not None:  # a known-good image overrides the block list: moderation's false-positive control
-            outcome = "allow"
-        return {"verdict": outcome, "near_duplicate": near_duplicate, "best_match": best, "allow_match": allow_match,
-                **settings, "whitened": whitened, **probe.report()} | _model_labels()
-
-    _run(task_id, check)
+        state = {"best_match": best, "near_duplicate": near_duplicate, "verdict": outcome, "settings": settings,
+                 "whitened": whitened, "allow_left": request["allow_collections"] if outcome == "block" else [],
+                 "allow_match": None}
+    while state["allow_left"] and state["allow_match"] is None:
+        # A known-good image overrides the block list: moderation's false-positive control.
+        allow_collection = state["allow_left"][0]
+        info, settings = _collection(allow_collection)
+        if not serves_group(_group_of(allow_collection, settings)):
+            return PassOn(_group_of(allow_collection, settings), state)
+        state["allow_left"] = state["allow_left"][1:]
+        state["allow_match"] = _allow_match(allow_collection, info, settings, probe, labels)
+    return {"verdict": "allow" if state["allow_match"] else state["verdict"], "near_duplicate": state["near_duplicate"],
+            "best_match": state["best_match"], "allow_match": state["allow_match"], **state["settings"],
+            "whitened": state["whitened"], **probe.report()} | labels
 
 
 @app.task(name=WHITEN_TASK)
@@ -182,6 +253,19 @@ class Probe:
     def report(self) -> dict:
         """What a result says about its own inputs."""
         return {"signals": list(self.signals), "pdq_quality": None if self.pdq is None else self.pdq.quality}
+
+    def to_message(self) -> dict:
+        """The probe as a task message carries it (JSON) to a search group."""
+        return {"vector": None if self.vector is None else base64.b64encode(encode_vector(self.vector)).decode(),
+                "pdq": None if self.pdq is None else self.pdq.encode().hex(), "requested": list(self.requested),
+                "expand": self.expand}
+
+    @classmethod
+    def from_message(cls, message: dict) -> "Probe":
+        vector = None if message["vector"] is None else np.frombuffer(base64.b64decode(message["vector"]),
+                                                                      dtype=VECTOR_DTYPE)
+        pdq = None if message["pdq"] is None else PdqHash.decode(bytes.fromhex(message["pdq"]))
+        return cls(vector, pdq, tuple(message["requested"]), message["expand"])
 
 
 def _probe(task_id: str, url: str | None, info: dict | None, by_vector: bool, signals: tuple[str, ...],
@@ -309,18 +393,14 @@ def _fill_cnn_scores(collection: str, probe: Probe, candidates: dict[str, dict],
             match["score"] = round(score, 6)
 
 
-def _allow_match(probe: Probe, allow_collections: list[str]) -> dict | None:
-    """The first near-duplicate found in the caller's allow collections (each by its own settings), if any."""
-    for allow_collection in allow_collections:
-        info, settings = _collection(allow_collection)
-        if info is None:
-            continue
-        if CNN in probe.signals:
-            _check_descriptor(info, get_extractor().descriptor)
-        best = next(iter(_ranked_matches(allow_collection, info, probe, settings, 1, None, {})[0]), None)
-        if best is not None and best["near_duplicate"]:
-            return {"collection": allow_collection, **best}
-    return None
+def _allow_match(allow_collection: str, info: dict | None, settings: dict, probe: "Probe", labels: dict) -> dict | None:
+    """A near-duplicate of the probe in one allow collection (by its own settings), if it holds one."""
+    if info is None:
+        return None
+    if CNN in probe.signals:
+        _check_descriptor(info, Descriptor(labels["model"], len(probe.vector), labels["weights"]))
+    best = next(iter(_ranked_matches(allow_collection, info, probe, settings, 1, None, {})[0]), None)
+    return {"collection": allow_collection, **best} if best is not None and best["near_duplicate"] else None
 
 
 def _collection(collection: str) -> tuple[dict | None, dict]:
@@ -423,6 +503,10 @@ def _run_once(task_id: str, execution: str, work: Callable[[], dict[str, Any]], 
     except Exception:
         log.exception("task %s failed unexpectedly", task_id)
         error = LookalikeError("internal_error", "The worker failed unexpectedly; see its log.", {"task_id": task_id})
+    if error is None and result is HANDED_OFF:  # its next stage, elsewhere, finishes it
+        store.release_lease(task_id, execution)
+        log.info("task %s passed on to its search group after %.1f ms", task_id, 1000 * (time.perf_counter() - started))
+        return
     outcome = {"result": result} if error is None else {"error": error.to_dict()}
     if not store.finish_task(task_id, FAILED if error else SUCCEEDED, execution=_running_under.get(), **outcome):
         log.warning("task %s: another execution ran it while this one stalled; its outcome stands", task_id)

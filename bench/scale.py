@@ -2,8 +2,16 @@
 
     make bench                       # or: .venv/bin/python bench/scale.py [--sizes 1000000] [--json]
 
-So far: PDQ search within Meta's distance (31 bits) over 100,000 and 1,000,000 hashes, one
-thread, as the replica does it --
+1. Search-process memory by group: two collections of --group-vectors vectors each, held
+   by one search process (one group holding both) and by two (a group each): resident
+   memory per process, each in a fresh process.
+2. A cold load of --load-vectors vectors while images are written at --ingest-rate per
+   second, with a change stream kept to --stream-length events: a thread tails the stream
+   during the load and its changes are applied between chunks, so the load converges
+   although more is written during it than the stream keeps; the replica is then compared
+   with the store.
+3. PDQ search within Meta's distance (31 bits) over 100,000 and 1,000,000 hashes, one
+   thread, as the replica does it --
 
 - through the replica's multi-index hash table (worker.pdq.HashIndex), after its build,
   and with a sixteenth of the hashes written since the build (checked one by one, the most
@@ -20,10 +28,13 @@ the scan's. A ``goals`` object says which goals hold.
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import statistics
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +44,10 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.search import COLLECTION, DESCRIPTOR, DIMENSION, WRITE_CHUNK, clustered_vectors, resident_bytes  # noqa: E402
+from shared.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
+from shared.settings import Settings  # noqa: E402
+from shared.store import Store  # noqa: E402
 from worker.pdq import HashIndex, PdqHash  # noqa: E402
 
 RADIUS = 31  # Meta's suggested PDQ match distance, the collections' default
@@ -124,9 +139,122 @@ def measure_pdq(size: int, queries_count: int, seed: int) -> dict:
     }
 
 
+# --- 1. Memory by group -----------------------------------------------------------------------------
+
+
+def write_collection(store: Store, collection: str, vectors: np.ndarray, prefix: str = "v") -> None:
+    for start in range(0, len(vectors), WRITE_CHUNK):
+        store.save_images(collection, [(f"{prefix}/{n}", vectors[n], {}, None, None)
+                                       for n in range(start, min(len(vectors), start + WRITE_CHUNK))], DESCRIPTOR)
+
+
+def holding_child(redis_url: str, collections: list[str], results) -> None:
+    """A search process holding ``collections``: its resident memory before and after loading them."""
+    from threadpoolctl import threadpool_limits
+
+    from worker.replica import Replicas
+
+    threadpool_limits(limits=1, user_api="blas")
+    replicas = Replicas(Store.from_settings(Settings(redis_url=redis_url)), DIMENSION, load_wait_seconds=3600)
+    probe = np.ones(DIMENSION, dtype=np.float32) / np.sqrt(DIMENSION)
+    replicas.search("warm-up", probe, 1)
+    before = resident_bytes()
+    held = sum(replicas.search(collection, probe, 1).searched for collection in collections)
+    results.put({"vectors": held, "resident_mb": round((resident_bytes() - before) / 2**20)})
+
+
+def in_a_process(target, *args) -> dict:
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    child = context.Process(target=target, args=(*args, results))
+    child.start()
+    figures = results.get()
+    child.join()
+    return figures
+
+
+def measure_groups(count: int, folder: Path) -> dict:
+    with EmbeddedRedis(folder / "groups", free_port()) as server:
+        store = Store.from_settings(Settings(redis_url=server.url))
+        for number, collection in enumerate(("alpha", "beta")):
+            write_collection(store, collection, clustered_vectors(count, seed=number))
+        one_group = in_a_process(holding_child, server.url, ["alpha", "beta"])
+        two_groups = [in_a_process(holding_child, server.url, [collection]) for collection in ("alpha", "beta")]
+    return {"vectors_per_collection": count, "one_group_holding_both": one_group, "a_group_each": two_groups,
+            "largest_of_two_over_one": round(max(group["resident_mb"] for group in two_groups)
+                                            / one_group["resident_mb"], 2)}
+
+
+# --- 2. A cold load under ingest ------------------------------------------------------------------------
+
+
+def measure_load_under_ingest(count: int, rate: float, stream_length: int, folder: Path) -> dict:
+    with EmbeddedRedis(folder / "load", free_port()) as server:
+        plain = Store.from_settings(Settings(redis_url=server.url))
+        store = Store(plain.redis, 3600, 3600, stream_length)
+        write_collection(store, COLLECTION, clustered_vectors(count, seed=3))
+        fresh = clustered_vectors(50_000, seed=4)
+        stop, written = threading.Event(), [0]
+
+        def ingest() -> None:  # --ingest-rate writes a second, new images and deletes, until the load is done
+            started = time.perf_counter()
+            while not stop.is_set():
+                number = written[0]
+                if number % 10 == 9:
+                    store.delete_image(COLLECTION, f"v/{number}")
+                else:
+                    store.save_image(COLLECTION, f"new/{number}", fresh[number % len(fresh)], {}, DESCRIPTOR)
+                written[0] += 1
+                time.sleep(max(0.0, started + written[0] / rate - time.perf_counter()))
+
+        writer = threading.Thread(target=ingest, daemon=True)
+        writer.start()
+        context = multiprocessing.get_context("spawn")
+        results, writer_stopped = context.Queue(), context.Event()
+        child = context.Process(target=loaded_replica_child, args=(server.url, stream_length, writer_stopped, results))
+        child.start()
+        figures = results.get() | {"written_during_load": written[0]}
+        stop.set()
+        writer.join()
+        writer_stopped.set()
+        held_ids = results.get()
+        figures["exact_after_load"] = held_ids == sorted(
+            image_id for chunk in store.scan_vectors(COLLECTION, DIMENSION, 10_000) for image_id, _ in chunk)
+        child.join()
+    return {"vectors": count, "stream_length": stream_length, "ingest_per_s": rate, **figures}
+
+
+def loaded_replica_child(redis_url: str, stream_length: int, writer_stopped, results) -> None:
+    """Load the collection (one search, which waits for the load) and report; once the writer has stopped, catch
+    up and report the ids the replica holds."""
+    import logging
+
+    from threadpoolctl import threadpool_limits
+
+    from worker.replica import Replicas
+
+    threadpool_limits(limits=1, user_api="blas")
+    reloads = []
+    logging.getLogger("worker.replica").addHandler(type("Count", (logging.Handler,), {
+        "emit": lambda self, record: reloads.append(record) if "reloading" in record.getMessage() else None})())
+    store = Store(Store.from_settings(Settings(redis_url=redis_url)).redis, 3600, 3600, stream_length)
+    replicas = Replicas(store, DIMENSION, load_wait_seconds=3600, exact_max=10**12)  # the load alone, no HNSW build
+    probe = np.ones(DIMENSION, dtype=np.float32) / np.sqrt(DIMENSION)
+    started = time.perf_counter()
+    held = replicas.search(COLLECTION, probe, 1).searched
+    results.put({"load_s": round(time.perf_counter() - started, 2), "reloads": len(reloads), "vectors_held": held})
+    writer_stopped.wait()
+    every = replicas.search(COLLECTION, probe, 10**7)  # catch up with the last writes: then every vector it holds
+    results.put(sorted(image_id for image_id, _ in every.matches))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Lookalike scale-out benchmark")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="PDQ hashes")
+    parser.add_argument("--group-vectors", type=int, default=200_000, help="vectors in each of two collections")
+    parser.add_argument("--load-vectors", type=int, default=1_000_000)
+    parser.add_argument("--ingest-rate", type=float, default=500.0, help="writes per second during the load")
+    parser.add_argument("--stream-length", type=int, default=2_000, help="change events kept during the load")
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true")
@@ -134,6 +262,14 @@ def main() -> None:
 
     results = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
                           f"{round(psutil.virtual_memory().total / 2**30)} GiB", "pdq": []}
+    with tempfile.TemporaryDirectory() as folder:
+        results["groups"] = measure_groups(args.group_vectors, Path(folder))
+        if not args.json:
+            print(json.dumps({"groups": results["groups"]}), flush=True)
+        results["load_under_ingest"] = measure_load_under_ingest(args.load_vectors, args.ingest_rate,
+                                                                 args.stream_length, Path(folder))
+        if not args.json:
+            print(json.dumps({"load_under_ingest": results["load_under_ingest"]}), flush=True)
     for size in args.sizes:
         results["pdq"].append(measure_pdq(size, args.queries, args.seed))
         if not args.json:
@@ -143,6 +279,11 @@ def main() -> None:
         f"PDQ radius-31 p50 <= {PDQ_GOAL_MS:g} ms at {largest['hashes']} hashes, one thread":
             largest["index"]["p50_ms"] <= PDQ_GOAL_MS and largest["index_with_fresh_hashes"]["p50_ms"] <= PDQ_GOAL_MS,
         "PDQ index answers exactly as the scan": all(entry["index"]["same_answers_as_scan"] for entry in results["pdq"]),
+        "a group's process holds its share (largest of two groups <= 0.6 x one holding both)":
+            results["groups"]["largest_of_two_over_one"] <= 0.6,
+        "a cold load converges under ingest beyond the stream's window, exact, without reloading":
+            results["load_under_ingest"]["exact_after_load"] and results["load_under_ingest"]["reloads"] == 0
+            and results["load_under_ingest"]["written_during_load"] > results["load_under_ingest"]["stream_length"],
     }
     print(json.dumps(results, indent=2) if args.json else json.dumps(results["goals"], indent=2))
 

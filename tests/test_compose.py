@@ -72,6 +72,17 @@ def test_workers_are_pinned_one_per_gpu():
     assert len(reserved) == len(set(reserved)), "two workers reserve the same GPU"
 
 
+def test_the_roles_profile_runs_an_embed_worker_per_gpu_and_search_workers_without_one():
+    embed, search = SERVICES["embed"], SERVICES["search"]
+    assert embed["profiles"] == search["profiles"] == ["roles"]
+    assert embed["command"] == [*WORKER_COMMAND, "--role", "embed"] and search["command"] == [*WORKER_COMMAND, "--role", "search"]
+    assert embed["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert "deploy" not in search  # no GPU: search processes never load the model
+    groups = {spec["environment"]["LOOKALIKE_SEARCH_GROUPS"] for name, spec in APP_SERVICES.items()
+              if name in ("api", "worker", "embed", "search")}
+    assert len(groups) == 1, "every process must list the same search groups"
+
+
 def test_redis_persists_and_never_evicts():
     redis = SERVICES["redis"]
     command = " ".join(redis["command"])

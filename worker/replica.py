@@ -252,6 +252,56 @@ class CollectionReplica:
         return LearnedWhitening.apply(self.whitening, vectors)
 
 
+class StreamTail(threading.Thread):
+    """Reads a collection's change events as they come, from a position on, into memory -- for a load, which
+    applies them between chunks: the stream's window then need only outlast one read, not the load."""
+
+    POLL_SECONDS = 0.01  # between reads when the stream has nothing new
+
+    def __init__(self, store: Store, collection: str, seq: int, stream_id: str):
+        super().__init__(name=f"tail-{collection}", daemon=True)
+        self.store, self.collection = store, collection
+        self.seq, self.stream_id = seq, stream_id
+        self._changes: list[Change] = []
+        self._broken = False  # events were trimmed before they were read (or lost in a failover)
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                changes = self.store.changes_since(self.collection, self.stream_id, CHANGES_PER_READ)
+            except Exception:  # noqa: BLE001 - Redis away: the load itself fails and is tried again
+                log.warning("tailing the changes of %s failed", self.collection, exc_info=True)
+                changes = None
+                self._stopped.wait(1)
+            if not changes:
+                self._stopped.wait(self.POLL_SECONDS)
+                continue
+            with self._lock:
+                if changes[0].seq != self.seq + 1:
+                    self._broken = True
+                    return
+                self._changes += changes
+                self.seq, self.stream_id = changes[-1].seq, changes[-1].stream_id
+
+    def take(self) -> list[Change] | None:
+        """The changes read since the last take, oldest first; None once some were missed."""
+        with self._lock:
+            if self._broken:
+                return None
+            taken, self._changes = self._changes, []
+            return taken
+
+    def __enter__(self) -> "StreamTail":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stopped.set()
+        self.join()
+
+
 class Replicas:
     """Every collection this worker has searched, each refreshed before each search."""
 
@@ -514,14 +564,16 @@ class Replicas:
             return self._locks.setdefault(collection, threading.Lock())
 
     def _load_from_store(self, collection: str, hnsw: bool = False) -> CollectionReplica:
-        """Scan the collection's vectors in chunks into an exact index (or an HNSW graph), catching up from the
-        change stream after every chunk, so a load converges however long it takes under ingest.
+        """Scan the collection's vectors in chunks into an exact index (or an HNSW graph) while a thread tails the
+        change stream, and apply what it read after every chunk -- so a load converges however long it takes
+        under ingest.
 
         The position is read first; changes made during the scan may or may not be in it, and
         replaying every event after the position (each re-reads the image's current state) makes
-        the result exact either way. Catching up chunk by chunk keeps the replica within the
-        stream's window; if it still falls out of it (or the collection is dropped or gets a new
-        whitening meanwhile), the load starts again.
+        the result exact either way. The tail reads the events as they come (an XRANGE every few
+        milliseconds), so the stream's window need only outlast a moment, not a chunk, let alone
+        the load. If the tail still falls out of the window (or the collection is dropped or gets
+        a new whitening meanwhile), the load starts again.
         """
         while True:
             seq, stream_id = self.store.change_position(collection)
@@ -534,23 +586,38 @@ class Replicas:
                 index = ExactIndex(self._dimension_of(whitening), count)
             replica = CollectionReplica(index, HashIndex(self.pdq_min_quality), seq, stream_id, whitening)
             loaded, complete = 0, True
-            for chunk in self.store.scan_vectors(collection, self.dimension, LOAD_CHUNK):
-                vectors = replica.to_search_space(np.stack([vector for _, vector in chunk]))
-                if hnsw:
-                    index.put_many(list(zip([image_id for image_id, _ in chunk], vectors)))
-                else:
-                    for (image_id, _), vector in zip(chunk, vectors):
-                        index.put(image_id, vector)
-                loaded += len(chunk)
-                self._load_progress[collection] = (loaded, count)
-                if not self._catch_up(collection, replica):
-                    complete = False
-                    break
+            with StreamTail(self.store, collection, seq, stream_id) as tail:
+                for chunk in self.store.scan_vectors(collection, self.dimension, LOAD_CHUNK):
+                    vectors = replica.to_search_space(np.stack([vector for _, vector in chunk]))
+                    if hnsw:
+                        index.put_many(list(zip([image_id for image_id, _ in chunk], vectors)))
+                    else:
+                        for (image_id, _), vector in zip(chunk, vectors):
+                            index.put(image_id, vector)
+                    loaded += len(chunk)
+                    self._load_progress[collection] = (loaded, count)
+                    if not self._apply_tail(collection, replica, tail):
+                        complete = False
+                        break
+                complete = complete and self._apply_tail(collection, replica, tail)
             if hnsw:
                 index.graph.set_num_threads(1)
             if complete:
                 replica.hashes = self._load_hashes(collection)
                 return replica
+
+    def _apply_tail(self, collection: str, replica: CollectionReplica, tail: "StreamTail") -> bool:
+        """Apply what the tail has read since; False when the load must start again."""
+        changes = tail.take()
+        if changes is None:
+            log.warning("the load of %s fell out of its change stream's window; loading again", collection)
+            return False
+        if any(change.op in ("drop", "whiten") for change in changes):
+            log.info("collection %s was dropped or whitened anew during its load; loading again", collection)
+            return False
+        if changes:
+            self._apply(collection, replica, changes)
+        return True
 
     def _catch_up(self, collection: str, replica: CollectionReplica) -> bool:
         """Apply the change events after the replica's position; False when it must be loaded anew."""

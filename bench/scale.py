@@ -10,7 +10,10 @@
    during the load and its changes are applied between chunks, so the load converges
    although more is written during it than the stream keeps; the replica is then compared
    with the store.
-3. PDQ search within Meta's distance (31 bits) over 100,000 and 1,000,000 hashes, one
+3. A snapshot of an HNSW replica of --snapshot-vectors vectors written while queries run:
+   query latency idle, during a write under the collection's lock in the process (as it
+   was: hnswlib's save holds the GIL), and during the service's forked write.
+4. PDQ search within Meta's distance (31 bits) over 100,000 and 1,000,000 hashes, one
    thread, as the replica does it --
 
 - through the replica's multi-index hash table (worker.pdq.HashIndex), after its build,
@@ -248,6 +251,81 @@ def loaded_replica_child(redis_url: str, stream_length: int, writer_stopped, res
     results.put(sorted(image_id for image_id, _ in every.matches))
 
 
+# --- 3. A snapshot written with queries running --------------------------------------------------------------
+
+
+def snapshot_child(redis_url: str, snapshot_dir: str, queries: np.ndarray, results) -> None:
+    """An HNSW replica; query latency idle, while a snapshot is written the old way (under the collection's lock,
+    in this process) and the service's way (a forked copy writes it)."""
+    from threadpoolctl import threadpool_limits
+
+    from worker.replica import Replicas
+
+    threadpool_limits(limits=1, user_api="blas")
+    store = Store.from_settings(Settings(redis_url=redis_url))
+    replicas = Replicas(store, DIMENSION, exact_max=0, snapshot_dir=Path(snapshot_dir),
+                        snapshot_every_changes=10**12, load_wait_seconds=3600)
+    started = time.perf_counter()
+    replicas.search(COLLECTION, queries[0], 10)
+    replicas.wait_for_builds()  # the graph, and its first snapshot
+    build_s = time.perf_counter() - started
+
+    def latencies(until=None, count=None) -> list[float]:
+        timings = []
+        for number in range(10**9):
+            if (until is not None and until()) or (count is not None and number >= count):
+                return timings
+            query = queries[number % len(queries)]
+            begun = time.perf_counter()
+            replicas.search(COLLECTION, query, 10)
+            timings.append(time.perf_counter() - begun)
+
+    idle = latencies(count=300)
+    replica = replicas._replicas[COLLECTION]
+    done = threading.Event()
+
+    def old_way() -> None:  # hnswlib's save under the collection's lock, in this process (it holds the GIL)
+        begun = time.perf_counter()
+        with replicas._lock(COLLECTION):
+            replica.index.save(Path(snapshot_dir) / "old-way", replica.position, None)
+        results_old["save_s"] = time.perf_counter() - begun
+        done.set()
+
+    results_old: dict = {}
+    writer = threading.Thread(target=old_way)
+    writer.start()
+    during_old = latencies(until=done.is_set)
+    writer.join()
+
+    begun = time.perf_counter()
+    with replicas._lock(COLLECTION):
+        replicas._snapshot(COLLECTION, replica)  # forks a copy that writes it
+    fork_ms = (time.perf_counter() - begun) * 1000
+    during_new = latencies(until=lambda: ("snapshot", COLLECTION) not in replicas._background)
+    new_s = time.perf_counter() - begun
+
+    def figures(timings: list[float]) -> dict:
+        return {"queries": len(timings), "p50_ms": round(1000 * float(np.percentile(timings, 50)), 2),
+                "p99_ms": round(1000 * float(np.percentile(timings, 99)), 2),
+                "max_ms": round(1000 * max(timings), 1)} if timings else {"queries": 0}
+
+    results.put({"hnsw_build_s": round(build_s, 1), "idle": figures(idle),
+                 "during_a_snapshot_under_the_lock": figures(during_old) | {"save_s": round(results_old["save_s"], 2)},
+                 "during_a_forked_snapshot": figures(during_new) | {"fork_ms": round(fork_ms, 1),
+                                                                    "written_s": round(new_s, 2)}})
+
+
+def measure_snapshot(count: int, folder: Path) -> dict:
+    with EmbeddedRedis(folder / "snapshot", free_port()) as server:
+        store = Store.from_settings(Settings(redis_url=server.url))
+        vectors = clustered_vectors(count, seed=5)
+        write_collection(store, COLLECTION, vectors)
+        rng = np.random.default_rng(6)
+        queries = vectors[rng.integers(count, size=300)]
+        figures = in_a_process(snapshot_child, server.url, str(folder / "snapshots"), queries)
+    return {"vectors": count, **figures}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Lookalike scale-out benchmark")
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="PDQ hashes")
@@ -255,6 +333,7 @@ def main() -> None:
     parser.add_argument("--load-vectors", type=int, default=1_000_000)
     parser.add_argument("--ingest-rate", type=float, default=500.0, help="writes per second during the load")
     parser.add_argument("--stream-length", type=int, default=2_000, help="change events kept during the load")
+    parser.add_argument("--snapshot-vectors", type=int, default=1_000_000, help="vectors in the snapshotted graph")
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true")
@@ -270,6 +349,9 @@ def main() -> None:
                                                                  args.stream_length, Path(folder))
         if not args.json:
             print(json.dumps({"load_under_ingest": results["load_under_ingest"]}), flush=True)
+        results["snapshot"] = measure_snapshot(args.snapshot_vectors, Path(folder))
+        if not args.json:
+            print(json.dumps({"snapshot": results["snapshot"]}), flush=True)
     for size in args.sizes:
         results["pdq"].append(measure_pdq(size, args.queries, args.seed))
         if not args.json:
@@ -281,6 +363,9 @@ def main() -> None:
         "PDQ index answers exactly as the scan": all(entry["index"]["same_answers_as_scan"] for entry in results["pdq"]),
         "a group's process holds its share (largest of two groups <= 0.6 x one holding both)":
             results["groups"]["largest_of_two_over_one"] <= 0.6,
+        "queries during a snapshot keep their usual latency (p99 <= 2 x idle + 5 ms)":
+            results["snapshot"]["during_a_forked_snapshot"].get("p99_ms", float("inf"))
+            <= 2 * results["snapshot"]["idle"]["p99_ms"] + 5,
         "a cold load converges under ingest beyond the stream's window, exact, without reloading":
             results["load_under_ingest"]["exact_after_load"] and results["load_under_ingest"]["reloads"] == 0
             and results["load_under_ingest"]["written_during_load"] > results["load_under_ingest"]["stream_length"],

@@ -2,6 +2,7 @@
 
 import logging
 import threading
+import time
 import uuid
 
 import numpy as np
@@ -325,7 +326,50 @@ def test_snapshots_are_renewed_after_enough_changes(store, name, tmp_path):
     replicas.wait_for_builds()
     fill(store, name, clustered(12, seed=14), prefix="more")
     replicas.search(name, probe, 5)
+    replicas.wait_for_builds()  # snapshots are written in the background
     assert [p.name for p in (tmp_path / name).iterdir()] == [f"{112:015d}"]  # the older one is gone
+
+
+def test_queries_go_on_while_a_snapshot_is_written(store, name, tmp_path, monkeypatch):
+    """A snapshot is written by a forked copy of the process, so a query never waits for it (hnswlib's save
+    holds the GIL); changes made meanwhile are in the live replica, and in the next snapshot."""
+    fill(store, name, clustered(200, seed=20))
+    replicas = Replicas(store, DIMENSION, exact_max=50, snapshot_dir=tmp_path / "snapshots", snapshot_every_changes=10)
+    probe = clustered(1, seed=21)[0]
+    replicas.search(name, probe, 5)
+    replicas.wait_for_builds()  # an HNSW replica, and its first snapshot
+    started, release = tmp_path / "writing", tmp_path / "release"  # files: the writer is another process
+    save = HnswIndex.save
+
+    def slow_save(index, *args):  # a snapshot that takes as long as the test says
+        started.touch()
+        deadline = time.monotonic() + 60
+        while not release.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        save(index, *args)
+
+    monkeypatch.setattr(HnswIndex, "save", slow_save)
+    fill(store, name, clustered(12, seed=22), prefix="more")  # past snapshot_every_changes: the next one starts
+    replicas.search(name, probe, 5)
+    deadline = time.monotonic() + 30
+    while not started.exists():
+        assert time.monotonic() < deadline, "no snapshot started"
+        time.sleep(0.01)
+    # While it is written: puts, replacements and deletes, each seen by the next query, none waiting for the write.
+    store.save_image(name, "new", probe, {}, DESCRIPTOR)
+    store.save_image(name, "v/1", -probe, {}, DESCRIPTOR)
+    store.delete_image(name, "v/2")
+    answered = []
+    asker = threading.Thread(target=lambda: answered.append(replicas.search(name, probe, 300).matches))
+    asker.start()
+    asker.join(30)
+    assert answered, "a query waited for the snapshot"
+    assert_same_ranking(answered[0], exact_ranking(store, name, probe))
+    release.touch()
+    replicas.wait_for_builds()
+    assert [p.name for p in (tmp_path / "snapshots" / name).iterdir()] == [f"{212:015d}"]  # the frozen graph's
+    restarted = Replicas(store, DIMENSION, exact_max=50, snapshot_dir=tmp_path / "snapshots")
+    assert_same_ranking(restarted.search(name, probe, 300).matches, exact_ranking(store, name, probe))
 
 
 # --- Whitening and query expansion ----------------------------------------------------------------

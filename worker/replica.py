@@ -77,6 +77,13 @@ class ExactIndex:
     def __len__(self) -> int:
         return len(self._rows)
 
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self._rows.rows
+
+    def items(self):
+        """Every ``(id, vector)`` held."""
+        return zip(self._rows.ids, self._rows.matrix)
+
     @property
     def vectors(self) -> np.ndarray:
         return self._rows.matrix
@@ -122,6 +129,9 @@ class HnswIndex:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self.labels
 
     def put(self, image_id: str, vector: np.ndarray) -> None:
         label = self.labels.get(image_id)
@@ -672,10 +682,42 @@ class Replicas:
             shutil.rmtree(self.snapshot_dir / collection, ignore_errors=True)
 
     def _snapshot(self, collection: str, replica: CollectionReplica) -> None:
+        """Write a snapshot of an HNSW replica from a forked copy of this process (call with the collection's
+        lock held), as Redis writes its RDB file: the fork takes milliseconds, the child writes the graph as it
+        was from its copy-on-write pages and exits, and this process goes on answering and changing the graph.
+
+        (hnswlib's save holds the GIL throughout -- a second at 200,000 vectors -- so a thread
+        would stop every query meanwhile. The child touches nothing but the graph and files: no
+        TensorFlow, no CUDA, no logging, whose locks another thread may have held at the fork.)
+        """
         if self.snapshot_dir is None or not isinstance(replica.index, HnswIndex):
             return
-        replica.index.save(self.snapshot_dir / collection, replica.position, LearnedWhitening.label(replica.whitening))
+        with self._locks_lock:
+            if ("snapshot", collection) in self._background:
+                return  # one being written: the next one after more changes
+        folder, position = self.snapshot_dir / collection, replica.position
+        label = LearnedWhitening.label(replica.whitening)
+        started = time.perf_counter()
+        child = os.fork()
+        if child == 0:  # the copy: write, and leave without running anything of the parent's
+            try:
+                replica.index.save(folder, position, label)
+                os._exit(0)
+            except BaseException:  # noqa: BLE001 - the parent logs the exit status
+                os._exit(1)
         replica.changes_since_snapshot = 0
+        self._start_background("snapshot", collection,
+                               lambda name: self._await_snapshot(name, child, position, started))
+
+    @staticmethod
+    def _await_snapshot(collection: str, child: int, position: dict, started: float) -> None:
+        _, status = os.waitpid(child, 0)
+        if os.waitstatus_to_exitcode(status) == 0:
+            log.info("collection %s: snapshot at change %d written in %.1f s", collection, position["seq"],
+                     time.perf_counter() - started)
+        else:
+            log.error("writing a snapshot of %s failed (exit status %d); the next one is tried after more changes",
+                      collection, os.waitstatus_to_exitcode(status))
 
     def _apply(self, collection: str, replica: CollectionReplica, changes: list[Change]) -> None:
         # Read each changed image's current vector and hash once. They may be newer than the

@@ -30,6 +30,7 @@ the scan's. A ``goals`` object says which goals hold.
 """
 
 import argparse
+import itertools
 import json
 import multiprocessing
 import os
@@ -54,6 +55,7 @@ from shared.store import Store  # noqa: E402
 from worker.pdq import HashIndex, PdqHash  # noqa: E402
 
 RADIUS = 31  # Meta's suggested PDQ match distance, the collections' default
+OTHER_COLLECTION, OTHER_VECTORS = "other", 20_000  # held by the loading process: queried during the load
 PDQ_GOAL_MS = 3.0  # issue 14: radius-31 search p50 at 1,000,000 hashes, one thread
 
 
@@ -188,6 +190,13 @@ def measure_groups(count: int, folder: Path) -> dict:
                                             / one_group["resident_mb"], 2)}
 
 
+def latency_figures(timings_ms: list[float]) -> dict:
+    """Count, p50, p99 and max of query times in milliseconds."""
+    return {"queries": len(timings_ms), "p50_ms": round(float(np.percentile(timings_ms, 50)), 2),
+            "p99_ms": round(float(np.percentile(timings_ms, 99)), 2),
+            "max_ms": round(max(timings_ms), 1)} if timings_ms else {"queries": 0}
+
+
 # --- 2. A cold load under ingest ------------------------------------------------------------------------
 
 
@@ -196,6 +205,7 @@ def measure_load_under_ingest(count: int, rate: float, stream_length: int, folde
         plain = Store.from_settings(Settings(redis_url=server.url))
         store = Store(plain.redis, 3600, 3600, stream_length)
         write_collection(store, COLLECTION, clustered_vectors(count, seed=3))
+        write_collection(store, OTHER_COLLECTION, clustered_vectors(OTHER_VECTORS, seed=5))
         fresh = clustered_vectors(50_000, seed=4)
         stop, written = threading.Event(), [0]
 
@@ -243,9 +253,33 @@ def loaded_replica_child(redis_url: str, stream_length: int, writer_stopped, res
     store = Store(Store.from_settings(Settings(redis_url=redis_url)).redis, 3600, 3600, stream_length)
     replicas = Replicas(store, DIMENSION, load_wait_seconds=3600, exact_max=10**12)  # the load alone, no HNSW build
     probe = np.ones(DIMENSION, dtype=np.float32) / np.sqrt(DIMENSION)
-    started = time.perf_counter()
-    held = replicas.search(COLLECTION, probe, 1).searched
-    results.put({"load_s": round(time.perf_counter() - started, 2), "reloads": len(reloads), "vectors_held": held})
+    queries = clustered_vectors(200, seed=6)
+
+    def other_collection_ms(during: threading.Thread | None = None) -> list[float]:
+        """Queries to a collection this process already holds: 200 of them, or as many as run during ``during``."""
+        timings = []
+        for number in itertools.count():
+            if (during is None and number == len(queries)) or (during is not None and not during.is_alive()):
+                return timings
+            started = time.perf_counter()
+            replicas.search(OTHER_COLLECTION, queries[number % len(queries)], 10)
+            timings.append((time.perf_counter() - started) * 1000)
+
+    other_collection_ms()  # loaded, warm
+    idle = other_collection_ms()
+    loaded = {}
+
+    def load() -> None:
+        started = time.perf_counter()
+        loaded["vectors_held"] = replicas.search(COLLECTION, probe, 1).searched
+        loaded["load_s"] = round(time.perf_counter() - started, 2)
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    during = other_collection_ms(during=loader)
+    loader.join()
+    results.put(loaded | {"reloads": len(reloads), "queries_to_another_collection": {
+        "vectors": OTHER_VECTORS, "idle": latency_figures(idle), "during_the_load": latency_figures(during)}})
     writer_stopped.wait()
     every = replicas.search(COLLECTION, probe, 10**7)  # catch up with the last writes: then every vector it holds
     results.put(sorted(image_id for image_id, _ in every.matches))
@@ -305,9 +339,7 @@ def snapshot_child(redis_url: str, snapshot_dir: str, queries: np.ndarray, resul
     new_s = time.perf_counter() - begun
 
     def figures(timings: list[float]) -> dict:
-        return {"queries": len(timings), "p50_ms": round(1000 * float(np.percentile(timings, 50)), 2),
-                "p99_ms": round(1000 * float(np.percentile(timings, 99)), 2),
-                "max_ms": round(1000 * max(timings), 1)} if timings else {"queries": 0}
+        return latency_figures([seconds * 1000 for seconds in timings])
 
     results.put({"hnsw_build_s": round(build_s, 1), "idle": figures(idle),
                  "during_a_snapshot_under_the_lock": figures(during_old) | {"save_s": round(results_old["save_s"], 2)},

@@ -589,6 +589,7 @@ class Replicas:
             seq, stream_id = self.store.change_position(collection)
             whitening = self._read_whitening(collection)
             count = self.store.count_vectors(collection)
+            self._load_progress[collection] = (0, count)
             if hnsw:
                 index = HnswIndex(self._dimension_of(whitening), self.hnsw, capacity=max(1024, count * 5 // 4))
                 index.graph.set_num_threads(os.cpu_count() or 1)  # a bulk build may use every core

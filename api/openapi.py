@@ -119,6 +119,10 @@ class CollectionSettings(BaseModel):
                             "calibrate `match_threshold` again.")
     group: str | None = Field(None, description="The search group holding the collection (one of "
                               "`LOOKALIKE_SEARCH_GROUPS`); null: chosen by a stable hash of its name.")
+    buckets: int = Field(1, ge=1, le=1024, description="How many buckets the collection's images are spread "
+                         "over (by a hash of their id), each in a Redis Cluster slot of its own. Fixed when the "
+                         "collection is first written: another count is `409 buckets_fixed`. Left out of a PUT: "
+                         "the collection keeps its count.")
 
 
 class WhiteningSummary(BaseModel):

@@ -182,7 +182,7 @@ def _submit_query(task_name: str, collection: str, *, k: int, min_score: float |
 
 
 @blueprint.put("/v1/collections/<collection>")
-@spec.validate(json=CollectionSettings, resp=responses({"HTTP_200": CollectionSettingsAnswer}, 400, 413),
+@spec.validate(json=CollectionSettings, resp=responses({"HTTP_200": CollectionSettingsAnswer}, 400, 409, 413),
                tags=["collections"], skip_validation=True)
 def put_collection(collection: str):
     """Set a collection's settings: ``match_threshold`` for near-duplicates, ``pdq_max_distance``, ``kind``
@@ -191,8 +191,8 @@ def put_collection(collection: str):
     collection = validate_collection_name(collection)
     settings = validate_collection_settings(_json_body("invalid_collection_settings"),
                                             _context()["settings"].search_groups)
-    _context()["store"].put_collection_settings(collection, settings)
-    return jsonify({"collection": collection, "settings": settings})
+    buckets = _context()["store"].put_collection_settings(collection, settings)
+    return jsonify({"collection": collection, "settings": settings | {"buckets": buckets}})
 
 
 @blueprint.post("/v1/collections/<collection>/vectors")

@@ -47,6 +47,7 @@ CATALOGUE: dict[str, int] = {
     "method_not_allowed": 405,
     # Conflicts with stored state (409).
     "descriptor_mismatch": 409,
+    "buckets_fixed": 409,  # another bucket count for a collection that has one
     "descriptor_unknown": 409,
     "idempotency_key_in_progress": 409,
     # Size limits (413) and media type (415).

@@ -7,16 +7,17 @@ heartbeats, the consumers and their held sets). ``<...>`` marks a variable part.
 
   lookalike:collections                    set    names of collections written (an index for listings;
                                                   updated outside the scripts, may name a dropped one)
-  lookalike:col:{<c>}:vectors              hash   image id -> 512 float32, little-endian (2 KiB)
-  lookalike:col:{<c>}:images               hash   image id -> JSON {"metadata", "indexed_at"}
-  lookalike:col:{<c>}:pdq                  hash   image id -> PDQ hash (32 bytes) and its quality (1 byte)
-  lookalike:col:{<c>}:thumbs               hash   image id -> a small JPEG of the image (for the web page)
+  lookalike:col:{<p>}:vectors              hash   image id -> 512 float32, little-endian (2 KiB)
+  lookalike:col:{<p>}:images               hash   image id -> JSON {"metadata", "indexed_at"}
+  lookalike:col:{<p>}:pdq                  hash   image id -> PDQ hash (32 bytes) and its quality (1 byte)
+  lookalike:col:{<p>}:thumbs               hash   image id -> a small JPEG of the image (for the web page)
+  lookalike:col:{<p>}:changes              stream change events (put/del of an id, drop, whiten), for replicas
+  lookalike:col:{<p>}:seq                  string number of the last change event (detects trimmed gaps)
   lookalike:col:{<c>}:descriptor           hash   model, dimension and weights of its vectors
-  lookalike:col:{<c>}:settings             string JSON of the collection's settings (match threshold, kind)
+  lookalike:col:{<c>}:settings             string JSON of the collection's settings (match threshold, kind, ...)
   lookalike:col:{<c>}:whitening            hash   its learned PCA-whitening: mean, projection, when and from what
+  lookalike:col:{<c>}:buckets              string its number of buckets: fixed by its first write (or settings)
   lookalike:col:{<c>}:whitening:claim      string held (with a TTL) while a worker learns the whitening
-  lookalike:col:{<c>}:changes              stream change events (put/del of an id, drop, whiten), for replicas
-  lookalike:col:{<c>}:seq                  string number of the last change event (detects trimmed gaps)
   lookalike:task:{<task>}                  hash   the task resource served by GET /v1/tasks/{id}
   lookalike:task:{<task>}:upload           string uploaded image bytes, until the worker has them
   lookalike:task:{<task>}:lease            string token of the execution running the task (TTL, renewed while it runs)
@@ -30,8 +31,15 @@ heartbeats, the consumers and their held sets). ``<...>`` marks a variable part.
   lookalike:reaper                         string held (TTL) by the process restoring messages of dead workers
   lookalike:apikeys                        hash   key id -> JSON of an API key (secret hashed)
 
-Collection names never hold braces (shared.schemas.COLLECTION_NAME), nor do task ids (uuid4 hex).
+``<p>`` is a *part* of a collection: the collection's name ``<c>`` when it has one bucket (the
+default), else ``<c>/<bucket>`` for each of its buckets, an image's bucket fixed by its id
+(:func:`bucket_of`). Each part is a hash tag of its own, with its own change stream: a sharded
+collection's buckets spread over a cluster's nodes. The collection-level keys stay under ``{<c>}``.
+
+Collection names never hold braces or "/" (shared.schemas.COLLECTION_NAME), nor do task ids (uuid4 hex).
 """
+
+import zlib
 
 PREFIX = "lookalike"
 
@@ -49,21 +57,61 @@ def _collection(collection: str) -> str:
     return f"{PREFIX}:col:{{{collection}}}"
 
 
-def collection_vectors(collection: str) -> str:
-    return f"{_collection(collection)}:vectors"
+# --- Parts: where a collection's images live --------------------------------------------------------
+
+def part(collection: str, bucket: int, buckets: int) -> str:
+    """The part holding one bucket of a collection of ``buckets`` buckets (the collection itself for one)."""
+    return collection if buckets == 1 else f"{collection}/{bucket}"
 
 
-def collection_images(collection: str) -> str:
-    return f"{_collection(collection)}:images"
+def parts(collection: str, buckets: int) -> list[str]:
+    """Every part of a collection of ``buckets`` buckets, in bucket order."""
+    return [part(collection, bucket, buckets) for bucket in range(buckets)]
 
 
-def collection_pdq(collection: str) -> str:
-    return f"{_collection(collection)}:pdq"
+def collection_of(part_name: str) -> str:
+    """The collection a part belongs to."""
+    return part_name.split("/", 1)[0]
 
 
-def collection_thumbnails(collection: str) -> str:
-    return f"{_collection(collection)}:thumbs"
+def bucket_of(image_id: str, buckets: int) -> int:
+    """An image's bucket: CRC-32 of its id, so the same for every process and every release. The bucket count
+    of a collection never changes while it holds images: no id is ever rehashed."""
+    return zlib.crc32(image_id.encode()) % buckets
 
+
+def part_of(collection: str, image_id: str, buckets: int) -> str:
+    return part(collection, bucket_of(image_id, buckets), buckets)
+
+
+# --- Keys of a part (a collection's images) ---------------------------------------------------------
+
+
+def collection_vectors(part_name: str) -> str:
+    return f"{_collection(part_name)}:vectors"
+
+
+def collection_images(part_name: str) -> str:
+    return f"{_collection(part_name)}:images"
+
+
+def collection_pdq(part_name: str) -> str:
+    return f"{_collection(part_name)}:pdq"
+
+
+def collection_thumbnails(part_name: str) -> str:
+    return f"{_collection(part_name)}:thumbs"
+
+
+def collection_changes(part_name: str) -> str:
+    return f"{_collection(part_name)}:changes"
+
+
+def collection_change_seq(part_name: str) -> str:
+    return f"{_collection(part_name)}:seq"
+
+
+# --- Keys of the collection as a whole ------------------------------------------------------------
 
 def collection_descriptor(collection: str) -> str:
     return f"{_collection(collection)}:descriptor"
@@ -77,16 +125,12 @@ def collection_whitening(collection: str) -> str:
     return f"{_collection(collection)}:whitening"
 
 
+def collection_buckets(collection: str) -> str:
+    return f"{_collection(collection)}:buckets"
+
+
 def collection_whitening_claim(collection: str) -> str:
     return f"{_collection(collection)}:whitening:claim"
-
-
-def collection_changes(collection: str) -> str:
-    return f"{_collection(collection)}:changes"
-
-
-def collection_change_seq(collection: str) -> str:
-    return f"{_collection(collection)}:seq"
 
 
 def _task(task_id: str) -> str:
@@ -126,8 +170,9 @@ ALL_KEYS_PATTERN = f"{PREFIX}:*"
 
 
 def collection_keys_pattern(collection: str) -> str:
-    """A SCAN pattern matching every key of one collection (Redis' glob treats braces as plain characters)."""
-    return f"{_collection(collection)}:*"
+    """A SCAN pattern matching every key of one collection, its buckets' too (Redis' glob treats braces as plain
+    characters: ``[}/]`` is the closing brace of ``{<c>}`` or the slash of ``{<c>/<bucket>}``)."""
+    return f"{PREFIX}:col:{{{collection}[}}/]*"
 
 
 # The names of the layout before hash tags (until issue 14), for shared.migrate_keys only.

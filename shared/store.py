@@ -72,8 +72,10 @@ class Change:
 
 
 # Run atomically inside Redis: an image's records, the change counter and the change event
-# are written together or not at all. KEYS: vectors, images, seq, changes, pdq, thumbs, descriptor -- all of one
-# collection, so of one hash slot (nothing global: the collections registry is written after, by Store).
+# are written together or not at all. KEYS: vectors, images, seq, changes, pdq, thumbs -- all of one part of
+# a collection, so of one hash slot (nothing global: the collections registry is written after, by Store) --
+# and the descriptor when the part is the whole collection (one bucket: the same slot); a collection of
+# several buckets has its descriptor checked apart, first (CLAIM_COLLECTION_LUA).
 # Events carry only the id: a replica reads the current vector, so events stay small.
 # ARGV: id, vector, record (first write), stream length, model, dimension, weights, pdq, thumbnail, task,
 # record (replacement). ARGV[10] names the index task writing (empty: none). A task run again after a crash
@@ -87,13 +89,15 @@ if ARGV[10] ~= '' then
     if readable and record['task'] == ARGV[10] then return {'ok', record['replaced'] and 1 or 0} end
   end
 end
-local stored = redis.call('HMGET', KEYS[7], 'model', 'dimension', 'weights')
-if stored[1] then
-  if stored[1] ~= ARGV[5] or stored[2] ~= ARGV[6] or stored[3] ~= ARGV[7] then
-    return {'mismatch', stored[1], stored[2], stored[3]}
+if KEYS[7] then
+  local stored = redis.call('HMGET', KEYS[7], 'model', 'dimension', 'weights')
+  if stored[1] then
+    if stored[1] ~= ARGV[5] or stored[2] ~= ARGV[6] or stored[3] ~= ARGV[7] then
+      return {'mismatch', stored[1], stored[2], stored[3]}
+    end
+  else
+    redis.call('HSET', KEYS[7], 'model', ARGV[5], 'dimension', ARGV[6], 'weights', ARGV[7])
   end
-else
-  redis.call('HSET', KEYS[7], 'model', ARGV[5], 'dimension', ARGV[6], 'weights', ARGV[7])
 end
 local replaced = redis.call('HEXISTS', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -104,7 +108,26 @@ local seq = redis.call('INCR', KEYS[3])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'seq', seq, 'op', 'put', 'id', ARGV[1])
 return {'ok', replaced}
 """
-# KEYS: vectors, images, seq, changes, pdq, thumbs.
+# KEYS: the collection's descriptor and bucket count. ARGV: model, dimension, weights. Before a save: the
+# descriptor is set (first write) or must match, and the bucket count is fixed (1 unless settings chose
+# another). Returns {'ok', buckets} or {'mismatch', model, dimension, weights}.
+CLAIM_COLLECTION_LUA = """
+local buckets = redis.call('GET', KEYS[2])
+if not buckets then
+  buckets = '1'
+  redis.call('SET', KEYS[2], buckets)
+end
+local stored = redis.call('HMGET', KEYS[1], 'model', 'dimension', 'weights')
+if stored[1] then
+  if stored[1] ~= ARGV[1] or stored[2] ~= ARGV[2] or stored[3] ~= ARGV[3] then
+    return {'mismatch', stored[1], stored[2], stored[3]}
+  end
+else
+  redis.call('HSET', KEYS[1], 'model', ARGV[1], 'dimension', ARGV[2], 'weights', ARGV[3])
+end
+return {'ok', buckets}
+"""
+# KEYS: vectors, images, seq, changes, pdq, thumbs (of one part).
 DELETE_IMAGE_LUA = """
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HDEL', KEYS[2], ARGV[1])
@@ -116,40 +139,63 @@ return 1
 """
 
 
-# KEYS: vectors, images, seq, changes, pdq, thumbs, descriptor, settings, whitening. ARGV: stream length. The
-# change counter and stream survive, with a "drop" event: replicas see it and start again from empty. UNLINK:
-# the memory of a large collection is freed in the background, not inside the script.
+# KEYS: vectors, images, seq, changes, pdq, thumbs of one part, then (one bucket: the same slot) the collection's
+# descriptor, settings, whitening and bucket count. ARGV: stream length. The change counter and stream survive,
+# with a "drop" event: replicas see it and start again from empty. UNLINK: the memory of a large collection is
+# freed in the background, not inside the script.
 DROP_COLLECTION_LUA = """
 local images = redis.call('HLEN', KEYS[1])
-redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9])
+redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[5], KEYS[6], unpack(KEYS, 7))
 local seq = redis.call('INCR', KEYS[3])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[1], '*', 'seq', seq, 'op', 'drop', 'id', '')
 return images
 """
 
-# KEYS: seq, changes, whitening, descriptor, settings. Writes a learned whitening (ARGV[3:]: field,
-# value pairs) with a "whiten" event, unless the collection's descriptor is no longer the one it was
-# learned from (ARGV[2]) or whitening was turned off meanwhile: then nothing (returns 0).
+# KEYS: whitening, descriptor, settings, then (one bucket: the same slot) the collection's seq and changes.
+# Writes a learned whitening (ARGV[3:]: field, value pairs), with a "whiten" event where its stream was given
+# (a collection of several buckets gets one in each bucket's stream after, APPEND_EVENT_LUA), unless the
+# collection's descriptor is no longer the one it was learned from (ARGV[2]) or whitening was turned off
+# meanwhile: then nothing (returns 0).
 SAVE_WHITENING_LUA = """
-if redis.call('HGET', KEYS[4], 'model') ~= ARGV[2] then return 0 end
-local settings = redis.call('GET', KEYS[5])
+if redis.call('HGET', KEYS[2], 'model') ~= ARGV[2] then return 0 end
+local settings = redis.call('GET', KEYS[3])
 if not settings or not cjson.decode(settings)['whitening'] then return 0 end
-redis.call('DEL', KEYS[3])
-redis.call('HSET', KEYS[3], unpack(ARGV, 3))
-local seq = redis.call('INCR', KEYS[1])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'seq', seq, 'op', 'whiten', 'id', '')
-return 1
-"""
-# KEYS: settings, seq, changes, whitening. ARGV: settings (JSON), whitening wanted ('0'/'1'), stream length.
-# New settings; turning whitening off forgets the learned one, with a "whiten" event so replicas search
-# unwhitened again.
-PUT_SETTINGS_LUA = """
-redis.call('SET', KEYS[1], ARGV[1])
-if ARGV[2] == '0' and redis.call('DEL', KEYS[4]) == 1 then
-  local seq = redis.call('INCR', KEYS[2])
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'seq', seq, 'op', 'whiten', 'id', '')
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+if KEYS[5] then
+  local seq = redis.call('INCR', KEYS[4])
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[1], '*', 'seq', seq, 'op', 'whiten', 'id', '')
 end
 return 1
+"""
+# KEYS: seq, changes of one part. ARGV: stream length, op. A change event of the whole collection ("whiten")
+# in one bucket's stream.
+APPEND_EVENT_LUA = """
+local seq = redis.call('INCR', KEYS[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'seq', seq, 'op', ARGV[2], 'id', '')
+return 1
+"""
+# KEYS: settings, whitening, bucket count, vectors of the collection as one bucket, then (one bucket: the same
+# slot) its seq and changes. ARGV: settings (JSON), whitening wanted ('0'/'1'), stream length, buckets wanted
+# ('': as they are). New settings; a bucket count other than the one fixed (by an earlier write, or by images
+# already stored in one bucket) changes nothing and returns {'fixed', buckets}. Turning whitening off forgets
+# the learned one, with a "whiten" event where the stream was given: returns {'ok', 1} then.
+PUT_SETTINGS_LUA = """
+if ARGV[4] ~= '' then
+  local buckets = redis.call('GET', KEYS[3])
+  if not buckets and redis.call('HLEN', KEYS[4]) > 0 then buckets = '1' end
+  if buckets and buckets ~= ARGV[4] then return {'fixed', buckets} end
+  redis.call('SET', KEYS[3], ARGV[4])
+end
+redis.call('SET', KEYS[1], ARGV[1])
+if ARGV[2] == '0' and redis.call('DEL', KEYS[2]) == 1 then
+  if KEYS[6] then
+    local seq = redis.call('INCR', KEYS[5])
+    redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[3], '*', 'seq', seq, 'op', 'whiten', 'id', '')
+  end
+  return {'ok', 1}
+end
+return {'ok', 0}
 """
 
 
@@ -237,6 +283,8 @@ class Store:
         self.upload_ttl = upload_ttl_seconds
         self.change_stream_length = change_stream_length
         self._save_script = client.register_script(SAVE_IMAGE_LUA)
+        self._claim_collection_script = client.register_script(CLAIM_COLLECTION_LUA)
+        self._append_event_script = client.register_script(APPEND_EVENT_LUA)
         self._delete_script = client.register_script(DELETE_IMAGE_LUA)
         self._drop_script = client.register_script(DROP_COLLECTION_LUA)
         self._save_whitening_script = client.register_script(SAVE_WHITENING_LUA)
@@ -316,7 +364,7 @@ class Store:
         slot, or every primary when no collection is named (refusing when any is full)."""
         if not self.cluster:
             return [self.redis.info("memory")]
-        if collection is not None:
+        if collection is not None and self.buckets(collection) == 1:  # (several buckets: on many nodes)
             node = self.redis.get_node_from_key(keys.collection_vectors(collection))
             return [self.redis.info("memory", target_nodes=node)]
         return list(self.redis.info("memory", target_nodes=self.redis.PRIMARIES).values())
@@ -471,12 +519,18 @@ class Store:
         """:meth:`save_image` for many ``(id, vector, metadata, pdq, thumbnail)`` in one round trip (each
         written atomically); returns how many replaced."""
         indexed_at = utc_now()
-        calls = []
-        change_keys = [*self._change_keys(collection), keys.collection_descriptor(collection)]
-        written_by = {"task": task_id} if task_id else {}
-        for image_id, vector, metadata, pdq, thumbnail in images:
+        for _, vector, *_ in images:
             if vector.shape != (descriptor.dimension,):
                 raise ValueError(f"vector shape {vector.shape} does not match dimension {descriptor.dimension}")
+        if not images:
+            return 0
+        buckets = self._claim_collection(collection, descriptor)
+        calls = []
+        written_by = {"task": task_id} if task_id else {}
+        for image_id, vector, metadata, pdq, thumbnail in images:
+            change_keys = self._change_keys(keys.part_of(collection, image_id, buckets))
+            if buckets == 1:  # the descriptor is checked again with the write (a drop may come between)
+                change_keys.append(keys.collection_descriptor(collection))
             record = {"metadata": metadata, "indexed_at": indexed_at, **written_by}
             first, replacement = (json.dumps(record | ({"replaced": replaced} if task_id else {}))
                                   for replaced in (False, True))
@@ -489,33 +543,70 @@ class Store:
         # racing this save relies on it (drop_collection).
         try:
             outcomes = self._run_scripts(calls)
+            if buckets > 1:
+                # A drop between the claim and the writes removed the descriptor and bucket count: claimed again,
+                # the images just written stay in buckets the collection counts.
+                self._claim_collection(collection, descriptor)
         except Exception:
-            if calls:
-                with contextlib.suppress(redis.exceptions.RedisError):
-                    self.redis.sadd(keys.COLLECTIONS, collection)
+            with contextlib.suppress(redis.exceptions.RedisError):
+                self.redis.sadd(keys.COLLECTIONS, collection)
             raise
-        if calls:
-            self.redis.sadd(keys.COLLECTIONS, collection)
+        self.redis.sadd(keys.COLLECTIONS, collection)
         mismatch = next((outcome for outcome in outcomes if outcome[0] == b"mismatch"), None)
         if mismatch is not None:  # the descriptor is checked by the first write, so nothing was written
-            stored = {"model": mismatch[1].decode(), "dimension": mismatch[2].decode(), "weights": mismatch[3].decode()}
-            raise LookalikeError(
-                "descriptor_mismatch",
-                "This collection holds vectors of another descriptor (model, pooling, input or weights), which "
-                "never mix with these; index into a new collection, or re-index this one: drop it "
-                "(DELETE /v1/collections/{collection}) and index its images again.",
-                {"collection": stored, "worker": descriptor.to_mapping()},
-            )
+            self._refuse_descriptor(mismatch, descriptor)
         return sum(int(outcome[1]) for outcome in outcomes)
 
+    def _claim_collection(self, collection: str, descriptor: Descriptor) -> int:
+        """Check (or set) the collection's descriptor and fix its bucket count; the bucket count."""
+        outcome = self._claim_collection_script(
+            keys=[keys.collection_descriptor(collection), keys.collection_buckets(collection)],
+            args=[descriptor.model, descriptor.dimension, descriptor.weights])
+        if outcome[0] == b"mismatch":
+            self._refuse_descriptor(outcome, descriptor)
+        return int(outcome[1])
+
+    @staticmethod
+    def _refuse_descriptor(mismatch: list, descriptor: Descriptor) -> None:
+        stored = {"model": mismatch[1].decode(), "dimension": mismatch[2].decode(), "weights": mismatch[3].decode()}
+        raise LookalikeError(
+            "descriptor_mismatch",
+            "This collection holds vectors of another descriptor (model, pooling, input or weights), which "
+            "never mix with these; index into a new collection, or re-index this one: drop it "
+            "(DELETE /v1/collections/{collection}) and index its images again.",
+            {"collection": stored, "worker": descriptor.to_mapping()},
+        )
+
+    # --- Buckets ----------------------------------------------------------------------------------
+
+    def buckets(self, collection: str) -> int:
+        """The collection's number of buckets (1 until a write or its settings fix it)."""
+        return int(self.redis.get(keys.collection_buckets(collection)) or 1)
+
+    def parts(self, collection: str) -> list[str]:
+        """The parts holding the collection's images (shared.keys): the collection itself, or one per bucket."""
+        return keys.parts(collection, self.buckets(collection))
+
+    def _part_of(self, collection: str, image_id: str) -> str:
+        return keys.part_of(collection, image_id, self.buckets(collection))
+
+    def _by_part(self, collection: str, image_ids: list[str]) -> dict[str, list[int]]:
+        """The positions in ``image_ids`` of the ids of each part holding some."""
+        buckets = self.buckets(collection)
+        positions: dict[str, list[int]] = {}
+        for position, image_id in enumerate(image_ids):
+            positions.setdefault(keys.part_of(collection, image_id, buckets), []).append(position)
+        return positions
+
     def get_thumbnail(self, collection: str, image_id: str) -> bytes | None:
-        return self.redis.hget(keys.collection_thumbnails(collection), image_id)
+        return self.redis.hget(keys.collection_thumbnails(self._part_of(collection, image_id)), image_id)
 
     def get_image(self, collection: str, image_id: str) -> dict[str, Any] | None:
         """An image's metadata and when it was indexed, plus its PDQ hash (hex) and quality where it has one."""
+        part = self._part_of(collection, image_id)
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hget(keys.collection_images(collection), image_id)
-        pipe.hget(keys.collection_pdq(collection), image_id)
+        pipe.hget(keys.collection_images(part), image_id)
+        pipe.hget(keys.collection_pdq(part), image_id)
         raw, pdq = pipe.execute()
         if raw is None:
             return None
@@ -527,7 +618,8 @@ class Store:
 
     def delete_image(self, collection: str, image_id: str) -> bool:
         """Remove vector and metadata and record a change event, atomically; False if there was no such image."""
-        return bool(self._delete_script(keys=self._change_keys(collection), args=[image_id, self.change_stream_length]))
+        return bool(self._delete_script(keys=self._change_keys(self._part_of(collection, image_id)),
+                                        args=[image_id, self.change_stream_length]))
 
     def drop_collection(self, collection: str) -> int:
         """Delete every image, hash, thumbnail and setting of a collection at once; returns how many images.
@@ -541,9 +633,15 @@ class Store:
         interleave in, a collection left holding images stays registered; at worst the registry names a
         collection that is gone, which listings and :meth:`collection_info` pass over.
         """
-        drop_keys = [*self._change_keys(collection), keys.collection_descriptor(collection),
-                     keys.collection_settings(collection), keys.collection_whitening(collection)]
-        images = int(self._drop_script(keys=drop_keys, args=[self.change_stream_length]))
+        whole = [keys.collection_descriptor(collection), keys.collection_settings(collection),
+                 keys.collection_whitening(collection), keys.collection_buckets(collection)]
+        parts = self.parts(collection)
+        if len(parts) == 1:
+            images = int(self._drop_script(keys=[*self._change_keys(collection), *whole], args=[self.change_stream_length]))
+        else:  # each bucket emptied with its "drop" event, then the collection's own keys
+            images = sum(self._run_scripts([(self._drop_script, self._change_keys(part), [self.change_stream_length])
+                                            for part in parts]))
+            self.redis.unlink(*whole)
         self.redis.srem(keys.COLLECTIONS, collection)
         if self._existing([collection]):
             self.redis.sadd(keys.COLLECTIONS, collection)
@@ -557,62 +655,81 @@ class Store:
         pipe = self.redis.pipeline(transaction=False)
         for name in names:
             pipe.exists(keys.collection_descriptor(name), keys.collection_settings(name),
-                        keys.collection_vectors(name))
+                        keys.collection_buckets(name), keys.collection_vectors(name))
         return [name for name, found in zip(names, pipe.execute()) if found]
 
-    def change_position(self, collection: str) -> tuple[int, str]:
-        """Number and stream id of the collection's last change event, read together ((0, "0-0"): none)."""
+    # A part's records, as replicas read them (a part: a collection of one bucket, or one bucket; shared.keys).
+
+    def change_position(self, part: str) -> tuple[int, str]:
+        """Number and stream id of the part's last change event, read together ((0, "0-0"): none)."""
         pipe = self.redis.pipeline(transaction=True)
-        pipe.get(keys.collection_change_seq(collection))
-        pipe.xrevrange(keys.collection_changes(collection), count=1)
+        pipe.get(keys.collection_change_seq(part))
+        pipe.xrevrange(keys.collection_changes(part), count=1)
         seq, last = pipe.execute()
         return int(seq or 0), last[0][0].decode() if last else "0-0"
 
-    def count_vectors(self, collection: str) -> int:
-        return self.redis.hlen(keys.collection_vectors(collection))
+    def count_vectors(self, part: str) -> int:
+        return self.redis.hlen(keys.collection_vectors(part))
 
-    def scan_vectors(self, collection: str, dimension: int, chunk: int):
-        """Yield the collection's (id, vector) pairs in chunks of about ``chunk``, without one huge reply."""
+    def scan_vectors(self, part: str, dimension: int, chunk: int):
+        """Yield the part's (id, vector) pairs in chunks of about ``chunk``, without one huge reply."""
         cursor = 0
         while True:
-            cursor, stored = self.redis.hscan(keys.collection_vectors(collection), cursor, count=chunk)
+            cursor, stored = self.redis.hscan(keys.collection_vectors(part), cursor, count=chunk)
             if stored:
                 ids = [image_id.decode() for image_id in stored]
                 yield list(zip(ids, decode_vectors(list(stored.values()), dimension)))
             if cursor == 0:
                 return
 
-    def changes_since(self, collection: str, stream_id: str, limit: int) -> list[Change]:
-        """Change events after ``stream_id``, oldest first, at most ``limit``."""
-        entries = self.redis.xrange(keys.collection_changes(collection), min=f"({stream_id}", count=limit)
+    def changes_since(self, part: str, stream_id: str, limit: int) -> list[Change]:
+        """The part's change events after ``stream_id``, oldest first, at most ``limit``."""
+        entries = self.redis.xrange(keys.collection_changes(part), min=f"({stream_id}", count=limit)
         return [
             Change(entry_id.decode(), int(fields[b"seq"]), fields[b"op"].decode(), fields[b"id"].decode())
             for entry_id, fields in entries
         ]
 
-    def get_vectors(self, collection: str, image_ids: list[str], dimension: int) -> list[np.ndarray | None]:
-        """The stored vector of each id, or None where there is none (deleted since)."""
+    def get_vectors(self, part: str, image_ids: list[str], dimension: int) -> list[np.ndarray | None]:
+        """The stored vector of each id of the part, or None where there is none (deleted since)."""
         if not image_ids:
             return []
-        blobs = self.redis.hmget(keys.collection_vectors(collection), image_ids)
+        blobs = self.redis.hmget(keys.collection_vectors(part), image_ids)
         return [None if blob is None else np.frombuffer(blob, VECTOR_DTYPE).reshape(dimension) for blob in blobs]
 
-    def get_vectors_and_hashes(self, collection: str, image_ids: list[str],
+    def get_vectors_and_hashes(self, part: str, image_ids: list[str],
                                dimension: int) -> list[tuple[np.ndarray | None, bytes | None]]:
-        """Each id's stored vector and PDQ hash (stored form), read together; None where absent."""
+        """Each id's stored vector and PDQ hash (stored form) in the part, read together; None where absent."""
         if not image_ids:
             return []
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hmget(keys.collection_vectors(collection), image_ids)
-        pipe.hmget(keys.collection_pdq(collection), image_ids)
+        pipe.hmget(keys.collection_vectors(part), image_ids)
+        pipe.hmget(keys.collection_pdq(part), image_ids)
         blobs, hashes = pipe.execute()
         return [(None if blob is None else np.frombuffer(blob, VECTOR_DTYPE).reshape(dimension), pdq)
                 for blob, pdq in zip(blobs, hashes)]
 
     def sample_vectors(self, collection: str, count: int, dimension: int) -> np.ndarray:
-        """Up to ``count`` of the collection's vectors, distinct and chosen at random (all when it holds fewer)."""
-        stored = self.redis.hrandfield(keys.collection_vectors(collection), count, withvalues=True)
-        return decode_vectors(stored[1::2], dimension)
+        """Up to ``count`` of the collection's vectors, distinct and chosen at random (all when it holds fewer);
+        from each bucket in proportion to its size."""
+        parts = self.parts(collection)
+        if len(parts) == 1:
+            stored = self.redis.hrandfield(keys.collection_vectors(collection), count, withvalues=True)
+            return decode_vectors(stored[1::2], dimension)
+        sizes = self._sizes(parts)
+        total = sum(sizes) or 1
+        pipe = self.redis.pipeline(transaction=False)
+        for part, size in zip(parts, sizes):
+            pipe.hrandfield(keys.collection_vectors(part), -(-count * size // total), withvalues=True)
+        blobs = [blob for stored in pipe.execute() for blob in stored[1::2]]
+        return decode_vectors(blobs[:count], dimension)
+
+    def _sizes(self, parts: list[str]) -> list[int]:
+        """The number of images in each part (one round trip, one per node on a cluster)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for part in parts:
+            pipe.hlen(keys.collection_vectors(part))
+        return pipe.execute()
 
     # --- Whitening ----------------------------------------------------------------------------
 
@@ -623,11 +740,22 @@ class Store:
                   "input_dimension": whitening.projection.shape[0], "dimensions": whitening.projection.shape[1],
                   "learned_from": whitening.learned_from, "collection_size": whitening.collection_size,
                   "learned_at": whitening.learned_at}
-        whitening_keys = [keys.collection_change_seq(collection), keys.collection_changes(collection),
-                          keys.collection_whitening(collection), keys.collection_descriptor(collection),
+        parts = self.parts(collection)
+        whitening_keys = [keys.collection_whitening(collection), keys.collection_descriptor(collection),
                           keys.collection_settings(collection)]
-        args = [self.change_stream_length, model, *[part for pair in fields.items() for part in pair]]
-        return bool(self._save_whitening_script(keys=whitening_keys, args=args))
+        if len(parts) == 1:
+            whitening_keys += [keys.collection_change_seq(collection), keys.collection_changes(collection)]
+        args = [self.change_stream_length, model, *[value for pair in fields.items() for value in pair]]
+        saved = bool(self._save_whitening_script(keys=whitening_keys, args=args))
+        if saved and len(parts) > 1:
+            self._announce(parts, "whiten")
+        return saved
+
+    def _announce(self, parts: list[str], op: str) -> None:
+        """A change of the whole collection (``whiten``) as an event in each of its buckets' streams."""
+        self._run_scripts([(self._append_event_script,
+                            [keys.collection_change_seq(part), keys.collection_changes(part)],
+                            [self.change_stream_length, op]) for part in parts])
 
     def get_whitening(self, collection: str) -> StoredWhitening | None:
         stored = self.redis.hgetall(keys.collection_whitening(collection))
@@ -647,11 +775,11 @@ class Store:
     def release_whitening_claim(self, collection: str) -> None:
         self.redis.delete(keys.collection_whitening_claim(collection))
 
-    def scan_hashes(self, collection: str, chunk: int):
-        """Yield the collection's (id, stored PDQ hash) pairs in chunks of about ``chunk``."""
+    def scan_hashes(self, part: str, chunk: int):
+        """Yield the part's (id, stored PDQ hash) pairs in chunks of about ``chunk``."""
         cursor = 0
         while True:
-            cursor, stored = self.redis.hscan(keys.collection_pdq(collection), cursor, count=chunk)
+            cursor, stored = self.redis.hscan(keys.collection_pdq(part), cursor, count=chunk)
             if stored:
                 yield [(image_id.decode(), pdq) for image_id, pdq in stored.items()]
             if cursor == 0:
@@ -666,9 +794,17 @@ class Store:
                 keys.collection_pdq(collection), keys.collection_thumbnails(collection)]
 
     def get_metadata(self, collection: str, image_ids: list[str]) -> list[dict | None]:
+        """Each image's metadata (None: no such image), read from the buckets holding them in one round trip."""
         if not image_ids:
             return []
-        raw = self.redis.hmget(keys.collection_images(collection), image_ids)
+        by_part = self._by_part(collection, image_ids)
+        pipe = self.redis.pipeline(transaction=False)
+        for part, positions in by_part.items():
+            pipe.hmget(keys.collection_images(part), [image_ids[position] for position in positions])
+        raw: list = [None] * len(image_ids)
+        for positions, values in zip(by_part.values(), pipe.execute()):
+            for position, value in zip(positions, values):
+                raw[position] = value
         return [None if value is None else json.loads(value)["metadata"] for value in raw]
 
     def list_collections(self) -> list[str]:
@@ -680,25 +816,49 @@ class Store:
         names = self.list_collections()
         pipe = self.redis.pipeline(transaction=False)
         for name in names:
-            pipe.hlen(keys.collection_images(name))
-        return dict(zip(names, pipe.execute()))
+            pipe.get(keys.collection_buckets(name))
+        parts = {name: keys.parts(name, int(buckets or 1)) for name, buckets in zip(names, pipe.execute())}
+        sizes = iter(self._sizes([part for name in names for part in parts[name]]))
+        return {name: sum(next(sizes) for _ in parts[name]) for name in names}
 
     def list_image_ids(self, collection: str, cursor: int, count: int) -> tuple[int, list[str]]:
         """A page of the collection's image ids: ``(next cursor, ids)``; cursor 0 starts and ends a walk.
 
-        Redis' HSCAN: every id present for the whole walk is returned at least once.
+        Redis' HSCAN: every id present for the whole walk is returned at least once. A collection of
+        several buckets is walked one bucket after another: the cursor is HSCAN's cursor times the bucket
+        count, plus the bucket.
         """
+        buckets = self.buckets(collection)
+        bucket, scan_cursor = cursor % buckets, cursor // buckets
         # (No NOVALUES: that needs Redis 7.4; the metadata records are small.)
-        cursor, page = self.redis.hscan(keys.collection_images(collection), cursor, count=count)
-        return cursor, [image_id.decode() for image_id in page]
+        scan_cursor, page = self.redis.hscan(keys.collection_images(keys.part(collection, bucket, buckets)),
+                                             scan_cursor, count=count)
+        if scan_cursor == 0:  # this bucket is done: the next one, from its start (0 after the last)
+            bucket, scan_cursor = (bucket + 1) % buckets, 0
+        return scan_cursor * buckets + bucket, [image_id.decode() for image_id in page]
 
-    def put_collection_settings(self, collection: str, settings: dict[str, Any]) -> None:
-        """Replace the collection's settings; whitening turned off forgets any learned one (a "whiten" event)."""
-        settings_keys = [keys.collection_settings(collection), keys.collection_change_seq(collection),
-                         keys.collection_changes(collection), keys.collection_whitening(collection)]
-        self._put_settings_script(keys=settings_keys, args=[json.dumps(settings), int(bool(settings.get("whitening"))),
-                                                            self.change_stream_length])
+    def put_collection_settings(self, collection: str, settings: dict[str, Any]) -> int:
+        """Replace the collection's settings; whitening turned off forgets any learned one (a "whiten" event).
+        ``buckets`` in them fixes the bucket count, which a collection that holds (or held) images keeps:
+        another is refused (``buckets_fixed``) and nothing changes. Returns the bucket count."""
+        settings = dict(settings)
+        wanted = settings.pop("buckets", None)
+        buckets = wanted or self.buckets(collection)
+        settings_keys = [keys.collection_settings(collection), keys.collection_whitening(collection),
+                         keys.collection_buckets(collection), keys.collection_vectors(collection)]
+        if buckets == 1:
+            settings_keys += [keys.collection_change_seq(collection), keys.collection_changes(collection)]
+        outcome = self._put_settings_script(keys=settings_keys, args=[
+            json.dumps(settings), int(bool(settings.get("whitening"))), self.change_stream_length,
+            "" if wanted is None else str(wanted)])
+        if outcome[0] == b"fixed":
+            raise LookalikeError("buckets_fixed", "A collection's number of buckets is fixed when it is first "
+                                 "written; to change it, drop the collection and index its images again.",
+                                 {"buckets": int(outcome[1]), "requested": wanted})
+        if int(outcome[1]) and buckets > 1:  # its whitening forgotten: each bucket's replicas are told
+            self._announce(keys.parts(collection, buckets), "whiten")
         self.redis.sadd(keys.COLLECTIONS, collection)  # after the script, as a save does (drop_collection)
+        return buckets
 
     def collection_info(self, collection: str) -> dict[str, Any] | None:
         """The collection as GET /v1/collections/{c} shows it; None unless it holds images (or had some since its
@@ -706,11 +866,13 @@ class Store:
 
         (No MULTI here: redis-py's cluster transactions hand back HGETALL's raw reply, a flat list.)"""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hlen(keys.collection_vectors(collection))
         pipe.hgetall(keys.collection_descriptor(collection))
         pipe.get(keys.collection_settings(collection))
         pipe.hmget(keys.collection_whitening(collection), "learned_from", "collection_size", "learned_at", "dimensions")
-        count, descriptor, settings, whitening = pipe.execute()
+        pipe.get(keys.collection_buckets(collection))
+        descriptor, settings, whitening, buckets = pipe.execute()
+        buckets = int(buckets or 1)
+        count = sum(self._sizes(keys.parts(collection, buckets)))
         if not (count or descriptor or settings):
             return None
         descriptor = {k.decode(): v.decode() for k, v in descriptor.items()}
@@ -720,7 +882,7 @@ class Store:
             "dimension": int(descriptor["dimension"]) if descriptor else None,
             "model": descriptor.get("model"),
             "weights": descriptor.get("weights"),
-            "settings": DEFAULT_COLLECTION_SETTINGS | (json.loads(settings) if settings else {}),
+            "settings": DEFAULT_COLLECTION_SETTINGS | (json.loads(settings) if settings else {}) | {"buckets": buckets},
             # the whitening learned (what searches use while the setting is on), or None
             "whitening": None if whitening[0] is None else whitening_summary(*whitening),
         }

@@ -91,3 +91,55 @@ def test_the_service_runs_on_a_redis_cluster_with_its_broker_apart(cluster_servi
     assert api.client.query(collection, images["rocket"], k=3)["matches"] == []
     assert collection not in api.http.get(api.url("/v1/collections")).json()["collections"]
     assert requests.get(api.url("/metrics"), timeout=10).status_code == 200
+
+
+def test_a_collection_of_several_buckets_answers_as_one_of_a_single_bucket(cluster_service, collection):
+    api, store, _ = cluster_service
+    images = natural_images()
+    names = ["moon", "rocket", "coins", "chelsea", "astronaut", "horse", "coffee"]
+    sharded = f"{collection}-b4"
+    answer = api.http.put(api.url(f"/v1/collections/{sharded}"), json={"buckets": 4})
+    assert answer.status_code == 200 and answer.json()["settings"]["buckets"] == 4
+    tasks = [api.index(name_of, images[name], f"photos/{name}") for name in names for name_of in (collection, sharded)]
+    assert all(api.wait(task)["state"] == "succeeded" for task in tasks)
+
+    # Each bucket's keys in a slot of its own, spread over the masters; nothing in the one-bucket layout.
+    held = {bucket: store.redis.hlen(f"lookalike:col:{{{sharded}/{bucket}}}:vectors") for bucket in range(4)}
+    assert sum(held.values()) == len(names) and sum(1 for count in held.values() if count) >= 2
+    assert store.redis.exists(f"lookalike:col:{{{sharded}}}:vectors") == 0
+    info = api.http.get(api.url(f"/v1/collections/{sharded}")).json()
+    assert info["images"] == len(names) and info["settings"]["buckets"] == 4
+
+    for probe in ("rocket", "coins", "page"):  # the same ranking, ids and scores, as one bucket gives
+        one, four = (api.client.query(name_of, images[probe], k=len(names)) for name_of in (collection, sharded))
+        assert [(match["id"], match["score"]) for match in four["matches"]] == [
+            (match["id"], match["score"]) for match in one["matches"]]
+    one, four = (api.client.check(name_of, images["moon"]) for name_of in (collection, sharded))
+    assert four["verdict"] == one["verdict"] == "block" and four["best_match"]["id"] == "photos/moon"
+    assert four["best_match"]["pdq_distance"] == one["best_match"]["pdq_distance"] == 0
+
+    refused = api.http.put(api.url(f"/v1/collections/{sharded}"), json={"buckets": 8})
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "buckets_fixed"
+    assert api.http.put(api.url(f"/v1/collections/{sharded}"), json={"whitening": True}).status_code == 200
+    deadline = time.monotonic() + 120  # learned from every bucket, applied to each
+    while api.client.query(sharded, images["coins"], k=2)["whitened"] is None:
+        assert time.monotonic() < deadline, "no whitening learned"
+        time.sleep(0.5)
+    assert api.query_ids(sharded, images["coins"], k=1) == ["photos/coins"]
+
+    assert api.http.delete(api.url(f"/v1/collections/{sharded}/images/photos/moon")).status_code == 200
+    assert "photos/moon" not in api.query_ids(sharded, images["moon"], k=len(names))
+    listed, cursor = [], None
+    while True:
+        page = api.http.get(api.url(f"/v1/collections/{sharded}/images"),
+                            params={"limit": 2, **({"cursor": cursor} if cursor else {})}).json()
+        listed += page["ids"]
+        if (cursor := page["next_cursor"]) is None:
+            break
+    assert sorted(set(listed)) == sorted(f"photos/{name}" for name in names if name != "moon")
+
+    dropped = api.http.delete(api.url(f"/v1/collections/{sharded}"))
+    assert dropped.status_code == 200 and dropped.json()["images"] == len(names) - 1
+    assert api.http.get(api.url(f"/v1/collections/{sharded}")).status_code == 404
+    assert api.client.query(sharded, images["rocket"], k=3)["matches"] == []
+    assert not any(store.redis.exists(f"lookalike:col:{{{sharded}/{bucket}}}:vectors") for bucket in range(4))

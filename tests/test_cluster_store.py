@@ -71,14 +71,22 @@ def collection_on_another_node(store: Store, collection: str) -> str:
 
 # --- The layout --------------------------------------------------------------------------------
 
-COLLECTION_KEYS = [keys.collection_vectors, keys.collection_images, keys.collection_pdq, keys.collection_thumbnails,
-                   keys.collection_descriptor, keys.collection_settings, keys.collection_whitening,
-                   keys.collection_whitening_claim, keys.collection_changes, keys.collection_change_seq]
+PART_KEYS = [keys.collection_vectors, keys.collection_images, keys.collection_pdq, keys.collection_thumbnails,
+             keys.collection_changes, keys.collection_change_seq]
+COLLECTION_KEYS = [*PART_KEYS, keys.collection_descriptor, keys.collection_settings, keys.collection_whitening,
+                   keys.collection_whitening_claim, keys.collection_buckets]
+# shared.keys' functions that name parts of collections, not keys
+PART_NAMES = ("part", "parts", "part_of", "collection_of", "bucket_of")
 
 
 def test_the_keys_a_script_or_transaction_takes_together_share_a_slot():
     for collection in ("photos", "a", "banned-2", "x_y-z" * 12):
         assert len({slot(key(collection)) for key in COLLECTION_KEYS}) == 1, collection
+        # a collection of several buckets: each bucket's keys in one slot, the buckets spread over slots
+        parts = keys.parts(collection, 64)
+        assert all(len({slot(key(part)) for key in PART_KEYS}) == 1 for part in parts)
+        assert len({slot(keys.collection_vectors(part)) for part in parts}) > 50
+        assert {keys.collection_of(part) for part in parts} == {collection}
     for task_id in (uuid.uuid4().hex for _ in range(5)):
         assert len({slot(key(task_id)) for key in (keys.task, keys.upload, keys.task_lease)}) == 1
     assert slot(keys.WORKERS) == slot(keys.WORKERS_INFO)
@@ -88,7 +96,7 @@ def test_the_keys_a_script_or_transaction_takes_together_share_a_slot():
 
 
 # What each argument of a key function is called in docs/operations.md's table.
-PLACEHOLDERS = {"collection": "<c>", "task_id": "<task>", "batch_id": "<batch>", "principal": "<key id>",
+PLACEHOLDERS = {"collection": "<c>", "part_name": "<p>", "task_id": "<task>", "batch_id": "<batch>", "principal": "<key id>",
                 "key_digest": "<sha256>", "name": "<name>"}
 
 
@@ -97,7 +105,8 @@ def key_patterns() -> set[str]:
     patterns = {value for constant, value in vars(keys).items()
                 if constant.isupper() and isinstance(value, str) and constant not in ("PREFIX", "ALL_KEYS_PATTERN")}
     for function_name, function in inspect.getmembers(keys, inspect.isfunction):
-        if function.__module__ != keys.__name__ or function_name.startswith("_") or function_name.endswith("_pattern"):
+        if (function.__module__ != keys.__name__ or function_name.startswith("_") or function_name.endswith("_pattern")
+                or function_name in PART_NAMES):
             continue
         parameters = inspect.signature(function).parameters
         assert set(parameters) <= set(PLACEHOLDERS), f"keys.{function_name}: name its arguments in PLACEHOLDERS"
@@ -511,6 +520,17 @@ def test_every_script_and_transaction_runs_on_the_cluster(cluster_store, name, m
     store.get_image(name, "i1"), store.change_position(name), store.get_vectors_and_hashes(name, ["i2"], DIMENSION)
     store.collection_info(name)
     store.drop_collection(name)  # drop script
+    sharded = f"{name}-sharded"  # a collection of four buckets: each bucket's scripts in its own slot
+    store.put_collection_settings(sharded, {"kind": "block", "whitening": True, "buckets": 4})
+    store.save_images(sharded, [(f"i{n}", unit(rng), {"n": n}, pdq_of(n), b"t") for n in range(12)],
+                      DESCRIPTOR)  # claim script, then the save script per bucket
+    store.save_whitening(sharded, StoredWhitening(np.zeros(8), np.eye(8), 12, 12, utc_now()),
+                         DESCRIPTOR.model)  # then an event in each bucket's stream
+    assert all(store.changes_since(part, "0-0", 100)[-1].op == "whiten" for part in store.parts(sharded))
+    store.delete_image(sharded, "i0")
+    assert store.get_metadata(sharded, ["i1", "i0", "i11"]) == [{"n": 1}, None, {"n": 11}]
+    assert store.collection_info(sharded)["images"] == 11 and store.collection_sizes()[sharded] == 11
+    assert store.drop_collection(sharded) == 11
     task_ids = submit(store, 6)  # submit script, one per task
     store.claim_task(task_ids[0], "run", "w", 30)  # claim script
     store.renew_leases({task_ids[0]: "run"}, 30)  # renew script
@@ -528,7 +548,7 @@ def test_every_script_and_transaction_runs_on_the_cluster(cluster_store, name, m
 
     every_script = {hashlib.sha1(value.encode()).hexdigest() for constant, value in vars(shared.store).items()
                     if constant.endswith("_LUA")}
-    assert len(every_script) == 10
+    assert len(every_script) == 12
     assert scripts_run == every_script
     assert transactions_run == transactional_functions()
 

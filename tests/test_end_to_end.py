@@ -97,7 +97,8 @@ def test_image_and_collection_resources(api, indexed_collection):
         "dimension": 512,
         "model": DEFAULT_MODEL,
         "weights": "random(seed=0)",
-        "settings": {"match_threshold": 0.9, "pdq_max_distance": 31, "kind": "block", "whitening": False, "group": None},
+        "settings": {"match_threshold": 0.9, "pdq_max_distance": 31, "kind": "block", "whitening": False, "group": None,
+                     "buckets": 1},
         "whitening": None,
     }
 

@@ -35,17 +35,28 @@ def banned(api, collection):
 def test_settings_default_and_update(api, banned):
     collection, _ = banned
     assert api.http.get(api.url(f"/v1/collections/{collection}")).json()["settings"] == {
-        "match_threshold": 0.9, "pdq_max_distance": 31, "kind": "block", "whitening": False, "group": None}
+        "match_threshold": 0.9, "pdq_max_distance": 31, "kind": "block", "whitening": False, "group": None,
+        "buckets": 1}
     response = api.http.put(api.url(f"/v1/collections/{collection}"), json={"match_threshold": 0.8, "kind": "allow"})
     assert response.status_code == 200
     assert response.json()["settings"] == {"match_threshold": 0.8, "pdq_max_distance": 31, "kind": "allow",
-                                           "whitening": False, "group": None}
+                                           "whitening": False, "group": None, "buckets": 1}
     assert api.http.get(api.url(f"/v1/collections/{collection}")).json()["settings"]["kind"] == "allow"
+
+
+def test_a_written_collection_keeps_its_bucket_count(api, banned, redis_client):
+    collection, _ = banned
+    before = store_snapshot(redis_client)
+    response = api.http.put(api.url(f"/v1/collections/{collection}"), json={"buckets": 8})
+    assert response.status_code == 409 and response.json()["error"]["code"] == "buckets_fixed"
+    assert response.json()["error"]["details"] == {"buckets": 1, "requested": 8}
+    assert store_snapshot(redis_client) == before
 
 
 @pytest.mark.parametrize("body", [{"match_threshold": 2}, {"match_threshold": "high"}, {"kind": "maybe"},
                                   {"pdq_max_distance": 257}, {"pdq_max_distance": 3.5}, {"pdq_max_distance": True},
-                                  {"threshold": 0.9}, [0.9], None])
+                                  {"threshold": 0.9}, [0.9], None, {"buckets": 0}, {"buckets": 1025},
+                                  {"buckets": "8"}, {"buckets": True}, {"buckets": 2.5}])
 def test_bad_settings_are_refused(api, banned, redis_client, body):
     collection, _ = banned
     before = store_snapshot(redis_client)

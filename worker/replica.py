@@ -30,7 +30,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -38,12 +38,13 @@ from typing import NamedTuple, Protocol
 import hnswlib
 import numpy as np
 
+from shared import keys
 from shared.errors import LookalikeError
 from shared.store import Change, Store
 from worker import metrics
 from worker.descriptors import Whitening, l2_normalise
 from worker.pdq import HashIndex, PdqHash
-from worker.search import RowsById, top_k
+from worker.search import RowsById, exact_scores, top_k
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,8 @@ class ExactIndex:
         self._rows.delete(image_id)
 
     def search(self, query: np.ndarray, k: int) -> tuple[list[str], np.ndarray]:
-        rows, scores = top_k(self._rows.matrix, query, k)
+        """The ``k`` best ids and their scores, and any others within a hair of the k-th (for exact scoring)."""
+        rows, scores = top_k(self._rows.matrix, query, k, near_ties=True)
         return [self._rows.ids[row] for row in rows], scores
 
     def vectors_of(self, image_ids: list[str]) -> list[np.ndarray | None]:
@@ -312,6 +314,19 @@ class StreamTail(threading.Thread):
         self.join()
 
 
+def _best_of(replicas: list["CollectionReplica"], vector: np.ndarray, k: int) -> list[tuple[str, float]]:
+    """The best ``k`` ``(id, score)`` over the replicas' indexes: each index's candidates scored again exactly
+    (exact_scores), then ranked by score, ties by id -- the same answer however the vectors are spread over
+    parts, and wherever each sits in its index."""
+    found: list[tuple[str, float]] = []
+    for replica in replicas:
+        ids, _ = replica.index.search(vector, k)
+        if ids:
+            found += zip(ids, exact_scores(np.stack(replica.index.vectors_of(ids)), vector).tolist())
+    found.sort(key=lambda match: (-match[1], match[0]))
+    return found[:k]
+
+
 class Replicas:
     """Every collection this worker has searched, each refreshed before each search."""
 
@@ -337,6 +352,10 @@ class Replicas:
         self._load_failures: dict[str, BaseException] = {}
         self._load_progress: dict[str, tuple[int, int]] = {}  # (vectors loaded, vectors in the collection)
 
+    # A collection of several buckets has a replica per bucket (a *part*, shared.keys); the methods below
+    # take the collection, search every part this process holds and merge. Internally, replicas, locks,
+    # loads and snapshots are by part (for a collection of one bucket, the part is the collection).
+
     def search(self, collection: str, query: np.ndarray, k: int, min_score: float | None = None, *,
                refresh: bool = True, expand: int = 0) -> SearchResult:
         """The ``k`` most similar ids with their scores (at least ``min_score``), over the collection as it is now.
@@ -345,42 +364,96 @@ class Replicas:
         query, which saw the collection as it was when it started. ``expand``: average query
         expansion over that many best matches first.
         """
-        with self._replica(collection, refresh) as replica:
-            ids, scores = replica.index.search(self._query_vector(replica, query, expand), k)
-            matches = [(image_id, float(score)) for image_id, score in zip(ids, scores)
+        with self._replicas_of(collection, refresh) as replicas:
+            found = _best_of(replicas, self._query_vector(replicas, query, expand), k)
+            matches = [(image_id, float(score)) for image_id, score in found
                        if min_score is None or score >= min_score]
-            whitening = None if replica.whitening is None else replica.whitening.summary
-            return SearchResult(matches, len(replica.index), whitening)
+            whitening = None if replicas[0].whitening is None else replicas[0].whitening.summary
+            return SearchResult(matches, sum(len(replica.index) for replica in replicas), whitening)
 
     def scores(self, collection: str, query: np.ndarray, image_ids: list[str], *,
                expand: int = 0) -> list[float | None]:
         """The score :meth:`search` gives each image for ``query`` (None: not in the collection), as of the
         last refresh."""
-        with self._replica(collection, refresh=False) as replica:
-            vector = self._query_vector(replica, query, expand)
-            return [None if stored is None else float(stored @ vector) for stored in replica.index.vectors_of(image_ids)]
+        with self._replicas_of(collection, refresh=False) as replicas:
+            vector = self._query_vector(replicas, query, expand)
+            return [None if stored is None else float(exact_scores(stored, vector))
+                    for stored in self._vectors_of(replicas, image_ids)]
 
-    @staticmethod
-    def _query_vector(replica: CollectionReplica, query: np.ndarray, expand: int) -> np.ndarray:
-        """The query in the replica's space; with ``expand``, averaged with its best matches (average QE)."""
-        vector = replica.to_search_space(query[None])[0]
+    def _query_vector(self, replicas: list[CollectionReplica], query: np.ndarray, expand: int) -> np.ndarray:
+        """The query in the replicas' space; with ``expand``, averaged with its best matches (average QE)."""
+        vector = replicas[0].to_search_space(query[None])[0]
         if expand:
-            best, _ = replica.index.search(vector, expand)
-            neighbours = [stored for stored in replica.index.vectors_of(best) if stored is not None]
+            best = _best_of(replicas, vector, expand)
+            neighbours = [stored for stored in self._vectors_of(replicas, [image_id for image_id, _ in best])
+                          if stored is not None]
             vector = l2_normalise(vector + np.sum(neighbours, axis=0)) if neighbours else vector
         return vector
+
+    @staticmethod
+    def _vectors_of(replicas: list[CollectionReplica], image_ids: list[str]) -> list[np.ndarray | None]:
+        """Each id's vector in the search space, from whichever part holds it (None: none does)."""
+        if len(replicas) == 1:
+            return replicas[0].index.vectors_of(image_ids)
+        found: list[np.ndarray | None] = [None] * len(image_ids)
+        for replica in replicas:
+            for position, vector in enumerate(replica.index.vectors_of(image_ids)):
+                if vector is not None:
+                    found[position] = vector
+        return found
 
     def search_hashes(self, collection: str, query: bytes, max_distance: int, *,
                       refresh: bool = True) -> list[tuple[str, int]]:
         """Every image whose usable PDQ hash is within ``max_distance`` bits of ``query``, nearest first."""
-        with self._replica(collection, refresh) as replica:
-            return replica.hashes.within(query, max_distance)
+        with self._replicas_of(collection, refresh) as replicas:
+            if len(replicas) == 1:
+                return replicas[0].hashes.within(query, max_distance)
+            found = [match for replica in replicas for match in replica.hashes.within(query, max_distance)]
+            return sorted(found, key=lambda match: (match[1], match[0]))
 
     def hash_distances(self, collection: str, image_ids: list[str], query: bytes, *,
                        refresh: bool = True) -> list[int | None]:
         """The PDQ distance from ``query`` to each image (None: it has no usable hash)."""
-        with self._replica(collection, refresh) as replica:
-            return [replica.hashes.distance_to(image_id, query) for image_id in image_ids]
+        with self._replicas_of(collection, refresh) as replicas:
+            distances: list[int | None] = [None] * len(image_ids)
+            for replica in replicas:
+                for position, image_id in enumerate(image_ids):
+                    if distances[position] is None:
+                        distances[position] = replica.hashes.distance_to(image_id, query)
+            return distances
+
+    @contextmanager
+    def _replicas_of(self, collection: str, refresh: bool) -> Iterator[list[CollectionReplica]]:
+        """The replica of each of the collection's parts, with their locks held (taken in one order, so two
+        queries never wait on each other), all in one whitening: while its buckets take a new one (each
+        reloads in the background), a query waits for them up to ``load_wait_seconds``, then fails with
+        ``collection_loading`` -- it never merges scores of two spaces."""
+        parts = sorted(self.store.parts(collection))
+        deadline = time.monotonic() + self.load_wait_seconds
+        while True:
+            with ExitStack() as held:
+                replicas = [held.enter_context(self._replica(part, refresh)) for part in parts]
+                labels = [LearnedWhitening.label(replica.whitening) for replica in replicas]
+                if len(set(labels)) == 1:
+                    yield replicas
+                    return
+            self._await_whitening(collection, dict(zip(parts, labels)), deadline)
+
+    def _await_whitening(self, collection: str, labels: dict[str, str | None], deadline: float) -> None:
+        """Wait for the parts whose whitening is not the collection's current one to be reloaded in it (starting
+        any reload not yet under way: a "whiten" event lost with a crash); past ``deadline``, collection_loading."""
+        current = LearnedWhitening.label(self._read_whitening(collection))
+        for part, label in labels.items():
+            if label != current:
+                self._start_background("whiten", part, self._reload_whitened)
+        with self._locks_lock:
+            running = [thread for (kind, part), thread in self._background.items() if kind == "whiten" and part in labels]
+        for thread in running:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if time.monotonic() >= deadline:
+            raise LookalikeError("collection_loading", "This worker is loading the collection's buckets in its new "
+                                 "whitening; retry shortly.", {"collection": collection,
+                                                               "waited_seconds": self.load_wait_seconds})
 
     @contextmanager
     def _replica(self, collection: str, refresh: bool) -> Iterator[CollectionReplica]:
@@ -476,19 +549,19 @@ class Replicas:
         return replica
 
     def forget(self, collection: str) -> None:
-        """Let go of a collection that no longer exists: its replica, snapshots and metric series."""
-        with self._locks_lock:
-            lock = self._locks.get(collection)  # none: never searched here (no lock made for a name only asked about)
-        if lock is not None:
+        """Let go of a collection that no longer exists: its parts' replicas, snapshots and metric series."""
+        with self._locks_lock:  # the parts searched here (no lock made for a name only asked about)
+            held = [(part, lock) for part, lock in self._locks.items() if keys.collection_of(part) == collection]
+        for part, lock in held:
             with lock:
-                if self._replicas.pop(collection, None) is not None:
-                    self._forget_snapshots(collection)
-                    log.info("collection %s no longer exists; its replica is gone", collection)
-        for gauge in (metrics.REPLICA_VECTORS, metrics.REPLICA_LAG):
-            try:
-                gauge.remove(collection)
-            except KeyError:  # never had a series
-                pass
+                if self._replicas.pop(part, None) is not None:
+                    self._forget_snapshots(part)
+                    log.info("collection %s no longer exists; the replica of %s is gone", collection, part)
+            for gauge in (metrics.REPLICA_VECTORS, metrics.REPLICA_LAG):
+                try:
+                    gauge.remove(part)
+                except KeyError:  # never had a series
+                    pass
 
     def wait_for_builds(self) -> None:
         """Block until every background build and reload in progress has finished (tests, benchmarks)."""
@@ -640,8 +713,8 @@ class Replicas:
                 return False
             self._apply(collection, replica, changes)
 
-    def _read_whitening(self, collection: str) -> LearnedWhitening | None:
-        stored = self.store.get_whitening(collection)
+    def _read_whitening(self, part: str) -> LearnedWhitening | None:
+        stored = self.store.get_whitening(keys.collection_of(part))
         if stored is None or stored.projection.shape[0] != self.dimension:
             return None
         return LearnedWhitening(Whitening(stored.mean, stored.projection), stored.summary())
@@ -663,7 +736,7 @@ class Replicas:
             return None
         whitening = self._read_whitening(collection)
         try:
-            loaded = HnswIndex.load(self.snapshot_dir / collection, self._dimension_of(whitening),
+            loaded = HnswIndex.load(self._snapshot_folder(collection), self._dimension_of(whitening),
                                     LearnedWhitening.label(whitening))
         except Exception:  # a damaged snapshot costs a rebuild, not an outage
             log.warning("snapshot of %s unreadable; rebuilding from Redis", collection, exc_info=True)
@@ -678,9 +751,13 @@ class Replicas:
         return CollectionReplica(index, self._load_hashes(collection), position["seq"], position["stream_id"],
                                  whitening)
 
-    def _forget_snapshots(self, collection: str) -> None:
+    def _snapshot_folder(self, part: str) -> Path:
+        """A part's snapshots: ``<collection>`` or ``<collection>.bucket-<n>`` (collection names hold no dot)."""
+        return self.snapshot_dir / part.replace("/", ".bucket-")
+
+    def _forget_snapshots(self, part: str) -> None:
         if self.snapshot_dir is not None:
-            shutil.rmtree(self.snapshot_dir / collection, ignore_errors=True)
+            shutil.rmtree(self._snapshot_folder(part), ignore_errors=True)
 
     def _snapshot(self, collection: str, replica: CollectionReplica) -> None:
         """Write a snapshot of an HNSW replica from a forked copy of this process (call with the collection's
@@ -696,7 +773,7 @@ class Replicas:
         with self._locks_lock:
             if ("snapshot", collection) in self._background:
                 return  # one being written: the next one after more changes
-        folder, position = self.snapshot_dir / collection, replica.position
+        folder, position = self._snapshot_folder(collection), replica.position
         label = LearnedWhitening.label(replica.whitening)
         started = time.perf_counter()
         child = os.fork()

@@ -51,8 +51,14 @@ class RowsById:
         self.ids.pop()
 
 
-def top_k(matrix: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of the ``k`` best-scoring rows of ``matrix`` for ``query``, and their scores.
+# float32 products differ in their last bit with a row's place in the matrix (BLAS kernels take rows in blocks):
+# rows this close to the k-th score are returned too, so that exact scoring (exact_scores) decides the order.
+NEAR_TIE = 1e-5
+
+
+def top_k(matrix: np.ndarray, query: np.ndarray, k: int, near_ties: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of the ``k`` best-scoring rows of ``matrix`` for ``query``, and their scores, best first;
+    with ``near_ties``, also every row within NEAR_TIE of the k-th score.
 
     One BLAS matrix-vector product and a partial sort: O(n) to select, O(k log k) to order.
     """
@@ -61,7 +67,15 @@ def top_k(matrix: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np
     scores = matrix @ query
     if k < scores.shape[0]:
         best = np.argpartition(scores, scores.shape[0] - k)[-k:]
+        if near_ties:
+            best = np.flatnonzero(scores >= scores[best].min() - NEAR_TIE)
     else:
         best = np.arange(scores.shape[0])
     best = best[np.argsort(-scores[best], kind="stable")]
     return best, scores[best]
+
+
+def exact_scores(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Cosine scores computed in float64, one vector at a time: the same for a vector wherever it is stored, so
+    that rankings merged from several parts equal one search over all (float32 BLAS products are not)."""
+    return np.asarray(vectors, dtype=np.float64) @ np.asarray(query, dtype=np.float64)

@@ -65,6 +65,7 @@ CATALOGUE: dict[str, int] = {
     "vector_not_finite": 422,
     "zero_vector": 422,
     "signal_unavailable": 422,
+    "expand_unavailable": 422,  # a task's: query expansion over buckets held by several search groups
     "idempotency_key_reused": 422,
     "url_not_allowed": 422,
     "callback_not_allowed": 422,
@@ -78,7 +79,8 @@ CATALOGUE: dict[str, int] = {
     "store_unavailable": 503,
     "store_full": 503,
     "not_ready": 503,
-    "collection_loading": 503,  # a task's: the worker is loading the collection's replica; submit again shortly
+    "collection_loading": 503,
+    "search_unavailable": 503,  # a task's: a search group holding some of the collection's buckets did not answer  # a task's: the worker is loading the collection's replica; submit again shortly
     # A bug: never expected in normal operation.
     "internal_error": 500,
 }

@@ -22,6 +22,8 @@ heartbeats, the consumers and their held sets). ``<...>`` marks a variable part.
   lookalike:task:{<task>}:upload           string uploaded image bytes, until the worker has them
   lookalike:task:{<task>}:lease            string token of the execution running the task (TTL, renewed while it runs)
   lookalike:task:{<task>}:done             pubsub channel announcing the task has finished
+  lookalike:task:{<task>}:answers          hash   search group -> JSON of its answer to a scattered query or check
+  lookalike:gathers                        zset   task id -> when its scattered search is given up (unix seconds)
   lookalike:batch:<batch>                  string JSON: a bulk upload's collection and items
   lookalike:idem:<key id>:<sha256>         string JSON: a POST's fingerprint and response, for Idempotency-Key
   lookalike:{workers}                      zset   worker name -> last heartbeat (unix seconds)
@@ -51,6 +53,7 @@ WORKERS_INFO = f"{PREFIX}:{{workers}}:info"
 CONSUMERS = f"{PREFIX}:{{consumers}}"
 API_KEYS = f"{PREFIX}:apikeys"
 REAPER = f"{PREFIX}:reaper"
+GATHERS = f"{PREFIX}:gathers"
 
 
 def _collection(collection: str) -> str:
@@ -147,6 +150,10 @@ def upload(task_id: str) -> str:
 
 def task_lease(task_id: str) -> str:
     return f"{_task(task_id)}:lease"
+
+
+def task_answers(task_id: str) -> str:
+    return f"{_task(task_id)}:answers"
 
 
 def task_done_channel(task_id: str) -> str:

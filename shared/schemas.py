@@ -197,6 +197,21 @@ def group_of(collection: str, settings: dict[str, Any], groups: tuple[str, ...])
     return groups[zlib.crc32(collection.encode()) % len(groups)]
 
 
+def bucket_groups(collection: str, settings: dict[str, Any], buckets: int,
+                  groups: tuple[str, ...]) -> dict[str, list[int]]:
+    """Which search group holds which of a collection's buckets: all of them in its pinned group, else dealt
+    round the groups from the one its name hashes to (so one bucket lands where :func:`group_of` says, and
+    eight buckets over four groups are two in each). Groups in the order of ``groups``."""
+    pinned = settings.get("group")
+    if pinned in groups:
+        return {pinned: list(range(buckets))}
+    first = zlib.crc32(collection.encode()) % len(groups)
+    placement: dict[str, list[int]] = {}
+    for bucket in range(buckets):
+        placement.setdefault(groups[(first + bucket) % len(groups)], []).append(bucket)
+    return {group: placement[group] for group in groups if group in placement}
+
+
 def search_queue(group: str) -> str:
     return f"{SEARCH_QUEUE_PREFIX}{group}"
 

@@ -149,6 +149,10 @@ class Settings(BaseSettings):
                                      "a collection it does not hold yet (loads run in the background); past it the task "
                                      "fails with `collection_loading`, to submit again. Keep it well under "
                                      "`LOOKALIKE_VISIBILITY_TIMEOUT_SECONDS`.")
+    gather_timeout_seconds: float = Field(60, gt=0, description="How long a query or check whose collection's "
+                                          "buckets several search groups hold waits for every group's answer; past "
+                                          "it the task fails with `search_unavailable`. Keep it above "
+                                          "`LOOKALIKE_LOAD_WAIT_SECONDS`.")
     exact_max: int = Field(200_000, ge=0, description="Collections up to this many vectors are searched exactly; "
                            "larger ones through an HNSW index.")
     hnsw_m: int = Field(16, ge=2, description="HNSW graph degree (hnswlib's M): higher is more accurate and larger.")

@@ -239,6 +239,33 @@ redis.call('DEL', KEYS[2], KEYS[3])
 redis.call('PUBLISH', ARGV[3], ARGV[2])
 return 1
 """
+# KEYS: task record, its answers. ARGV: search group, its answer (JSON), groups expected, record TTL. Records one
+# group's answer to a scattered search (again: the same answer, overwritten). With every group's answer in, all
+# of them come back to merge: {'all', group, answer, ...} (to each arrival that finds them complete: normally
+# the last; a redelivered one too, which then finds the task finished or waits on its lease). {'waiting'}:
+# others are still out; {'finished'}: the task ended (given up on) meanwhile.
+GATHER_ANSWER_LUA = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == '"succeeded"' or state == '"failed"' then return {'finished'} end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+if redis.call('HLEN', KEYS[2]) < tonumber(ARGV[3]) then return {'waiting'} end
+local reply = {'all'}
+for _, value in ipairs(redis.call('HGETALL', KEYS[2])) do reply[#reply + 1] = value end
+return reply
+"""
+# KEYS: task record, its answers. ARGV: groups expected, the record's fields for a failure (field, value pairs).
+# Gives up on a scattered search still missing answers: fails the task (as FINISH_TASK_LUA would, with no
+# execution) and returns the groups that answered; false when it ended, or has every answer (whoever
+# completed the set finishes it).
+GIVE_UP_GATHER_LUA = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == '"succeeded"' or state == '"failed"' then return false end
+if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[1]) then return false end
+local answered = redis.call('HKEYS', KEYS[2])
+table.insert(answered, 1, 'given-up')
+return answered
+"""
 # KEYS: a lease. ARGV: execution token. Deletes the lease only if that execution holds it.
 RELEASE_LEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -294,6 +321,8 @@ class Store:
         self._release_lease_script = client.register_script(RELEASE_LEASE_LUA)
         self._finish_task_script = client.register_script(FINISH_TASK_LUA)
         self._submit_task_script = client.register_script(SUBMIT_TASK_LUA)
+        self._gather_answer_script = client.register_script(GATHER_ANSWER_LUA)
+        self._give_up_gather_script = client.register_script(GIVE_UP_GATHER_LUA)
 
     @classmethod
     def from_settings(cls, settings) -> "Store":
@@ -461,6 +490,38 @@ class Store:
                 *[part for pair in _encode_fields(fields).items() for part in pair]]
         return bool(self._finish_task_script(
             keys=[keys.task(task_id), keys.upload(task_id), keys.task_lease(task_id)], args=args))
+
+    # --- Scattered searches: one answer per search group, gathered next to the task record -----------
+
+    def expect_answers(self, task_id: str, placement: dict[str, list[int]], timeout_seconds: float) -> None:
+        """Note that a query or check was scattered over search groups (``placement``: each group's buckets, kept
+        on the task record): past ``timeout_seconds`` without every answer, it is given up on
+        (:meth:`gathers_due`, :meth:`missing_answers`)."""
+        self._update_task(task_id, {"scatter": placement})
+        self.redis.zadd(keys.GATHERS, {task_id: self.now() + timeout_seconds})
+
+    def gather_answer(self, task_id: str, group: str, answer: dict, expected: int) -> dict[str, dict] | None:
+        """Record one group's answer; every group's answer once all are in, else None."""
+        reply = self._gather_answer_script(keys=[keys.task(task_id), keys.task_answers(task_id)],
+                                           args=[group, json.dumps(answer), expected, self.task_ttl])
+        if reply[0] != b"all":
+            return None
+        pairs = reply[1:]
+        return {pairs[n].decode(): json.loads(pairs[n + 1]) for n in range(0, len(pairs), 2)}
+
+    def gathers_due(self) -> list[str]:
+        """Scattered searches past their time (their answers may be all in by now)."""
+        return [task_id.decode() for task_id in self.redis.zrangebyscore(keys.GATHERS, "-inf", self.now())]
+
+    def missing_answers(self, task_id: str, expected: int) -> list[str] | None:
+        """The groups that did answer a scattered search past its time that still misses some, to fail it; None
+        when it has ended or has every answer. Either way it is no longer due."""
+        reply = self._give_up_gather_script(keys=[keys.task(task_id), keys.task_answers(task_id)], args=[expected])
+        self.redis.zrem(keys.GATHERS, task_id)
+        return None if not reply else [group.decode() for group in reply[1:]]
+
+    def gather_done(self, task_id: str) -> None:
+        self.redis.zrem(keys.GATHERS, task_id)
 
     def update_callback(self, task_id: str, callback: dict[str, Any]) -> None:
         """Record a task's webhook delivery state and attempts."""

@@ -538,6 +538,10 @@ def test_every_script_and_transaction_runs_on_the_cluster(cluster_store, name, m
     store.claim_task(task_ids[0], "run", "w", 30)
     store.update_callback(task_ids[0], {"state": "pending"})
     store.finish_task(task_ids[0], "succeeded", execution="run")  # finish script
+    store.expect_answers(task_ids[1], {"g1": [0], "g2": [1]}, 30)  # a scattered search: answers by its record
+    assert store.gather_answer(task_ids[1], "g1", {"cnn": []}, 2) is None  # gather script
+    assert store.missing_answers(task_ids[1], 2) == ["g1"]  # give-up script
+    assert store.gather_answer(task_ids[1], "g2", {"cnn": []}, 2) == {"g1": {"cnn": []}, "g2": {"cnn": []}}
     store.discard_submissions(task_ids)
     store.heartbeat("tour", {}), store.remove_worker("tour")
     store.beat_consumer("tour", {"7"}, 5), store.forget_consumer("tour")
@@ -548,7 +552,7 @@ def test_every_script_and_transaction_runs_on_the_cluster(cluster_store, name, m
 
     every_script = {hashlib.sha1(value.encode()).hexdigest() for constant, value in vars(shared.store).items()
                     if constant.endswith("_LUA")}
-    assert len(every_script) == 12
+    assert len(every_script) == 14
     assert scripts_run == every_script
     assert transactions_run == transactional_functions()
 

@@ -357,14 +357,15 @@ class Replicas:
     # loads and snapshots are by part (for a collection of one bucket, the part is the collection).
 
     def search(self, collection: str, query: np.ndarray, k: int, min_score: float | None = None, *,
-               refresh: bool = True, expand: int = 0) -> SearchResult:
+               refresh: bool = True, expand: int = 0, parts: list[str] | None = None) -> SearchResult:
         """The ``k`` most similar ids with their scores (at least ``min_score``), over the collection as it is now.
 
         ``refresh=False``: as of the last refresh -- for the second and later lookups of one
         query, which saw the collection as it was when it started. ``expand``: average query
-        expansion over that many best matches first.
+        expansion over that many best matches first. ``parts``: only these of the collection's parts (a
+        search group's share of its buckets); None: all.
         """
-        with self._replicas_of(collection, refresh) as replicas:
+        with self._replicas_of(collection, refresh, parts) as replicas:
             found = _best_of(replicas, self._query_vector(replicas, query, expand), k)
             matches = [(image_id, float(score)) for image_id, score in found
                        if min_score is None or score >= min_score]
@@ -372,10 +373,10 @@ class Replicas:
             return SearchResult(matches, sum(len(replica.index) for replica in replicas), whitening)
 
     def scores(self, collection: str, query: np.ndarray, image_ids: list[str], *,
-               expand: int = 0) -> list[float | None]:
+               expand: int = 0, parts: list[str] | None = None) -> list[float | None]:
         """The score :meth:`search` gives each image for ``query`` (None: not in the collection), as of the
         last refresh."""
-        with self._replicas_of(collection, refresh=False) as replicas:
+        with self._replicas_of(collection, False, parts) as replicas:
             vector = self._query_vector(replicas, query, expand)
             return [None if stored is None else float(exact_scores(stored, vector))
                     for stored in self._vectors_of(replicas, image_ids)]
@@ -403,18 +404,17 @@ class Replicas:
         return found
 
     def search_hashes(self, collection: str, query: bytes, max_distance: int, *,
-                      refresh: bool = True) -> list[tuple[str, int]]:
-        """Every image whose usable PDQ hash is within ``max_distance`` bits of ``query``, nearest first."""
-        with self._replicas_of(collection, refresh) as replicas:
-            if len(replicas) == 1:
-                return replicas[0].hashes.within(query, max_distance)
+                      refresh: bool = True, parts: list[str] | None = None) -> list[tuple[str, int]]:
+        """Every image whose usable PDQ hash is within ``max_distance`` bits of ``query``, nearest first (ties by
+        id, however the collection is spread)."""
+        with self._replicas_of(collection, refresh, parts) as replicas:
             found = [match for replica in replicas for match in replica.hashes.within(query, max_distance)]
             return sorted(found, key=lambda match: (match[1], match[0]))
 
     def hash_distances(self, collection: str, image_ids: list[str], query: bytes, *,
-                       refresh: bool = True) -> list[int | None]:
+                       refresh: bool = True, parts: list[str] | None = None) -> list[int | None]:
         """The PDQ distance from ``query`` to each image (None: it has no usable hash)."""
-        with self._replicas_of(collection, refresh) as replicas:
+        with self._replicas_of(collection, refresh, parts) as replicas:
             distances: list[int | None] = [None] * len(image_ids)
             for replica in replicas:
                 for position, image_id in enumerate(image_ids):
@@ -423,12 +423,13 @@ class Replicas:
             return distances
 
     @contextmanager
-    def _replicas_of(self, collection: str, refresh: bool) -> Iterator[list[CollectionReplica]]:
+    def _replicas_of(self, collection: str, refresh: bool,
+                     parts: list[str] | None = None) -> Iterator[list[CollectionReplica]]:
         """The replica of each of the collection's parts, with their locks held (taken in one order, so two
         queries never wait on each other), all in one whitening: while its buckets take a new one (each
         reloads in the background), a query waits for them up to ``load_wait_seconds``, then fails with
         ``collection_loading`` -- it never merges scores of two spaces."""
-        parts = sorted(self.store.parts(collection))
+        parts = sorted(self.store.parts(collection) if parts is None else parts)
         deadline = time.monotonic() + self.load_wait_seconds
         while True:
             with ExitStack() as held:
@@ -791,7 +792,7 @@ class Replicas:
     def _await_snapshot(collection: str, child: int, position: dict, started: float) -> None:
         _, status = os.waitpid(child, 0)
         if os.waitstatus_to_exitcode(status) == 0:
-            log.info("collection %s: snapshot at change %d written in %.1f s", collection, position["seq"],
+            log.info("collection %s: snapshot written (change %d) in %.1f s", collection, position["seq"],
                      time.perf_counter() - started)
         else:
             log.error("writing a snapshot of %s failed (exit status %d); the next one is tried after more changes",

@@ -177,6 +177,9 @@ class Heartbeat(threading.Thread):
             store.heartbeat(WORKER_NAME, self.info())
         if steady and store.claim_reaper(WORKER_NAME, self.interval):
             restore_orphans(self.app, store, live_within_seconds=alive_for, older_than_seconds=alive_for)
+            from worker.tasks import give_up_late_gathers  # (the tasks module imports this one)
+
+            give_up_late_gathers()
 
     def run(self) -> None:
         beats_in_a_row = 0

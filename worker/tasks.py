@@ -2,6 +2,7 @@
 and the learning of a collection's whitening, which workers start themselves."""
 
 import base64
+import json
 import logging
 import time
 import uuid
@@ -15,7 +16,7 @@ import numpy as np
 import redis
 from celery.exceptions import Reject
 
-from shared import logs
+from shared import keys, logs
 from shared.errors import LookalikeError
 from shared.images import decode_image, inspect_image, make_thumbnail
 from shared.outbound import Allowlist
@@ -31,6 +32,7 @@ from shared.schemas import (
     SEARCH_TASK,
     SUCCEEDED,
     WHITEN_TASK,
+    bucket_groups,
     group_of,
     search_queue,
     matches_filter,
@@ -122,12 +124,55 @@ def check_image(task_id: str, collection: str, k: int = 1, min_score: float | No
 
 @app.task(name=SEARCH_TASK)
 def search_task(task_id: str, request: dict, probe: dict, labels: dict, state: dict | None = None) -> None:
-    """The ranking half of a query or check, in the search group holding the collection it needs next."""
-    _run(task_id, lambda: _rank_or_pass_on(task_id, request, Probe.from_message(probe), labels, state))
+    """The ranking half of a query or check, in the search group holding the collection it needs next -- or,
+    for a collection whose buckets several groups hold, this group's answer from its buckets (``state``
+    ``{"answer": {"group", "buckets", "groups"}}``), the last of which ranks the merged answers."""
+    if state is not None and "answer" in state:
+        _answer_for_group(task_id, request, Probe.from_message(probe), labels, **state["answer"])
+    else:
+        _run(task_id, lambda: _rank_or_pass_on(task_id, request, Probe.from_message(probe), labels, state))
+
+
+def _answer_for_group(task_id: str, request: dict, probe: "Probe", labels: dict, group: str, buckets: list[int],
+                      groups: int) -> None:
+    """Record this group's candidates (or its failure) for a scattered query or check; with every group's in,
+    rank the merged answers and finish the task (under its lease, as any stage does).
+
+    The answer is computed without the task's lease -- the groups answer at once, and an answer
+    computed twice (a redelivered message) is the same answer -- and recorded next to the task
+    record; a Redis outage gives the message back to be answered again."""
+    logs.task_id.set(task_id)
+    collection = request["collection"]
+    try:
+        info, settings = _collection(collection)
+        if info is None:
+            answer = {"cnn": [], "pdq": [], "whitened": None}
+        else:
+            parts = [keys.part(collection, bucket, settings["buckets"]) for bucket in buckets]
+            k = request["k"] if request["kind"] == "query" else 1
+            answer = _candidates(collection, probe, settings, k, request.get("min_score"), request["filter"], parts)
+    except LookalikeError as exc:
+        answer = {"error": exc.to_dict()}
+    except REDIS_UNAVAILABLE as exc:
+        raise Reject(f"Redis unavailable ({exc}): answered again when it is back", requeue=True) from exc
+    except Exception:
+        log.exception("task %s: group %s failed to answer", task_id, group)
+        answer = {"error": LookalikeError("internal_error", "A search worker failed unexpectedly; see its log.",
+                                          {"task_id": task_id, "group": group}).to_dict()}
+    answers = get_store().gather_answer(task_id, group, answer, groups)
+    if answers is not None:
+        _run(task_id, lambda: _rank_or_pass_on(task_id, request, probe, labels, {"answers": answers}))
 
 
 # What a task's work returns when the task's next stage, in another process, finishes it.
 HANDED_OFF = object()
+
+
+@dataclass
+class Scatter:
+    """Ranking needs a collection whose buckets several search groups hold: each group's buckets."""
+
+    placement: dict[str, list[int]]
 
 
 @dataclass
@@ -143,12 +188,69 @@ def _rank_or_pass_on(task_id: str, request: dict, probe: "Probe", labels: dict,
     """Rank here as far as this process holds the collections needed; pass the rest on to the search group
     holding the next one (a ``lookalike.search`` task on its queue), which finishes the task."""
     ranked = _rank(request, probe, labels, state)
+    if isinstance(ranked, Scatter):
+        if probe.expand:  # expansion averages with the best matches of all buckets: two rounds, not built
+            raise LookalikeError("expand_unavailable", "Query expansion is not available for a collection whose "
+                                 "buckets several search groups hold.", {"collection": request["collection"]})
+        get_store().expect_answers(task_id, ranked.placement, get_settings().gather_timeout_seconds)
+        for group, buckets in ranked.placement.items():
+            answer = {"group": group, "buckets": buckets, "groups": len(ranked.placement)}
+            search_task.apply_async(kwargs={"task_id": task_id, "request": request, "probe": probe.to_message(),
+                                            "labels": labels, "state": {"answer": answer}},
+                                    task_id=f"{task_id}-{group}-{uuid.uuid4().hex[:8]}", queue=search_queue(group))
+        return HANDED_OFF
     if isinstance(ranked, PassOn):
         search_task.apply_async(kwargs={"task_id": task_id, "request": request, "probe": probe.to_message(),
                                         "labels": labels, "state": ranked.state},
                                 task_id=f"{task_id}-search-{uuid.uuid4().hex[:8]}", queue=search_queue(ranked.group))
         return HANDED_OFF
     return ranked
+
+
+def give_up_late_gathers() -> None:
+    """Fail the scattered queries and checks whose search groups did not all answer in time (called by the one
+    process restoring dead workers' messages, each heartbeat): ``search_unavailable``, naming what is
+    missing -- never an answer from some of the buckets."""
+    store = get_store()
+    for task_id in store.gathers_due():
+        record = store.get_task(task_id)
+        placement = (record or {}).get("scatter") or {}
+        answered = store.missing_answers(task_id, len(placement))
+        if answered is None:
+            continue
+        missing = {group: buckets for group, buckets in placement.items() if group not in answered}
+        error = LookalikeError("search_unavailable", "Some of the collection's search groups did not answer in "
+                               "time; retry shortly.", {"groups_missing": sorted(missing),
+                                                        "buckets_missing": sorted(b for bs in missing.values() for b in bs),
+                                                        "waited_seconds": get_settings().gather_timeout_seconds})
+        if store.finish_task(task_id, FAILED, error=error.to_dict()):
+            log.warning("task %s: search groups %s did not answer in time; it failed", task_id, sorted(missing))
+            metrics.TASKS.labels(record["kind"], FAILED, error.code).inc()
+            if record.get("callback"):
+                schedule_webhook(task_id)
+
+
+def _local_candidates(collection: str, info: dict | None, probe: "Probe", settings: dict, request: dict) -> dict:
+    """The candidates of a query or check from this process's replicas of the whole collection."""
+    if info is None:  # never written, or dropped: no replica kept
+        get_replicas().forget(collection)
+        return {"cnn": [], "pdq": [], "whitened": None}
+    k = request["k"] if request["kind"] == "query" else 1
+    return _candidates(collection, probe, settings, k, request.get("min_score"), request["filter"])
+
+
+def _merged(answers: dict[str, dict]) -> dict:
+    """Every group's answer to a scattered search as one; a group's failure is the task's (never an answer
+    from some of the buckets), as is a whitening that differs between groups (one is taking a new one)."""
+    failed = next((answer["error"] for answer in answers.values() if "error" in answer), None)
+    if failed is not None:
+        raise LookalikeError(failed["code"], failed["message"], failed.get("details"))
+    if len({json.dumps(answer["whitened"], sort_keys=True) for answer in answers.values()}) > 1:
+        raise LookalikeError("collection_loading", "The collection's search groups are taking its new whitening; "
+                             "retry shortly.", {"groups": sorted(answers)})
+    return {"cnn": [match for answer in answers.values() for match in answer["cnn"]],
+            "pdq": [match for answer in answers.values() for match in answer["pdq"]],
+            "whitened": next(iter(answers.values()))["whitened"]}
 
 
 def _group_of(collection: str, settings: dict) -> str:
@@ -163,17 +265,22 @@ def _rank(request: dict, probe: "Probe", labels: dict, state: dict | None) -> di
     found so far from one group to the next.
     """
     collection = request["collection"]
-    if state is None:
+    if state is None or "answers" in state:
         info, settings = _collection(collection)
-        if not serves_group(_group_of(collection, settings)):
-            return PassOn(_group_of(collection, settings), None)
+        if state is None:
+            placement = bucket_groups(collection, settings, settings["buckets"], get_settings().search_groups)
+            if not all(serves_group(group) for group in placement):
+                return PassOn(*placement, None) if len(placement) == 1 else Scatter(placement)
+            found = _local_candidates(collection, info, probe, settings, request)
+        else:
+            found = _merged(state["answers"])
+        k = request["k"] if request["kind"] == "query" else 1
+        matches = _ranked_from(found, probe.signals, settings, k, request.get("min_score"))
+        whitened = found["whitened"]
         if request["kind"] == "query":
-            matches, whitened = _ranked_matches(collection, info, probe, settings, request["k"], request["min_score"],
-                                                request["filter"])
             near_duplicate = bool(matches) and matches[0]["near_duplicate"]
             return {"matches": matches, "verdict": verdict(settings["kind"], near_duplicate), **settings,
                     "whitened": whitened, "expand": probe.expand, **probe.report()} | labels
-        matches, whitened = _ranked_matches(collection, info, probe, settings, 1, None, request["filter"])
         best = next(iter(matches), None)
         near_duplicate = best is not None and best["near_duplicate"]
         outcome = verdict(settings["kind"], near_duplicate)
@@ -286,32 +393,59 @@ def _ranked_matches(collection: str, info: dict | None, probe: Probe, settings: 
                     min_score: float | None, wanted: dict) -> tuple[list[dict], dict | None]:
     """The best ``k`` matches by the probe's signals, each marked near-duplicate or not, and the
     whitening the CNN scores were taken in (None: none). A collection that does not exist (``info``
-    None: never written, or dropped) has none, and this worker keeps no replica of it.
-
-    Candidates are the CNN's top k and the PDQ hashes within the collection's distance;
-    each candidate is then scored by every signal in use. Near-duplicates rank first (by
-    both signals, then by PDQ, then by the CNN alone), then by CNN score (by PDQ distance
-    when the CNN is not used).
-    """
+    None: never written, or dropped) has none, and this worker keeps no replica of it."""
     if info is None:
         get_replicas().forget(collection)
         return [], None
+    found = _candidates(collection, probe, settings, k, min_score, wanted)
+    return _ranked_from(found, probe.signals, settings, k, min_score), found["whitened"]
+
+
+def _candidates(collection: str, probe: Probe, settings: dict, k: int, min_score: float | None, wanted: dict,
+                parts: list[str] | None = None) -> dict:
+    """What this process's replicas (of ``parts`` of the collection, or all of it) offer a query or check:
+    ``cnn``, the best ``k`` by CNN score, and ``pdq``, the ``k`` nearest PDQ hashes within the collection's
+    distance -- each passing the filter, each scored by every signal in use (a PDQ candidate's CNN score
+    None: deleted since) -- and the ``whitened`` space the scores were taken in. :func:`_ranked_from` ranks
+    them, alone or merged with other search groups' (a scattered search): both lists ordered with ties
+    by id, so the merged top k is the top k of the whole collection."""
     signals = probe.signals
-    candidates: dict[str, dict] = {}
+    cnn: list[dict] = []
+    pdq: list[dict] = []
     whitened = None
-    # The first lookup brings the replica up to date; the others see the same state (one round trip).
+    # The first lookup brings the replicas up to date; the others see the same state (one round trip).
     if CNN in signals:
-        found, whitened = _cnn_candidates(collection, probe, k, min_score, wanted)
-        for image_id, score, metadata in found:
-            candidates[image_id] = {"id": image_id, "score": score, "pdq_distance": None, "metadata": metadata}
+        found, whitened = _cnn_candidates(collection, probe, k, min_score, wanted, parts)
+        cnn = [{"id": image_id, "score": score, "pdq_distance": None, "metadata": metadata}
+               for image_id, score, metadata in found]
     if PDQ in signals:
-        for image_id, distance, metadata in _pdq_candidates(collection, probe.pdq.bits, settings, k, wanted,
-                                                            refresh=CNN not in signals):
-            candidates.setdefault(image_id, {"id": image_id, "score": None, "pdq_distance": None, "metadata": metadata})
-            candidates[image_id]["pdq_distance"] = distance
-        _fill_pdq_distances(collection, probe.pdq.bits, candidates.values())
-    if CNN in signals:
-        _fill_cnn_scores(collection, probe, candidates, min_score)
+        pdq = [{"id": image_id, "score": None, "pdq_distance": distance, "metadata": metadata}
+               for image_id, distance, metadata in _pdq_candidates(collection, probe.pdq.bits, settings, k, wanted,
+                                                                   refresh=CNN not in signals, parts=parts)]
+        by_id = {match["id"]: match for match in cnn}
+        for match in pdq:
+            if match["id"] in by_id:  # found by both
+                by_id[match["id"]]["pdq_distance"] = match["pdq_distance"]
+                match["score"] = by_id[match["id"]]["score"]
+        _fill_pdq_distances(collection, probe.pdq.bits, [match for match in cnn if match["id"] not in
+                                                         {found["id"] for found in pdq}], parts)
+        if CNN in signals:
+            _fill_cnn_scores(collection, probe, [match for match in pdq if match["id"] not in by_id], parts)
+    return {"cnn": cnn, "pdq": pdq, "whitened": whitened}
+
+
+def _ranked_from(found: dict, signals: tuple[str, ...], settings: dict, k: int, min_score: float | None) -> list[dict]:
+    """The best ``k`` matches from :func:`_candidates`' answer (or several merged). Candidates are the CNN's
+    top k and the k nearest PDQ hashes within the collection's distance (less those the CNN scores under
+    ``min_score``, or that were deleted); near-duplicates rank first (by both signals, then by PDQ, then by the
+    CNN alone), then by CNN score (by PDQ distance when the CNN is not used), then by id."""
+    cnn = sorted(found["cnn"], key=lambda match: (-match["score"], match["id"]))[:k]
+    pdq = sorted(found["pdq"], key=lambda match: (match["pdq_distance"], match["id"]))[:k]
+    candidates = {match["id"]: match for match in cnn}
+    for match in pdq:
+        if CNN in signals and (match["score"] is None or (min_score is not None and match["score"] < min_score)):
+            continue
+        candidates.setdefault(match["id"], match)
     matches = []
     for match in candidates.values():
         matched_by = [signal for signal, hit in (
@@ -321,8 +455,8 @@ def _ranked_matches(collection: str, info: dict | None, probe: Probe, settings: 
         matches.append({"id": match["id"], "score": match["score"], "pdq_distance": match["pdq_distance"],
                         "near_duplicate": bool(matched_by), "matched_by": matched_by, "metadata": match["metadata"]})
     matches.sort(key=lambda match: (_trust(match["matched_by"]),
-                                    -match["score"] if CNN in signals else match["pdq_distance"]))
-    return matches[:k], whitened
+                                    -match["score"] if CNN in signals else match["pdq_distance"], match["id"]))
+    return matches[:k]
 
 
 def _trust(matched_by: list[str]) -> int:
@@ -331,8 +465,8 @@ def _trust(matched_by: list[str]) -> int:
     return 0 if len(matched_by) == 2 else 1 if matched_by == [PDQ] else 2 if matched_by == [CNN] else 3
 
 
-def _cnn_candidates(collection: str, probe: Probe, k: int, min_score: float | None,
-                    wanted: dict) -> tuple[list[tuple[str, float, dict]], dict | None]:
+def _cnn_candidates(collection: str, probe: Probe, k: int, min_score: float | None, wanted: dict,
+                    parts: list[str] | None = None) -> tuple[list[tuple[str, float, dict]], dict | None]:
     """The best ``k`` ``(id, score, metadata)`` by cosine whose metadata passes the filter, and the
     whitening the search used.
 
@@ -345,7 +479,7 @@ def _cnn_candidates(collection: str, probe: Probe, k: int, min_score: float | No
     refresh = True
     while True:
         found = get_replicas().search(collection, probe.vector, depth, min_score, refresh=refresh,
-                                      expand=probe.expand)
+                                      expand=probe.expand, parts=parts)
         refresh = False  # deeper rounds of the same query read the same state
         metadata = store.get_metadata(collection, [image_id for image_id, _ in found.matches])
         matches = [
@@ -360,9 +494,9 @@ def _cnn_candidates(collection: str, probe: Probe, k: int, min_score: float | No
 
 
 def _pdq_candidates(collection: str, bits: bytes, settings: dict, k: int, wanted: dict,
-                    refresh: bool = True) -> list[tuple[str, int, dict]]:
+                    refresh: bool = True, parts: list[str] | None = None) -> list[tuple[str, int, dict]]:
     """Up to ``k`` ``(id, distance, metadata)`` within the collection's PDQ distance, nearest first."""
-    within = get_replicas().search_hashes(collection, bits, settings["pdq_max_distance"], refresh=refresh)
+    within = get_replicas().search_hashes(collection, bits, settings["pdq_max_distance"], refresh=refresh, parts=parts)
     found = []
     for start in range(0, len(within), max(k, 100)):  # near-identical flat images can be many: read in rounds
         chunk = within[start:start + max(k, 100)]
@@ -374,23 +508,19 @@ def _pdq_candidates(collection: str, bits: bytes, settings: dict, k: int, wanted
     return found[:k]
 
 
-def _fill_pdq_distances(collection: str, bits: bytes, candidates) -> None:
-    missing = [match for match in candidates if match["pdq_distance"] is None]
-    distances = get_replicas().hash_distances(collection, [match["id"] for match in missing], bits, refresh=False)
-    for match, distance in zip(missing, distances):
+def _fill_pdq_distances(collection: str, bits: bytes, candidates: list[dict], parts: list[str] | None) -> None:
+    distances = get_replicas().hash_distances(collection, [match["id"] for match in candidates], bits, refresh=False,
+                                              parts=parts)
+    for match, distance in zip(candidates, distances):
         match["pdq_distance"] = distance
 
 
-def _fill_cnn_scores(collection: str, probe: Probe, candidates: dict[str, dict], min_score: float | None) -> None:
-    """Score the PDQ-found candidates by cosine too, as the search would; drop any deleted since, or under
-    ``min_score``."""
-    missing = [match for match in candidates.values() if match["score"] is None]
-    scores = get_replicas().scores(collection, probe.vector, [match["id"] for match in missing], expand=probe.expand)
-    for match, score in zip(missing, scores):
-        if score is None or (min_score is not None and score < min_score):
-            del candidates[match["id"]]
-        else:
-            match["score"] = round(score, 6)
+def _fill_cnn_scores(collection: str, probe: Probe, candidates: list[dict], parts: list[str] | None) -> None:
+    """Score the PDQ-found candidates by cosine too, as the search would (None: deleted since)."""
+    scores = get_replicas().scores(collection, probe.vector, [match["id"] for match in candidates],
+                                   expand=probe.expand, parts=parts)
+    for match, score in zip(candidates, scores):
+        match["score"] = None if score is None else round(score, 6)
 
 
 def _allow_match(allow_collection: str, info: dict | None, settings: dict, probe: "Probe", labels: dict) -> dict | None:
@@ -406,7 +536,7 @@ def _allow_match(allow_collection: str, info: dict | None, settings: dict, probe
 def _collection(collection: str) -> tuple[dict | None, dict]:
     """The collection's info and its settings, in one round trip (None: nothing stored yet)."""
     info = get_store().collection_info(collection)
-    return info, info["settings"] if info else dict(DEFAULT_COLLECTION_SETTINGS)
+    return info, info["settings"] if info else DEFAULT_COLLECTION_SETTINGS | {"buckets": 1}
 
 
 def _check_descriptor(info: dict | None, descriptor) -> None:

@@ -1,0 +1,154 @@
+"""A collection of 8 buckets over 4 search groups (one search process each) on a real 3-master Redis Cluster, the
+broker apart: each process holds only its groups' buckets; a query or check fans out one search per group and the
+last answer merges them -- the same ids and scores, ties included, as one exact search over all the vectors; a
+group that does not answer fails the task with search_unavailable, never an answer from the others alone."""
+
+import json
+import sys
+import time
+
+import numpy as np
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from api.app import create_app
+from shared.embedded_redis import EmbeddedRedis, free_port
+from shared.schemas import bucket_groups
+from shared.settings import Settings
+from shared.store import Store
+from tests.conftest import ManagedProcess, consumer_alive
+
+GROUPS = ("g1", "g2", "g3", "g4")
+BUCKETS = 8
+IMAGES = 400
+GATHER_TIMEOUT_SECONDS = 8
+
+
+@pytest.fixture(scope="module")
+def sharded(redis_cluster, service_env, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scatter")
+    broker = EmbeddedRedis(folder / "broker", free_port()).start()
+    env = service_env | {"LOOKALIKE_REDIS_MODE": "cluster", "LOOKALIKE_REDIS_URL": redis_cluster.url,
+                         "LOOKALIKE_BROKER_URL": broker.url, "LOOKALIKE_SEARCH_GROUPS": ",".join(GROUPS),
+                         "LOOKALIKE_GATHER_TIMEOUT_SECONDS": str(GATHER_TIMEOUT_SECONDS),
+                         "LOOKALIKE_LOAD_WAIT_SECONDS": "5", "LOOKALIKE_DATA_DIR": str(folder / "data")}
+    settings = Settings(redis_mode="cluster", redis_url=redis_cluster.url, broker_url=broker.url, auth=False,
+                        rate_limit="", search_groups=GROUPS)
+    store = Store.from_settings(settings)
+    ports = {group: free_port() for group in GROUPS}
+    processes = {"embed": ManagedProcess("embed", [sys.executable, "-m", "worker", "--role", "embed"],
+                                         env | {"LOOKALIKE_WORKER_METRICS_PORT": "0"}, folder)}
+    for group in GROUPS:
+        processes[group] = ManagedProcess(f"search-{group}", [sys.executable, "-m", "worker", "--role", "search",
+                                                              "--groups", group],
+                                          env | {"LOOKALIKE_WORKER_METRICS_PORT": str(ports[group])}, folder)
+    try:
+        for process in processes.values():
+            process.wait_until(lambda: consumer_alive(store, process.process.pid), "heartbeat")
+        yield create_app(settings).test_client(), store, processes, ports, env, folder
+    finally:
+        for process in processes.values():
+            process.stop()
+        broker.stop()
+
+
+def finished(store: Store, task_id: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while (record := store.get_task(task_id))["state"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, record
+        time.sleep(0.1)
+    return record
+
+
+def ask(client, store: Store, collection: str, what: str, vector: np.ndarray, **form) -> dict:
+    data = {"vector": json.dumps(vector.tolist()), **{name: json.dumps(value) if isinstance(value, dict) else str(value)
+                                                       for name, value in form.items()}}
+    response = client.post(f"/v1/collections/{collection}/{what}", data=data)
+    assert response.status_code == 202, response.json
+    return finished(store, response.json["task_id"])
+
+
+def expected(vectors: dict[str, np.ndarray], query: np.ndarray, k: int, keep=lambda image_id: True) -> list:
+    """One exact search over every vector, as the service scores and orders it."""
+    unit = query / np.linalg.norm(query)
+    scored = [(image_id, round(float(vector.astype(np.float64) @ unit.astype(np.float64)), 6))
+              for image_id, vector in vectors.items() if keep(image_id)]
+    return sorted(scored, key=lambda match: (-match[1], match[0]))[:k]
+
+
+def replica_parts(port: int) -> dict[str, float]:
+    page = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return {sample.labels["collection"]: sample.value for family in text_string_to_metric_families(page)
+            for sample in family.samples if sample.name == "lookalike_replica_vectors"}
+
+
+def test_a_collection_over_four_groups_answers_as_one_exact_search(sharded, collection):
+    client, store, processes, ports, *_ = sharded
+    assert client.put(f"/v1/collections/{collection}", json={"buckets": BUCKETS}).status_code == 200
+    rng = np.random.default_rng(21)
+    rows = rng.standard_normal((IMAGES, 512)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    rows[50:60] = rows[49]  # ties: eleven copies of one vector, spread over the buckets
+    ids = [f"img/{n:03d}" for n in range(IMAGES)]
+    vectors = dict(zip(ids, rows))
+    for start in range(0, IMAGES, 100):
+        items = [{"id": image_id, "vector": vectors[image_id].tolist(), "metadata": {"even": n % 2 == 0}}
+                 for n, image_id in enumerate(ids[start:start + 100], start)]
+        assert client.post(f"/v1/collections/{collection}/vectors", json={"items": items}).status_code == 201
+
+    for query in (rows[49], rows[7] + 0.3 * rows[8], rng.standard_normal(512).astype(np.float32)):
+        result = ask(client, store, collection, "queries", query, k=20)
+        assert result["state"] == "succeeded", result
+        found = [(match["id"], match["score"]) for match in result["result"]["matches"]]
+        assert found == expected(vectors, query, 20)
+        filtered = ask(client, store, collection, "queries", query, k=15, filter={"even": True})["result"]
+        assert [(match["id"], match["score"]) for match in filtered["matches"]] == expected(
+            vectors, query, 15, keep=lambda image_id: int(image_id[4:]) % 2 == 0)
+    check = ask(client, store, collection, "checks", rows[123])["result"]
+    assert check["verdict"] == "block" and check["best_match"]["id"] == "img/123" and check["best_match"]["score"] == 1.0
+
+    # Each search process holds its group's two buckets, no others.
+    placement = bucket_groups(collection, {"group": None}, BUCKETS, GROUPS)
+    assert sorted(len(buckets) for buckets in placement.values()) == [2, 2, 2, 2]
+    for group in GROUPS:
+        held = {part: count for part, count in replica_parts(ports[group]).items() if part.startswith(collection)}
+        assert set(held) == {f"{collection}/{bucket}" for bucket in placement[group]}, (group, held)
+    assert sum(count for group in GROUPS for part, count in replica_parts(ports[group]).items()
+               if part.startswith(collection)) == IMAGES
+
+    # Query expansion would need every bucket's best matches first: refused, not answered from a group's.
+    expanded = ask(client, store, collection, "queries", rows[3], expand=2)
+    assert expanded["state"] == "failed" and expanded["error"]["code"] == "expand_unavailable"
+
+
+def test_a_group_that_does_not_answer_fails_the_task_and_nothing_comes_back_short(sharded, collection):
+    client, store, processes, ports, env, folder = sharded
+    assert client.put(f"/v1/collections/{collection}", json={"buckets": BUCKETS}).status_code == 200
+    rng = np.random.default_rng(22)
+    rows = rng.standard_normal((40, 512)).astype(np.float32)
+    items = [{"id": f"v{n}", "vector": row.tolist()} for n, row in enumerate(rows)]
+    assert client.post(f"/v1/collections/{collection}/vectors", json={"items": items}).status_code == 201
+    assert ask(client, store, collection, "queries", rows[0], k=5)["state"] == "succeeded"
+
+    placement = bucket_groups(collection, {"group": None}, BUCKETS, GROUPS)
+    silent = "g3"
+    processes[silent].process.kill()  # its group's only process: no one answers for its buckets
+    processes[silent].process.wait()
+    try:
+        started = time.monotonic()
+        failed = ask(client, store, collection, "queries", rows[0], k=5)
+        waited = time.monotonic() - started
+        assert failed["state"] == "failed" and failed["result"] is None, failed
+        assert failed["error"]["code"] == "search_unavailable"
+        assert failed["error"]["details"]["groups_missing"] == [silent]
+        assert failed["error"]["details"]["buckets_missing"] == placement[silent]
+        assert waited >= GATHER_TIMEOUT_SECONDS
+    finally:  # the group back: its queued answer finds the task finished; new queries are whole again
+        processes[silent] = ManagedProcess(f"search-{silent}-again",
+                                           [sys.executable, "-m", "worker", "--role", "search", "--groups", silent],
+                                           env | {"LOOKALIKE_WORKER_METRICS_PORT": str(ports[silent])}, folder)
+        processes[silent].wait_until(lambda: consumer_alive(store, processes[silent].process.pid), "heartbeat")
+    again = ask(client, store, collection, "queries", rows[0], k=5)
+    assert again["state"] == "succeeded" and again["result"]["matches"][0]["id"] == "v0"
+    assert store.get_task(failed["task_id"])["state"] == "failed"  # the late answer changed nothing

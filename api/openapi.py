@@ -240,6 +240,19 @@ class CollectionSettingsAnswer(BaseModel):
     settings: CollectionSettings
 
 
+class BucketMove(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"group": "g2"}]})
+    group: str = Field(description="The search group to hold the bucket (one of `LOOKALIKE_SEARCH_GROUPS`).")
+
+
+class BucketPlacement(BaseModel):
+    collection: str
+    buckets: int
+    placement: dict[str, list[int]] = Field(description="Each search group's buckets, where queries go now.")
+    moving: dict[str, str] = Field(description="Buckets moving (by number) and the group each is moving to: "
+                                   "committed once every live process of that group has loaded it.")
+
+
 class CollectionDropped(BaseModel):
     collection: str
     deleted: bool

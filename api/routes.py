@@ -21,6 +21,8 @@ from api.openapi import (
     CollectionInfo,
     CollectionDropped,
     CollectionList,
+    BucketMove,
+    BucketPlacement,
     CollectionSettings,
     CollectionSettingsAnswer,
     Deleted,
@@ -44,6 +46,7 @@ from shared.errors import LookalikeError
 from shared.images import inspect_image
 from shared.outbound import Allowlist, check_url
 from shared.schemas import (
+    bucket_groups,
     CALLBACK_PENDING,
     CHECK_TASK,
     CNN,
@@ -579,6 +582,53 @@ def get_collection(collection: str):
         raise LookalikeError("collection_not_found", "Nothing was ever indexed into this collection.",
                              {"collection": collection})
     return jsonify(info)
+
+
+@blueprint.get("/v1/collections/<collection>/buckets")
+@spec.validate(resp=responses({"HTTP_200": BucketPlacement}, 400, 404), tags=["collections"], skip_validation=True)
+def get_buckets(collection: str):
+    """Which search group holds each of the collection's buckets, and the buckets moving (scope ``admin``)."""
+    return jsonify(_placement(validate_collection_name(collection)))
+
+
+@blueprint.put("/v1/collections/<collection>/buckets/<bucket>")
+@spec.validate(json=BucketMove, resp=responses({"HTTP_202": BucketPlacement}, 400, 404, 409), tags=["collections"],
+               skip_validation=True)
+def move_bucket(collection: str, bucket: str):
+    """Move one bucket of a collection to another search group (scope ``admin``): the group loads it, then
+    queries go there, then the old group lets go; no query fails or comes back short meanwhile. Moving it
+    back, or elsewhere, while it moves starts the move over."""
+    store, groups = _context()["store"], _context()["settings"].search_groups
+    collection = validate_collection_name(collection)
+    body = _json_body("invalid_bucket_move")
+    if not isinstance(body, dict) or set(body) != {"group"} or body["group"] not in groups:
+        raise LookalikeError("invalid_bucket_move", f"Send {{\"group\": ...}} naming one of the search groups "
+                             f"{list(groups)}.", {"groups": list(groups)})
+    current = _placement(collection)
+    number = int(bucket) if bucket.isascii() and bucket.isdigit() and len(bucket) <= 5 else -1
+    if current["buckets"] == 1:
+        raise LookalikeError("collection_not_sharded", "A collection of one bucket is placed by its group setting "
+                             "(PUT /v1/collections/{collection}).", {"collection": collection})
+    if not 0 <= number < current["buckets"]:
+        raise LookalikeError("bucket_not_found", "No such bucket: they are numbered from 0.",
+                             {"buckets": current["buckets"], "bucket": bucket[:10]})
+    if number in current["placement"].get(body["group"], []) and bucket not in current["moving"]:
+        return jsonify(current), 202  # there already
+    store.start_move(collection, number, body["group"])
+    return jsonify(_placement(collection)), 202
+
+
+def _placement(collection: str) -> dict:
+    store = _context()["store"]
+    info = store.collection_info(collection)
+    if info is None:
+        raise LookalikeError("collection_not_found", "Nothing was ever indexed into this collection.",
+                             {"collection": collection})
+    buckets = info["settings"]["buckets"]
+    placement = bucket_groups(collection, info["settings"], buckets, _context()["settings"].search_groups,
+                              store.placement_overrides(collection))
+    return {"collection": collection, "buckets": buckets, "placement": placement,
+            "moving": {str(bucket): group for bucket, group in sorted(store.moves(collection).items())}}
 
 
 # --- Health -------------------------------------------------------------------------------

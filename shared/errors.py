@@ -27,6 +27,7 @@ CATALOGUE: dict[str, int] = {
     "ambiguous_query_input": 400,
     "ambiguous_image_input": 400,
     "invalid_collection_settings": 400,
+    "invalid_bucket_move": 400,
     "duplicate_image_id": 400,
     "invalid_signals": 400,
     "invalid_allow_collections": 400,
@@ -42,12 +43,14 @@ CATALOGUE: dict[str, int] = {
     "task_not_found": 404,
     "image_not_found": 404,
     "collection_not_found": 404,
+    "bucket_not_found": 404,
     "batch_not_found": 404,
     "thumbnail_not_found": 404,
     "method_not_allowed": 405,
     # Conflicts with stored state (409).
     "descriptor_mismatch": 409,
-    "buckets_fixed": 409,  # another bucket count for a collection that has one
+    "buckets_fixed": 409,
+    "collection_not_sharded": 409,  # a bucket move asked of a collection of one bucket  # another bucket count for a collection that has one
     "descriptor_unknown": 409,
     "idempotency_key_in_progress": 409,
     # Size limits (413) and media type (415).

@@ -17,6 +17,9 @@ heartbeats, the consumers and their held sets). ``<...>`` marks a variable part.
   lookalike:col:{<c>}:settings             string JSON of the collection's settings (match threshold, kind, ...)
   lookalike:col:{<c>}:whitening            hash   its learned PCA-whitening: mean, projection, when and from what
   lookalike:col:{<c>}:buckets              string its number of buckets: fixed by its first write (or settings)
+  lookalike:col:{<c>}:placement            hash   bucket -> the search group an admin moved it to
+  lookalike:col:{<c>}:moves                hash   bucket -> the search group it is moving to (loading there)
+  lookalike:col:{<c>}:moves:<bucket>:ready set    the processes of that group that have loaded it
   lookalike:col:{<c>}:whitening:claim      string held (with a TTL) while a worker learns the whitening
   lookalike:task:{<task>}                  hash   the task resource served by GET /v1/tasks/{id}
   lookalike:task:{<task>}:upload           string uploaded image bytes, until the worker has them
@@ -24,12 +27,14 @@ heartbeats, the consumers and their held sets). ``<...>`` marks a variable part.
   lookalike:task:{<task>}:done             pubsub channel announcing the task has finished
   lookalike:task:{<task>}:answers          hash   search group -> JSON of its answer to a scattered query or check
   lookalike:gathers                        zset   task id -> when its scattered search is given up (unix seconds)
+  lookalike:moves                          set    collections with a bucket moving between search groups
   lookalike:batch:<batch>                  string JSON: a bulk upload's collection and items
   lookalike:idem:<key id>:<sha256>         string JSON: a POST's fingerprint and response, for Idempotency-Key
   lookalike:{workers}                      zset   worker name -> last heartbeat (unix seconds)
   lookalike:{workers}:info                 hash   worker name -> JSON of its model and weights
   lookalike:{consumers}                    zset   every worker process (any role) -> last heartbeat (unix seconds)
   lookalike:{consumers}:held:<name>        set    delivery tags of the task messages that process holds
+  lookalike:{consumers}:groups             hash   search process -> the search groups it serves (comma-separated)
   lookalike:reaper                         string held (TTL) by the process restoring messages of dead workers
   lookalike:apikeys                        hash   key id -> JSON of an API key (secret hashed)
 
@@ -54,6 +59,8 @@ CONSUMERS = f"{PREFIX}:{{consumers}}"
 API_KEYS = f"{PREFIX}:apikeys"
 REAPER = f"{PREFIX}:reaper"
 GATHERS = f"{PREFIX}:gathers"
+MOVES = f"{PREFIX}:moves"
+CONSUMER_GROUPS = f"{PREFIX}:{{consumers}}:groups"
 
 
 def _collection(collection: str) -> str:
@@ -130,6 +137,18 @@ def collection_whitening(collection: str) -> str:
 
 def collection_buckets(collection: str) -> str:
     return f"{_collection(collection)}:buckets"
+
+
+def collection_placement(collection: str) -> str:
+    return f"{_collection(collection)}:placement"
+
+
+def collection_moves(collection: str) -> str:
+    return f"{_collection(collection)}:moves"
+
+
+def bucket_ready(collection: str, bucket: str) -> str:
+    return f"{_collection(collection)}:moves:{bucket}:ready"
 
 
 def collection_whitening_claim(collection: str) -> str:

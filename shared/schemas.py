@@ -197,18 +197,20 @@ def group_of(collection: str, settings: dict[str, Any], groups: tuple[str, ...])
     return groups[zlib.crc32(collection.encode()) % len(groups)]
 
 
-def bucket_groups(collection: str, settings: dict[str, Any], buckets: int,
-                  groups: tuple[str, ...]) -> dict[str, list[int]]:
+def bucket_groups(collection: str, settings: dict[str, Any], buckets: int, groups: tuple[str, ...],
+                  moved: dict[int, str] | None = None) -> dict[str, list[int]]:
     """Which search group holds which of a collection's buckets: all of them in its pinned group, else dealt
     round the groups from the one its name hashes to (so one bucket lands where :func:`group_of` says, and
-    eight buckets over four groups are two in each). Groups in the order of ``groups``."""
+    eight buckets over four groups are two in each); ``moved``: buckets an admin moved, and where to (a
+    group no longer configured is passed over). Groups in the order of ``groups``."""
     pinned = settings.get("group")
-    if pinned in groups:
-        return {pinned: list(range(buckets))}
     first = zlib.crc32(collection.encode()) % len(groups)
     placement: dict[str, list[int]] = {}
     for bucket in range(buckets):
-        placement.setdefault(groups[(first + bucket) % len(groups)], []).append(bucket)
+        group = pinned if pinned in groups else groups[(first + bucket) % len(groups)]
+        if moved and moved.get(bucket) in groups:
+            group = moved[bucket]
+        placement.setdefault(group, []).append(bucket)
     return {group: placement[group] for group in groups if group in placement}
 
 

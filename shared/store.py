@@ -266,6 +266,15 @@ local answered = redis.call('HKEYS', KEYS[2])
 table.insert(answered, 1, 'given-up')
 return answered
 """
+# KEYS: the collection's placement, its moves, the moving bucket's ready set. ARGV: bucket, group. Completes a
+# bucket's move to the group it is moving to (no longer moving there, or another move since: nothing, 0).
+COMMIT_MOVE_LUA = """
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[3])
+return 1
+"""
 # KEYS: a lease. ARGV: execution token. Deletes the lease only if that execution holds it.
 RELEASE_LEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -322,6 +331,7 @@ class Store:
         self._finish_task_script = client.register_script(FINISH_TASK_LUA)
         self._submit_task_script = client.register_script(SUBMIT_TASK_LUA)
         self._gather_answer_script = client.register_script(GATHER_ANSWER_LUA)
+        self._commit_move_script = client.register_script(COMMIT_MOVE_LUA)
         self._give_up_gather_script = client.register_script(GIVE_UP_GATHER_LUA)
 
     @classmethod
@@ -490,6 +500,54 @@ class Store:
                 *[part for pair in _encode_fields(fields).items() for part in pair]]
         return bool(self._finish_task_script(
             keys=[keys.task(task_id), keys.upload(task_id), keys.task_lease(task_id)], args=args))
+
+    # --- Where buckets are searched: placement and moves between search groups ----------------------
+
+    def placement_overrides(self, collection: str) -> dict[int, str]:
+        """The buckets an admin moved, and the search group each is in now."""
+        return {int(bucket): group.decode()
+                for bucket, group in self.redis.hgetall(keys.collection_placement(collection)).items()}
+
+    def moves(self, collection: str) -> dict[int, str]:
+        """The buckets moving, and the search group each is moving to."""
+        return {int(bucket): group.decode()
+                for bucket, group in self.redis.hgetall(keys.collection_moves(collection)).items()}
+
+    def start_move(self, collection: str, bucket: int, group: str) -> None:
+        """Move a bucket to a search group: its processes load it first (:meth:`mark_ready`), then the move is
+        committed (:meth:`commit_move`) and queries go there. Asked again, or for another group, it starts over."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(keys.collection_moves(collection), str(bucket), group)
+        pipe.delete(keys.bucket_ready(collection, str(bucket)))
+        pipe.execute()
+        self.redis.sadd(keys.MOVES, collection)
+
+    def collections_moving(self) -> list[str]:
+        return sorted(name.decode() for name in self.redis.smembers(keys.MOVES))
+
+    def mark_ready(self, collection: str, bucket: int, process: str) -> set[str]:
+        """Note that ``process`` holds the moving bucket loaded; every process that does."""
+        ready = keys.bucket_ready(collection, str(bucket))
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.sadd(ready, process)
+        pipe.expire(ready, 86_400)
+        pipe.smembers(ready)
+        return {name.decode() for name in pipe.execute()[2]}
+
+    def commit_move(self, collection: str, bucket: int, group: str) -> bool:
+        """Send the bucket's searches to ``group`` from now on, if it is still moving there."""
+        committed = bool(self._commit_move_script(
+            keys=[keys.collection_placement(collection), keys.collection_moves(collection),
+                  keys.bucket_ready(collection, str(bucket))], args=[bucket, group]))
+        if not self.redis.hlen(keys.collection_moves(collection)):
+            self.redis.srem(keys.MOVES, collection)
+        return committed
+
+    def live_processes_of(self, group: str, max_age_seconds: float) -> set[str]:
+        """The search processes serving ``group`` that announced themselves within ``max_age_seconds``."""
+        live = [name.decode() for name in self.redis.zrangebyscore(keys.CONSUMERS, self.now() - max_age_seconds, "+inf")]
+        served = self.redis.hmget(keys.CONSUMER_GROUPS, live) if live else []
+        return {name for name, groups in zip(live, served) if groups and group in groups.decode().split(",")}
 
     # --- Scattered searches: one answer per search group, gathered next to the task record -----------
 
@@ -695,7 +753,8 @@ class Store:
         collection that is gone, which listings and :meth:`collection_info` pass over.
         """
         whole = [keys.collection_descriptor(collection), keys.collection_settings(collection),
-                 keys.collection_whitening(collection), keys.collection_buckets(collection)]
+                 keys.collection_whitening(collection), keys.collection_buckets(collection),
+                 keys.collection_placement(collection), keys.collection_moves(collection)]
         parts = self.parts(collection)
         if len(parts) == 1:
             images = int(self._drop_script(keys=[*self._change_keys(collection), *whole], args=[self.change_stream_length]))
@@ -950,10 +1009,13 @@ class Store:
 
     # --- Worker processes and the task messages they hold (for resuming a dead worker's tasks) ------
 
-    def beat_consumer(self, name: str, held: set[str], ttl_seconds: float) -> None:
-        """Announce a worker process (any role) alive, with the delivery tags of the task messages it holds."""
+    def beat_consumer(self, name: str, held: set[str], ttl_seconds: float, groups: tuple[str, ...] = ()) -> None:
+        """Announce a worker process (any role) alive, with the delivery tags of the task messages it holds and
+        the search groups it serves."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.zadd(keys.CONSUMERS, {name: self.now()})
+        if groups:
+            pipe.hset(keys.CONSUMER_GROUPS, name, ",".join(groups))
         pipe.delete(keys.consumer_held(name))
         if held:
             pipe.sadd(keys.consumer_held(name), *held)
@@ -963,6 +1025,7 @@ class Store:
     def forget_consumer(self, name: str) -> None:
         pipe = self.redis.pipeline(transaction=True)
         pipe.zrem(keys.CONSUMERS, name)
+        pipe.hdel(keys.CONSUMER_GROUPS, name)
         pipe.delete(keys.consumer_held(name))
         pipe.execute()
 

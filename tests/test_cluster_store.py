@@ -97,7 +97,7 @@ def test_the_keys_a_script_or_transaction_takes_together_share_a_slot():
 
 # What each argument of a key function is called in docs/operations.md's table.
 PLACEHOLDERS = {"collection": "<c>", "part_name": "<p>", "task_id": "<task>", "batch_id": "<batch>", "principal": "<key id>",
-                "key_digest": "<sha256>", "name": "<name>"}
+                "key_digest": "<sha256>", "name": "<name>", "bucket": "<bucket>"}
 
 
 def key_patterns() -> set[str]:
@@ -530,6 +530,9 @@ def test_every_script_and_transaction_runs_on_the_cluster(cluster_store, name, m
     store.delete_image(sharded, "i0")
     assert store.get_metadata(sharded, ["i1", "i0", "i11"]) == [{"n": 1}, None, {"n": 11}]
     assert store.collection_info(sharded)["images"] == 11 and store.collection_sizes()[sharded] == 11
+    store.start_move(sharded, 2, "g2")  # a bucket moving: committed once its new group holds it
+    assert store.mark_ready(sharded, 2, "p1") == {"p1"} and store.commit_move(sharded, 2, "g2")  # commit script
+    assert store.placement_overrides(sharded) == {2: "g2"} and store.moves(sharded) == {}
     assert store.drop_collection(sharded) == 11
     task_ids = submit(store, 6)  # submit script, one per task
     store.claim_task(task_ids[0], "run", "w", 30)  # claim script
@@ -552,7 +555,7 @@ def test_every_script_and_transaction_runs_on_the_cluster(cluster_store, name, m
 
     every_script = {hashlib.sha1(value.encode()).hexdigest() for constant, value in vars(shared.store).items()
                     if constant.endswith("_LUA")}
-    assert len(every_script) == 14
+    assert len(every_script) == 15
     assert scripts_run == every_script
     assert transactions_run == transactional_functions()
 

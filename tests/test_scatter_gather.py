@@ -152,3 +152,59 @@ def test_a_group_that_does_not_answer_fails_the_task_and_nothing_comes_back_shor
     again = ask(client, store, collection, "queries", rows[0], k=5)
     assert again["state"] == "succeeded" and again["result"]["matches"][0]["id"] == "v0"
     assert store.get_task(failed["task_id"])["state"] == "failed"  # the late answer changed nothing
+
+
+def test_a_bucket_moves_to_another_group_under_query_load_without_a_failed_or_short_answer(sharded, collection):
+    client, store, processes, ports, *_ = sharded
+    assert client.put(f"/v1/collections/{collection}", json={"buckets": BUCKETS}).status_code == 200
+    rng = np.random.default_rng(23)
+    rows = rng.standard_normal((200, 512)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    vectors = {f"m{n:03d}": row for n, row in enumerate(rows)}
+    items = [{"id": image_id, "vector": vector.tolist()} for image_id, vector in vectors.items()]
+    assert client.post(f"/v1/collections/{collection}/vectors", json={"items": items}).status_code == 201
+
+    before = client.get(f"/v1/collections/{collection}/buckets").json
+    source = next(group for group, buckets in before["placement"].items() if buckets)
+    bucket = before["placement"][source][0]
+    target = next(group for group in GROUPS if group != source)
+    queries = [rows[n] for n in range(0, 200, 25)]
+    answers = []
+
+    def query_round() -> None:
+        for query in queries:
+            answers.append((query, ask(client, store, collection, "queries", query, k=10)))
+
+    query_round()  # every bucket loaded where it is now
+    moved = client.put(f"/v1/collections/{collection}/buckets/{bucket}", json={"group": target})
+    assert moved.status_code == 202 and moved.json["moving"] == {str(bucket): target}
+    deadline = time.monotonic() + 120
+    while (now := client.get(f"/v1/collections/{collection}/buckets").json)["moving"]:  # queries all along
+        assert time.monotonic() < deadline, now
+        query_round()
+    assert bucket in now["placement"][target] and bucket not in now["placement"].get(source, [])
+    part = f"{collection}/{bucket}"
+    assert part in replica_parts(ports[target])
+    while part in replica_parts(ports[source]):  # the old group lets go after its grace period, queries going on
+        assert time.monotonic() < deadline, "the old group still holds the bucket"
+        query_round()
+    query_round()
+
+    assert len(answers) > 2 * len(queries)
+    for query, answer in answers:
+        assert answer["state"] == "succeeded", answer
+        assert [(m["id"], m["score"]) for m in answer["result"]["matches"]] == expected(vectors, query, 10)
+
+    assert client.put(f"/v1/collections/{collection}/buckets/{BUCKETS}", json={"group": target}).status_code == 404
+    for path, body, status, code in ((f"{collection}/buckets/0", {"group": "nowhere"}, 400, "invalid_bucket_move"),
+                                     (f"{collection}/buckets/0", {"group": target, "x": 1}, 400, "invalid_bucket_move"),
+                                     (f"{collection}/buckets/x", {"group": target}, 404, "bucket_not_found"),
+                                     (f"{collection}/buckets/-1", {"group": target}, 404, "bucket_not_found"),
+                                     ("never-made/buckets/0", {"group": target}, 404, "collection_not_found")):
+        refused = client.put(f"/v1/collections/{path}", json=body)
+        assert (refused.status_code, refused.json["error"]["code"]) == (status, code), path
+    assert client.get(f"/v1/collections/{collection}/buckets").json == now  # nothing changed
+    plain = f"{collection}-plain"
+    assert client.put(f"/v1/collections/{plain}", json={"kind": "block"}).status_code == 200
+    refused = client.put(f"/v1/collections/{plain}/buckets/0", json={"group": target})
+    assert refused.status_code == 409 and refused.json["error"]["code"] == "collection_not_sharded"

@@ -479,23 +479,46 @@ class Replicas:
     def _wait_until_loaded(self, collection: str, deadline: float) -> None:
         """Return once this worker holds a replica of the collection, loading it in the background if need be."""
         while collection not in self._replicas:
-            with self._locks_lock:
-                loaded = self._loads.get(collection)
-                if loaded is None or loaded.is_set():
-                    failure = self._load_failures.pop(collection, None) if loaded is not None else None
-                    if failure is not None:
-                        raise failure  # the load this query waited for failed (a Redis outage: the task waits it out)
-                    loaded = self._loads[collection] = threading.Event()
-                    start = True
-                else:
-                    start = False
-            if start:
-                self._start_background("load", collection, self._load_in_background, again_if_running=True)
+            loaded = self._loading(collection)
             if not loaded.wait(max(0.0, deadline - time.monotonic())):
                 done, total = self._load_progress.get(collection, (0, 0))
                 raise LookalikeError("collection_loading", "This worker is still loading the collection; retry shortly.",
                                      {"collection": collection, "vectors_loaded": done, "vectors": total,
                                       "waited_seconds": self.load_wait_seconds})
+
+    def _loading(self, collection: str, *, raise_failure: bool = True) -> threading.Event:
+        """The load of the collection under way (set when it ends), started now if none is."""
+        with self._locks_lock:
+            loaded = self._loads.get(collection)
+            if loaded is not None and not loaded.is_set():
+                return loaded
+            failure = self._load_failures.pop(collection, None) if loaded is not None else None
+            if failure is not None and raise_failure:
+                raise failure  # the load a query waited for failed (a Redis outage: the task waits it out)
+            loaded = self._loads[collection] = threading.Event()
+        self._start_background("load", collection, self._load_in_background, again_if_running=True)
+        return loaded
+
+    def prefetch(self, part: str) -> bool:
+        """Whether this process holds the part loaded; if not, its load is under way (started now if need be)."""
+        if part not in self._replicas:
+            self._loading(part, raise_failure=False)
+        return part in self._replicas
+
+    def held_parts(self) -> list[str]:
+        return list(self._replicas)
+
+    def forget_part(self, part: str) -> None:
+        """Let go of one part's replica (a bucket moved to another search group), its snapshots and metrics."""
+        with self._lock(part):
+            if self._replicas.pop(part, None) is not None:
+                self._forget_snapshots(part)
+                log.info("replica of %s let go: its bucket is searched elsewhere now", part)
+        for gauge in (metrics.REPLICA_VECTORS, metrics.REPLICA_LAG):
+            try:
+                gauge.remove(part)
+            except KeyError:  # never had a series
+                pass
 
     def _load_in_background(self, collection: str) -> None:
         """Load the collection (its snapshot, else Redis), put it in place and bring it up to date."""

@@ -12,6 +12,7 @@ from shared.settings import get_settings
 from shared.store import Store, utc_now
 from worker.delivery import HELD, LEASES, restore_orphans, return_stranded
 from worker.extractor import DIMENSION, FeatureExtractor
+from worker.placement import PlacementKeeper
 from worker.replica import HnswConfig, Replicas
 from worker.weights import resolve_weights
 
@@ -147,6 +148,7 @@ class Heartbeat(threading.Thread):
         self.since = utc_now()
         self.interval = interval_seconds
         self.stopped = threading.Event()
+        self.keeper: PlacementKeeper | None = None  # (search processes) their share of the buckets
 
     def info(self) -> dict:
         """What /readyz shows about this worker."""
@@ -172,7 +174,7 @@ class Heartbeat(threading.Thread):
         for task_id in store.renew_leases(LEASES.snapshot(), alive_for):
             log.warning("task %s: its lease lapsed while it ran (this worker stalled?); another execution may "
                         "run it, and this one will write nothing", task_id)
-        store.beat_consumer(WORKER_NAME, HELD.snapshot(), alive_for)
+        store.beat_consumer(WORKER_NAME, HELD.snapshot(), alive_for, _groups)
         if self.extractor is not None:
             store.heartbeat(WORKER_NAME, self.info())
         if steady and store.claim_reaper(WORKER_NAME, self.interval):
@@ -180,6 +182,15 @@ class Heartbeat(threading.Thread):
             from worker.tasks import give_up_late_gathers  # (the tasks module imports this one)
 
             give_up_late_gathers()
+        if _groups:
+            self._keeper().tend(alive_for)
+
+    def _keeper(self) -> PlacementKeeper:
+        if self.keeper is None:
+            settings = get_settings()
+            self.keeper = PlacementKeeper(get_store(), get_replicas(), WORKER_NAME, _groups, settings.search_groups,
+                                          settings.gather_timeout_seconds)
+        return self.keeper
 
     def run(self) -> None:
         beats_in_a_row = 0

@@ -230,6 +230,12 @@ def give_up_late_gathers() -> None:
                 schedule_webhook(task_id)
 
 
+def _placement(collection: str, settings: dict) -> dict[str, list[int]]:
+    """Which search group holds which of the collection's buckets now (moves included)."""
+    moved = get_store().placement_overrides(collection) if settings["buckets"] > 1 else None
+    return bucket_groups(collection, settings, settings["buckets"], get_settings().search_groups, moved)
+
+
 def _local_candidates(collection: str, info: dict | None, probe: "Probe", settings: dict, request: dict) -> dict:
     """The candidates of a query or check from this process's replicas of the whole collection."""
     if info is None:  # never written, or dropped: no replica kept
@@ -268,7 +274,7 @@ def _rank(request: dict, probe: "Probe", labels: dict, state: dict | None) -> di
     if state is None or "answers" in state:
         info, settings = _collection(collection)
         if state is None:
-            placement = bucket_groups(collection, settings, settings["buckets"], get_settings().search_groups)
+            placement = _placement(collection, settings)
             if not all(serves_group(group) for group in placement):
                 return PassOn(*placement, None) if len(placement) == 1 else Scatter(placement)
             found = _local_candidates(collection, info, probe, settings, request)

@@ -95,6 +95,8 @@ class QueryForm(BaseModel):
     expand: int | None = Field(None, description="Query expansion: average the query with this many of its best "
                                "CNN matches and search again, 0-10 (default 0).")
     callback_url: str | None = None
+    write_token: str | None = Field(None, description="What index and vectors answers give (`write_token`): the "
+                                    "query sees those writes, whatever staleness a sharded collection allows.")
 
 
 class CheckForm(BaseModel):
@@ -106,6 +108,8 @@ class CheckForm(BaseModel):
     signals: Signals | None = Field(None, description="What decides a match (default both).")
     allow_collections: str | None = Field(None, description="A JSON array of allow-list collections.")
     callback_url: str | None = None
+    write_token: str | None = Field(None, description="What index and vectors answers give (`write_token`): the "
+                                    "query sees those writes, whatever staleness a sharded collection allows.")
 
 
 class CollectionSettings(BaseModel):
@@ -284,6 +288,8 @@ class Image(BaseModel):
 class Deleted(BaseModel):
     id: str
     deleted: bool
+    write_token: str = Field(description="Pass it as `write_token` to a query or check to be sure it no longer "
+                             "finds the image.")
 
 
 class VectorsStored(BaseModel):
@@ -292,6 +298,7 @@ class VectorsStored(BaseModel):
     replaced: int
     model: str
     weights: str
+    write_token: str = Field(description="Pass it as `write_token` to a query or check to see these writes.")
 
 
 class Health(BaseModel):

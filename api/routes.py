@@ -47,6 +47,8 @@ from shared.images import inspect_image
 from shared.outbound import Allowlist, check_url
 from shared.schemas import (
     bucket_groups,
+    parse_write_token,
+    write_token,
     CALLBACK_PENDING,
     CHECK_TASK,
     CNN,
@@ -164,6 +166,9 @@ def _submit_query(task_name: str, collection: str, *, k: int, min_score: float |
     signals = parse_signals(request.form.get("signals"), default_signals)
     fields = {"collection": collection, "k": k, "min_score": min_score, "filter": parse_filter(request.form.get("filter")),
               "signals": list(signals), **(extra or {})}
+    fresh = parse_write_token(request.form.get("write_token"))
+    if fresh:  # (JSON keys are strings)
+        fields["fresh"] = {str(bucket): seq for bucket, seq in fresh.items()}
     callback = _callback_from_form()
     vector = request.form.get("vector")
     if vector is not None:
@@ -236,9 +241,10 @@ def store_vectors(collection: str):
             error.details = {"item": position, **error.details}
             raise
         checked.append((image_id, vector, metadata, None, None))  # no image, so no PDQ hash or thumbnail
-    replaced = store.save_images(collection, checked, descriptor)
+    written: dict[int, int] = {}
+    replaced = store.save_images(collection, checked, descriptor, written=written)
     return jsonify({"collection": collection, "stored": len(checked), "replaced": replaced,
-                    "model": descriptor.model, "weights": descriptor.weights}), 201
+                    "model": descriptor.model, "weights": descriptor.weights, "write_token": write_token(written)}), 201
 
 
 def _json_body(code: str, **options):
@@ -526,9 +532,11 @@ def home():
 @blueprint.delete("/v1/collections/<collection>/images/<path:image_id>")
 @spec.validate(resp=responses({"HTTP_200": Deleted}, 400, 404), tags=["images"], skip_validation=True)
 def delete_image(collection: str, image_id: str):
-    if not _context()["store"].delete_image(validate_collection_name(collection), validate_image_id(image_id)):
+    written: dict[int, int] = {}
+    if not _context()["store"].delete_image(validate_collection_name(collection), validate_image_id(image_id),
+                                            written=written):
         raise _image_not_found(collection, image_id)
-    return jsonify({"id": image_id, "deleted": True})
+    return jsonify({"id": image_id, "deleted": True, "write_token": write_token(written)})
 
 
 def _image_not_found(collection: str, image_id: str) -> LookalikeError:

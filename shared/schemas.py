@@ -214,6 +214,29 @@ def bucket_groups(collection: str, settings: dict[str, Any], buckets: int, group
     return {group: placement[group] for group in groups if group in placement}
 
 
+# A write token: which change of each bucket includes a client's writes, "<bucket>:<change>" comma-separated. A
+# query passing it sees those writes whatever the staleness allowed (its buckets' replicas catch up first).
+WRITE_TOKEN = re.compile(r"\d{1,4}:\d{1,19}(,\d{1,4}:\d{1,19}){0,1023}")
+
+
+def write_token(written: dict[int, int]) -> str:
+    return ",".join(f"{bucket}:{seq}" for bucket, seq in sorted(written.items()))
+
+
+def parse_write_token(raw: str | None) -> dict[int, int]:
+    """The changes a query must see, by bucket (several tokens joined with commas: the latest of each)."""
+    if raw is None or raw == "":
+        return {}
+    if len(raw) > 25_000 or not WRITE_TOKEN.fullmatch(raw):
+        raise LookalikeError("invalid_write_token", "'write_token' must be what an index or vectors answer gave: "
+                             "<bucket>:<change> pairs, comma-separated.")
+    fresh: dict[int, int] = {}
+    for pair in raw.split(","):
+        bucket, seq = (int(number) for number in pair.split(":"))
+        fresh[bucket] = max(fresh.get(bucket, 0), seq)
+    return fresh
+
+
 def search_queue(group: str) -> str:
     return f"{SEARCH_QUEUE_PREFIX}{group}"
 

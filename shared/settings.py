@@ -149,6 +149,12 @@ class Settings(BaseSettings):
                                      "a collection it does not hold yet (loads run in the background); past it the task "
                                      "fails with `collection_loading`, to submit again. Keep it well under "
                                      "`LOOKALIKE_VISIBILITY_TIMEOUT_SECONDS`.")
+    staleness_seconds: float = Field(1.0, ge=0, description="How stale a query or check of a collection of several "
+                                     "buckets may find them: search processes tail the buckets' change streams in "
+                                     "the background, and a query reads a bucket's stream itself only when its last "
+                                     "refresh is older (or its `write_token` asks for a change it lacks). 0: every "
+                                     "query reads every stream. Collections of one bucket always see every write "
+                                     "done before the query.")
     gather_timeout_seconds: float = Field(60, gt=0, description="How long a query or check whose collection's "
                                           "buckets several search groups hold waits for every group's answer; past "
                                           "it the task fails with `search_unavailable`. Keep it above "

@@ -80,13 +80,15 @@ class Change:
 # ARGV: id, vector, record (first write), stream length, model, dimension, weights, pdq, thumbnail, task,
 # record (replacement). ARGV[10] names the index task writing (empty: none). A task run again after a crash
 # that came after its write (its message redelivered) finds its own record and changes nothing: each task's
-# effect once.
+# effect once. Returns {'ok', replaced, the change number that includes the write} (a write token's part).
 SAVE_IMAGE_LUA = """
 if ARGV[10] ~= '' then
   local previous = redis.call('HGET', KEYS[2], ARGV[1])
   if previous then
     local readable, record = pcall(cjson.decode, previous)
-    if readable and record['task'] == ARGV[10] then return {'ok', record['replaced'] and 1 or 0} end
+    if readable and record['task'] == ARGV[10] then
+      return {'ok', record['replaced'] and 1 or 0, tonumber(redis.call('GET', KEYS[3]) or '0')}
+    end
   end
 end
 if KEYS[7] then
@@ -106,7 +108,7 @@ if ARGV[8] == '' then redis.call('HDEL', KEYS[5], ARGV[1]) else redis.call('HSET
 if ARGV[9] == '' then redis.call('HDEL', KEYS[6], ARGV[1]) else redis.call('HSET', KEYS[6], ARGV[1], ARGV[9]) end
 local seq = redis.call('INCR', KEYS[3])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'seq', seq, 'op', 'put', 'id', ARGV[1])
-return {'ok', replaced}
+return {'ok', replaced, seq}
 """
 # KEYS: the collection's descriptor and bucket count. ARGV: model, dimension, weights. Before a save: the
 # descriptor is set (first write) or must match, and the bucket count is fixed (1 unless settings chose
@@ -127,7 +129,8 @@ else
 end
 return {'ok', buckets}
 """
-# KEYS: vectors, images, seq, changes, pdq, thumbs (of one part).
+# KEYS: vectors, images, seq, changes, pdq, thumbs (of one part). Returns the change number of the delete, or 0
+# when there was no such image.
 DELETE_IMAGE_LUA = """
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HDEL', KEYS[2], ARGV[1])
@@ -135,7 +138,7 @@ redis.call('HDEL', KEYS[5], ARGV[1])
 redis.call('HDEL', KEYS[6], ARGV[1])
 local seq = redis.call('INCR', KEYS[3])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'seq', seq, 'op', 'del', 'id', ARGV[1])
-return 1
+return seq
 """
 
 
@@ -621,7 +624,7 @@ class Store:
 
     def save_image(self, collection: str, image_id: str, vector: np.ndarray, metadata: dict,
                    descriptor: Descriptor, pdq: bytes | None = None, thumbnail: bytes | None = None,
-                   task_id: str | None = None) -> bool:
+                   task_id: str | None = None, written: dict[int, int] | None = None) -> bool:
         """Write vector, metadata, PDQ hash and a change event atomically; True when an existing image was replaced.
 
         Refuses (``descriptor_mismatch``) to mix vectors of another model or weights into a
@@ -631,12 +634,13 @@ class Store:
         ``thumbnail`` a small JPEG of it; None removes any old one.
         """
         return self.save_images(collection, [(image_id, vector, metadata, pdq, thumbnail)], descriptor,
-                                task_id=task_id) == 1
+                                task_id=task_id, written=written) == 1
 
     def save_images(self, collection: str, images: list[tuple[str, np.ndarray, dict, bytes | None, bytes | None]],
-                    descriptor: Descriptor, task_id: str | None = None) -> int:
+                    descriptor: Descriptor, task_id: str | None = None, written: dict[int, int] | None = None) -> int:
         """:meth:`save_image` for many ``(id, vector, metadata, pdq, thumbnail)`` in one round trip (each
-        written atomically); returns how many replaced."""
+        written atomically); returns how many replaced. ``written`` gets, for each bucket written, the change
+        number that includes these writes (what a write token carries: shared.schemas.write_token)."""
         indexed_at = utc_now()
         for _, vector, *_ in images:
             if vector.shape != (descriptor.dimension,):
@@ -644,10 +648,11 @@ class Store:
         if not images:
             return 0
         buckets = self._claim_collection(collection, descriptor)
-        calls = []
+        calls, buckets_written = [], []
         written_by = {"task": task_id} if task_id else {}
         for image_id, vector, metadata, pdq, thumbnail in images:
-            change_keys = self._change_keys(keys.part_of(collection, image_id, buckets))
+            buckets_written.append(keys.bucket_of(image_id, buckets))
+            change_keys = self._change_keys(keys.part(collection, buckets_written[-1], buckets))
             if buckets == 1:  # the descriptor is checked again with the write (a drop may come between)
                 change_keys.append(keys.collection_descriptor(collection))
             record = {"metadata": metadata, "indexed_at": indexed_at, **written_by}
@@ -674,6 +679,9 @@ class Store:
         mismatch = next((outcome for outcome in outcomes if outcome[0] == b"mismatch"), None)
         if mismatch is not None:  # the descriptor is checked by the first write, so nothing was written
             self._refuse_descriptor(mismatch, descriptor)
+        if written is not None:
+            for bucket, outcome in zip(buckets_written, outcomes):
+                written[bucket] = max(written.get(bucket, 0), int(outcome[2]))
         return sum(int(outcome[1]) for outcome in outcomes)
 
     def _claim_collection(self, collection: str, descriptor: Descriptor) -> int:
@@ -735,10 +743,16 @@ class Store:
             image["pdq"] = {"hash": pdq[:32].hex(), "quality": pdq[32]}
         return image
 
-    def delete_image(self, collection: str, image_id: str) -> bool:
-        """Remove vector and metadata and record a change event, atomically; False if there was no such image."""
-        return bool(self._delete_script(keys=self._change_keys(self._part_of(collection, image_id)),
-                                        args=[image_id, self.change_stream_length]))
+    def delete_image(self, collection: str, image_id: str, written: dict[int, int] | None = None) -> bool:
+        """Remove vector and metadata and record a change event, atomically; False if there was no such image.
+        ``written`` gets the bucket and change number of the delete (a write token's)."""
+        buckets = self.buckets(collection)
+        bucket = keys.bucket_of(image_id, buckets)
+        seq = int(self._delete_script(keys=self._change_keys(keys.part(collection, bucket, buckets)),
+                                      args=[image_id, self.change_stream_length]))
+        if seq and written is not None:
+            written[bucket] = seq
+        return bool(seq)
 
     def drop_collection(self, collection: str) -> int:
         """Delete every image, hash, thumbnail and setting of a collection at once; returns how many images.

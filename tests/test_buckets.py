@@ -2,6 +2,7 @@
 own change stream, the collection-level keys under the collection's; the store's reads and writes and the
 replicas' merged searches answer as for one bucket."""
 
+import time
 import uuid
 
 import numpy as np
@@ -169,3 +170,33 @@ def test_query_expansion_over_buckets_uses_the_best_matches_of_all(store, name):
     assert [image_id for image_id, _ in merged.matches] == [image_id for image_id, _ in plain.matches]
     np.testing.assert_allclose([score for _, score in merged.matches], [score for _, score in plain.matches],
                                atol=1e-6)
+
+
+def test_buckets_are_bounded_stale_and_a_write_token_is_seen_at_once(store, name):
+    sharded(store, name)
+    plain = f"{name}-one"
+    rng = np.random.default_rng(7)
+    rows = unit_rows(rng, 60)
+    for collection in (name, plain):
+        store.save_images(collection, [(f"img/{n}", row, {}, None, None) for n, row in enumerate(rows[:50])],
+                          DESCRIPTOR)
+    replicas = Replicas(store, DIMENSION, staleness_seconds=3600)  # (no tailing thread: stale until asked)
+    for collection in (name, plain):
+        assert replicas.search(collection, rows[55], 1).searched == 50
+
+    written: dict[int, int] = {}
+    for collection in (name, plain):
+        store.save_image(collection, "new", rows[55], {}, DESCRIPTOR, written=written if collection == name else None)
+    bucket = keys.bucket_of("new", BUCKETS)
+    assert list(written) == [bucket] and written[bucket] == store.change_position(f"{name}/{bucket}")[0]
+    assert replicas.search(plain, rows[55], 1).matches[0][0] == "new"  # one bucket: every write before the query
+    assert replicas.search(name, rows[55], 1).matches[0][0] != "new"  # several: as of a state up to an hour old
+    token = {f"{name}/{bucket}": written[bucket]}
+    assert replicas.search(name, rows[55], 1, fresh=token).matches[0][0] == "new"  # the token's write, at once
+
+    replicas.staleness_seconds = 0.2  # past the bound, a query brings a bucket up to date itself
+    store.delete_image(name, "new")
+    deadline = time.monotonic() + 30
+    while replicas.search(name, rows[55], 1).matches[0][0] == "new":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)

@@ -32,7 +32,8 @@ def sharded(redis_cluster, service_env, tmp_path_factory):
     env = service_env | {"LOOKALIKE_REDIS_MODE": "cluster", "LOOKALIKE_REDIS_URL": redis_cluster.url,
                          "LOOKALIKE_BROKER_URL": broker.url, "LOOKALIKE_SEARCH_GROUPS": ",".join(GROUPS),
                          "LOOKALIKE_GATHER_TIMEOUT_SECONDS": str(GATHER_TIMEOUT_SECONDS),
-                         "LOOKALIKE_LOAD_WAIT_SECONDS": "5", "LOOKALIKE_DATA_DIR": str(folder / "data")}
+                         "LOOKALIKE_LOAD_WAIT_SECONDS": "5", "LOOKALIKE_DATA_DIR": str(folder / "data"),
+                         "LOOKALIKE_STALENESS_SECONDS": "60"}
     settings = Settings(redis_mode="cluster", redis_url=redis_cluster.url, broker_url=broker.url, auth=False,
                         rate_limit="", search_groups=GROUPS)
     store = Store.from_settings(settings)
@@ -208,3 +209,27 @@ def test_a_bucket_moves_to_another_group_under_query_load_without_a_failed_or_sh
     assert client.put(f"/v1/collections/{plain}", json={"kind": "block"}).status_code == 200
     refused = client.put(f"/v1/collections/{plain}/buckets/0", json={"group": target})
     assert refused.status_code == 409 and refused.json["error"]["code"] == "collection_not_sharded"
+
+
+def test_a_write_token_is_honoured_across_groups(sharded, collection):
+    client, store, *_ = sharded
+    assert client.put(f"/v1/collections/{collection}", json={"buckets": BUCKETS}).status_code == 200
+    rng = np.random.default_rng(24)
+    rows = rng.standard_normal((41, 512)).astype(np.float32)
+    items = [{"id": f"w{n}", "vector": row.tolist()} for n, row in enumerate(rows[:40])]
+    assert client.post(f"/v1/collections/{collection}/vectors", json={"items": items}).status_code == 201
+    assert ask(client, store, collection, "queries", rows[40], k=1)["state"] == "succeeded"  # loaded, then stale
+
+    for round_number in range(3):  # each write and delete, seen at once by the query passing its token
+        stored = client.post(f"/v1/collections/{collection}/vectors",
+                             json={"items": [{"id": f"late{round_number}", "vector": rows[40].tolist()}]})
+        token = stored.json["write_token"]
+        assert stored.status_code == 201 and ":" in token
+        found = ask(client, store, collection, "queries", rows[40], k=1, write_token=token)
+        assert found["result"]["matches"][0]["id"] == f"late{round_number}", found
+        deleted = client.delete(f"/v1/collections/{collection}/images/late{round_number}")
+        found = ask(client, store, collection, "queries", rows[40], k=1, write_token=deleted.json["write_token"])
+        assert found["result"]["matches"][0]["id"] != f"late{round_number}", found
+    refused = client.post(f"/v1/collections/{collection}/queries",
+                          data={"vector": json.dumps(rows[0].tolist()), "write_token": "3:x"})
+    assert refused.status_code == 400 and refused.json["error"]["code"] == "invalid_write_token"

@@ -28,6 +28,9 @@ REPLICA_VECTORS = Gauge("lookalike_replica_vectors", "Vectors in this worker's r
                         ["collection"])
 REPLICA_LAG = Gauge("lookalike_replica_lag_seconds", "Age of the oldest change the last refresh of a replica "
                     "applied (0: it was up to date).", ["collection"])
+QUERY_STALENESS = Histogram("lookalike_query_staleness_seconds", "How old the replica state a query or check "
+                            "searched was (the oldest of its buckets; 0: brought up to date for it).",
+                            buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
 WEBHOOKS = Counter("lookalike_webhook_attempts", "Webhook delivery attempts, by outcome.", ["outcome"])
 
 

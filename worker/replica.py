@@ -255,6 +255,7 @@ class CollectionReplica:
     stream_id: str  # its id in the change stream ("0-0": none)
     whitening: LearnedWhitening | None = None
     changes_since_snapshot: int = 0
+    refreshed_at: float = 0.0  # (monotonic) every change written before it has been applied
 
     @property
     def position(self) -> dict:
@@ -332,8 +333,12 @@ class Replicas:
 
     def __init__(self, store: Store, dimension: int, *, exact_max: int = 200_000, hnsw: HnswConfig = HnswConfig(),
                  snapshot_dir: Path | None = None, snapshot_every_changes: int = 10_000, pdq_min_quality: int = 50,
-                 load_wait_seconds: float = 30.0):
+                 load_wait_seconds: float = 30.0, staleness_seconds: float = 0.0):
         self.store = store
+        # A bucket of a sharded collection is brought up to date by a query only when its last refresh is
+        # older than this (a thread tails the streams meanwhile, tail_in_background); 0: every query, as a
+        # collection of one bucket always is.
+        self.staleness_seconds = staleness_seconds
         self.load_wait_seconds = load_wait_seconds
         self.pdq_min_quality = pdq_min_quality
         self.dimension = dimension
@@ -357,15 +362,17 @@ class Replicas:
     # loads and snapshots are by part (for a collection of one bucket, the part is the collection).
 
     def search(self, collection: str, query: np.ndarray, k: int, min_score: float | None = None, *,
-               refresh: bool = True, expand: int = 0, parts: list[str] | None = None) -> SearchResult:
+               refresh: bool = True, expand: int = 0, parts: list[str] | None = None,
+               fresh: dict[str, int] | None = None) -> SearchResult:
         """The ``k`` most similar ids with their scores (at least ``min_score``), over the collection as it is now.
 
         ``refresh=False``: as of the last refresh -- for the second and later lookups of one
         query, which saw the collection as it was when it started. ``expand``: average query
         expansion over that many best matches first. ``parts``: only these of the collection's parts (a
-        search group's share of its buckets); None: all.
+        search group's share of its buckets); None: all. ``fresh``: changes (by part) the answer must include
+        (a write token), whatever staleness is allowed.
         """
-        with self._replicas_of(collection, refresh, parts) as replicas:
+        with self._replicas_of(collection, refresh, parts, fresh) as replicas:
             found = _best_of(replicas, self._query_vector(replicas, query, expand), k)
             matches = [(image_id, float(score)) for image_id, score in found
                        if min_score is None or score >= min_score]
@@ -403,11 +410,11 @@ class Replicas:
                     found[position] = vector
         return found
 
-    def search_hashes(self, collection: str, query: bytes, max_distance: int, *,
-                      refresh: bool = True, parts: list[str] | None = None) -> list[tuple[str, int]]:
+    def search_hashes(self, collection: str, query: bytes, max_distance: int, *, refresh: bool = True,
+                      parts: list[str] | None = None, fresh: dict[str, int] | None = None) -> list[tuple[str, int]]:
         """Every image whose usable PDQ hash is within ``max_distance`` bits of ``query``, nearest first (ties by
         id, however the collection is spread)."""
-        with self._replicas_of(collection, refresh, parts) as replicas:
+        with self._replicas_of(collection, refresh, parts, fresh) as replicas:
             found = [match for replica in replicas for match in replica.hashes.within(query, max_distance)]
             return sorted(found, key=lambda match: (match[1], match[0]))
 
@@ -423,8 +430,8 @@ class Replicas:
             return distances
 
     @contextmanager
-    def _replicas_of(self, collection: str, refresh: bool,
-                     parts: list[str] | None = None) -> Iterator[list[CollectionReplica]]:
+    def _replicas_of(self, collection: str, refresh: bool, parts: list[str] | None = None,
+                     fresh: dict[str, int] | None = None) -> Iterator[list[CollectionReplica]]:
         """The replica of each of the collection's parts, with their locks held (taken in one order, so two
         queries never wait on each other), all in one whitening: while its buckets take a new one (each
         reloads in the background), a query waits for them up to ``load_wait_seconds``, then fails with
@@ -433,7 +440,11 @@ class Replicas:
         deadline = time.monotonic() + self.load_wait_seconds
         while True:
             with ExitStack() as held:
-                replicas = [held.enter_context(self._replica(part, refresh)) for part in parts]
+                replicas = [held.enter_context(self._replica(part, refresh, (fresh or {}).get(part)))
+                            for part in parts]
+                if refresh:  # how old the state this query searches may be (0: all brought up to date now)
+                    metrics.QUERY_STALENESS.observe(max(time.monotonic() - replica.refreshed_at
+                                                        for replica in replicas))
                 labels = [LearnedWhitening.label(replica.whitening) for replica in replicas]
                 if len(set(labels)) == 1:
                     yield replicas
@@ -457,8 +468,10 @@ class Replicas:
                                                                "waited_seconds": self.load_wait_seconds})
 
     @contextmanager
-    def _replica(self, collection: str, refresh: bool) -> Iterator[CollectionReplica]:
-        """The collection's replica, brought up to date if ``refresh``, with the collection's lock held.
+    def _replica(self, collection: str, refresh: bool, min_seq: int | None = None) -> Iterator[CollectionReplica]:
+        """The collection's replica, brought up to date if ``refresh``, with the collection's lock held. A bucket
+        of a sharded collection (a part ``<c>/<b>``) is brought up to date only when its state is older than
+        ``staleness_seconds`` or lacks change ``min_seq`` (a write token's).
 
         One this worker does not hold (yet, or again) is loaded in the background -- never in
         the query's own time and lock -- and waited for up to ``load_wait_seconds``; past that
@@ -470,11 +483,32 @@ class Replicas:
             self._wait_until_loaded(collection, deadline)
             with self._lock(collection):
                 replica = self._replicas.get(collection)
-                if replica is not None and refresh:
+                if replica is not None and refresh and self._stale(collection, replica, min_seq):
                     replica = self.refresh(collection)
                 if replica is not None:
                     yield replica
                     return
+
+    def _stale(self, part: str, replica: CollectionReplica, min_seq: int | None) -> bool:
+        return ("/" not in part or time.monotonic() - replica.refreshed_at > self.staleness_seconds
+                or (min_seq is not None and replica.seq < min_seq))
+
+    def tail_in_background(self) -> None:
+        """Keep the buckets of sharded collections this process holds within ``staleness_seconds`` of their
+        streams, in a thread of its own (a query then finds them fresh enough and reads no stream)."""
+        def tail() -> None:
+            while True:
+                time.sleep(self.staleness_seconds / 2)
+                for part in [part for part in list(self._replicas) if "/" in part]:
+                    try:
+                        with self._lock(part):
+                            replica = self._replicas.get(part)
+                            if replica is not None and time.monotonic() - replica.refreshed_at >= self.staleness_seconds / 2:
+                                self.refresh(part)
+                    except Exception:  # Redis away for a moment: queries refresh themselves meanwhile
+                        log.warning("tailing the stream of %s failed; trying again", part, exc_info=True)
+
+        threading.Thread(target=tail, daemon=True, name="replica-tail").start()
 
     def _wait_until_loaded(self, collection: str, deadline: float) -> None:
         """Return once this worker holds a replica of the collection, loading it in the background if need be."""
@@ -548,6 +582,7 @@ class Replicas:
         replica = self._replicas.get(collection)
         if replica is None:
             return None
+        started = time.monotonic()
         lag = None
         while True:
             changes = self.store.changes_since(collection, replica.stream_id, CHANGES_PER_READ)
@@ -564,6 +599,7 @@ class Replicas:
             if lag is None:  # how long the oldest change waited for this replica
                 lag = max(0.0, time.time() - changes[0].written_at)
             self._apply(collection, replica, changes)
+        replica.refreshed_at = started
         metrics.REPLICA_LAG.labels(collection).set(lag or 0.0)
         metrics.REPLICA_VECTORS.labels(collection).set(len(replica.index))
         if isinstance(replica.index, ExactIndex) and len(replica.index) > self.exact_max:

@@ -99,7 +99,10 @@ def get_replicas() -> Replicas:
                 snapshot_every_changes=settings.snapshot_every_changes,
                 pdq_min_quality=settings.pdq_min_quality,
                 load_wait_seconds=settings.load_wait_seconds,
+                staleness_seconds=settings.staleness_seconds,
             )
+            if settings.staleness_seconds > 0:
+                _replicas.tail_in_background()
         return _replicas
 
 

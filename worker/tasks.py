@@ -34,6 +34,7 @@ from shared.schemas import (
     WHITEN_TASK,
     bucket_groups,
     group_of,
+    write_token,
     search_queue,
     matches_filter,
     verdict,
@@ -83,11 +84,12 @@ def index_image(task_id: str, collection: str, image_id: str, metadata: dict, ur
         # above the ratio still lets this task's outcome, and queries, be written.
         store.check_room_for_images(settings.store_full_ratio, collection)
         _check_still_running_it(task_id)
+        written: dict[int, int] = {}
         replaced = store.save_image(collection, image_id, vector, metadata, extractor.descriptor, pdq.encode(),
-                                    thumbnail, task_id=task_id)
+                                    thumbnail, task_id=task_id, written=written)
         _learn_whitening_when_due(collection, store.collection_info(collection))
         return {"collection": collection, "image_id": image_id, "replaced": replaced,
-                "pdq_quality": pdq.quality} | _model_labels()
+                "pdq_quality": pdq.quality, "write_token": write_token(written)} | _model_labels()
 
     _run(task_id, index)
 
@@ -95,12 +97,14 @@ def index_image(task_id: str, collection: str, image_id: str, metadata: dict, ur
 @app.task(name=QUERY_TASK)
 def query_image(task_id: str, collection: str, k: int, min_score: float | None = None,
                 filter: dict | None = None, by_vector: bool = False,  # noqa: A002 - the API's name
-                signals: tuple[str, ...] = (CNN,), url: str | None = None, expand: int = 0) -> None:
+                signals: tuple[str, ...] = (CNN,), url: str | None = None, expand: int = 0,
+                fresh: dict[str, int] | None = None) -> None:
     def embed() -> dict | object:
         info, _ = _collection(collection)
         _learn_whitening_when_due(collection, info)
         probe = _probe(task_id, url, info, by_vector, signals, expand)
-        request = {"kind": "query", "collection": collection, "k": k, "min_score": min_score, "filter": filter or {}}
+        request = {"kind": "query", "collection": collection, "k": k, "min_score": min_score, "filter": filter or {},
+                   "fresh": fresh or {}}
         return _rank_or_pass_on(task_id, request, probe, _model_labels())
 
     _run(task_id, embed)
@@ -110,13 +114,13 @@ def query_image(task_id: str, collection: str, k: int, min_score: float | None =
 def check_image(task_id: str, collection: str, k: int = 1, min_score: float | None = None,
                 filter: dict | None = None, by_vector: bool = False,  # noqa: A002 - the API's name
                 signals: tuple[str, ...] = (CNN, PDQ), allow_collections: list[str] | None = None,
-                url: str | None = None) -> None:
+                url: str | None = None, fresh: dict[str, int] | None = None) -> None:
     def embed() -> dict | object:
         info, _ = _collection(collection)
         _learn_whitening_when_due(collection, info)
         probe = _probe(task_id, url, info, by_vector, signals)
         request = {"kind": "check", "collection": collection, "filter": filter or {},
-                   "allow_collections": allow_collections or []}
+                   "allow_collections": allow_collections or [], "fresh": fresh or {}}
         return _rank_or_pass_on(task_id, request, probe, _model_labels())
 
     _run(task_id, embed)
@@ -150,7 +154,8 @@ def _answer_for_group(task_id: str, request: dict, probe: "Probe", labels: dict,
         else:
             parts = [keys.part(collection, bucket, settings["buckets"]) for bucket in buckets]
             k = request["k"] if request["kind"] == "query" else 1
-            answer = _candidates(collection, probe, settings, k, request.get("min_score"), request["filter"], parts)
+            answer = _candidates(collection, probe, settings, k, request.get("min_score"), request["filter"], parts,
+                                 _fresh_parts(collection, settings, request))
     except LookalikeError as exc:
         answer = {"error": exc.to_dict()}
     except REDIS_UNAVAILABLE as exc:
@@ -242,7 +247,16 @@ def _local_candidates(collection: str, info: dict | None, probe: "Probe", settin
         get_replicas().forget(collection)
         return {"cnn": [], "pdq": [], "whitened": None}
     k = request["k"] if request["kind"] == "query" else 1
-    return _candidates(collection, probe, settings, k, request.get("min_score"), request["filter"])
+    return _candidates(collection, probe, settings, k, request.get("min_score"), request["filter"],
+                       fresh=_fresh_parts(collection, settings, request))
+
+
+def _fresh_parts(collection: str, settings: dict, request: dict) -> dict[str, int]:
+    """A write token's changes by part (a bucket the collection does not have -- dropped and made again -- is
+    passed over)."""
+    buckets = settings["buckets"]
+    return {keys.part(collection, int(bucket), buckets): seq for bucket, seq in request.get("fresh", {}).items()
+            if int(bucket) < buckets}
 
 
 def _merged(answers: dict[str, dict]) -> dict:
@@ -408,26 +422,28 @@ def _ranked_matches(collection: str, info: dict | None, probe: Probe, settings: 
 
 
 def _candidates(collection: str, probe: Probe, settings: dict, k: int, min_score: float | None, wanted: dict,
-                parts: list[str] | None = None) -> dict:
+                parts: list[str] | None = None, fresh: dict[str, int] | None = None) -> dict:
     """What this process's replicas (of ``parts`` of the collection, or all of it) offer a query or check:
     ``cnn``, the best ``k`` by CNN score, and ``pdq``, the ``k`` nearest PDQ hashes within the collection's
     distance -- each passing the filter, each scored by every signal in use (a PDQ candidate's CNN score
     None: deleted since) -- and the ``whitened`` space the scores were taken in. :func:`_ranked_from` ranks
     them, alone or merged with other search groups' (a scattered search): both lists ordered with ties
-    by id, so the merged top k is the top k of the whole collection."""
+    by id, so the merged top k is the top k of the whole collection. ``fresh``: the changes of each part
+    the answer must include (a write token)."""
     signals = probe.signals
     cnn: list[dict] = []
     pdq: list[dict] = []
     whitened = None
     # The first lookup brings the replicas up to date; the others see the same state (one round trip).
     if CNN in signals:
-        found, whitened = _cnn_candidates(collection, probe, k, min_score, wanted, parts)
+        found, whitened = _cnn_candidates(collection, probe, k, min_score, wanted, parts, fresh)
         cnn = [{"id": image_id, "score": score, "pdq_distance": None, "metadata": metadata}
                for image_id, score, metadata in found]
     if PDQ in signals:
         pdq = [{"id": image_id, "score": None, "pdq_distance": distance, "metadata": metadata}
                for image_id, distance, metadata in _pdq_candidates(collection, probe.pdq.bits, settings, k, wanted,
-                                                                   refresh=CNN not in signals, parts=parts)]
+                                                                   refresh=CNN not in signals, parts=parts,
+                                                                   fresh=fresh)]
         by_id = {match["id"]: match for match in cnn}
         for match in pdq:
             if match["id"] in by_id:  # found by both
@@ -472,7 +488,8 @@ def _trust(matched_by: list[str]) -> int:
 
 
 def _cnn_candidates(collection: str, probe: Probe, k: int, min_score: float | None, wanted: dict,
-                    parts: list[str] | None = None) -> tuple[list[tuple[str, float, dict]], dict | None]:
+                    parts: list[str] | None = None,
+                    fresh: dict[str, int] | None = None) -> tuple[list[tuple[str, float, dict]], dict | None]:
     """The best ``k`` ``(id, score, metadata)`` by cosine whose metadata passes the filter, and the
     whitening the search used.
 
@@ -485,7 +502,7 @@ def _cnn_candidates(collection: str, probe: Probe, k: int, min_score: float | No
     refresh = True
     while True:
         found = get_replicas().search(collection, probe.vector, depth, min_score, refresh=refresh,
-                                      expand=probe.expand, parts=parts)
+                                      expand=probe.expand, parts=parts, fresh=fresh)
         refresh = False  # deeper rounds of the same query read the same state
         metadata = store.get_metadata(collection, [image_id for image_id, _ in found.matches])
         matches = [
@@ -499,10 +516,11 @@ def _cnn_candidates(collection: str, probe: Probe, k: int, min_score: float | No
         depth *= 4
 
 
-def _pdq_candidates(collection: str, bits: bytes, settings: dict, k: int, wanted: dict,
-                    refresh: bool = True, parts: list[str] | None = None) -> list[tuple[str, int, dict]]:
+def _pdq_candidates(collection: str, bits: bytes, settings: dict, k: int, wanted: dict, refresh: bool = True,
+                    parts: list[str] | None = None, fresh: dict[str, int] | None = None) -> list[tuple[str, int, dict]]:
     """Up to ``k`` ``(id, distance, metadata)`` within the collection's PDQ distance, nearest first."""
-    within = get_replicas().search_hashes(collection, bits, settings["pdq_max_distance"], refresh=refresh, parts=parts)
+    within = get_replicas().search_hashes(collection, bits, settings["pdq_max_distance"], refresh=refresh,
+                                          parts=parts, fresh=fresh)
     found = []
     for start in range(0, len(within), max(k, 100)):  # near-identical flat images can be many: read in rounds
         chunk = within[start:start + max(k, 100)]

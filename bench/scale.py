@@ -26,11 +26,30 @@
 Hashes are clustered like a collection of near-duplicates: 1,000 centres, each hash a few
 to 48 bits away from one; queries are near-copies of stored hashes. Every figure is a
 median (p99 beside it) over --queries queries; each index's answers are checked against
-the scan's. A ``goals`` object says which goals hold.
+the scan's.
+
+Issue 15's, one collection over many processes:
+
+5. Gathering a scattered search's answers, Celery's chord on its Redis result backend
+   against Lookalike's gather next to the task record (shared.store.Store.gather_answer):
+   --gather-groups answers of k = 10 candidates each, from no-op tasks in one Celery worker
+   (bench/gather_tasks.py), to the outcome written on the task record; latency and Redis
+   commands per query, alternating the two.
+6. --shard-vectors vectors in 8 buckets, searched through the whole path (API, broker, an
+   embed worker, search workers, the gather) by 1, 2 and 4 search processes (one group
+   each; HNSW in every bucket, built once and loaded from snapshots after): resident memory
+   per search process against its share of the one-process figure, query p50/p99 (the
+   fan-out's cost: 4 processes against 1), recall@10 of the merged answer against one
+   HNSW graph of all the vectors (same parameters), and Redis commands per query.
+
+A ``goals`` object says which goals hold. ``--only`` runs some of the parts.
 """
 
 import argparse
 import itertools
+import logging
+import subprocess
+import uuid
 import json
 import multiprocessing
 import os
@@ -358,6 +377,209 @@ def measure_snapshot(count: int, folder: Path) -> dict:
     return {"vectors": count, **figures}
 
 
+# --- 5. Gathering a scattered search's answers: chord against the gather next to the task record ----------------
+
+
+def redis_commands(client) -> int:
+    """Commands the server has run so far (INFO commandstats), INFO itself not counted."""
+    stats = client.info("commandstats")
+    return sum(entry["calls"] for name, entry in stats.items() if name != "cmdstat_info")
+
+
+def measure_gather(groups: int, queries: int, folder: Path) -> dict:
+    return in_a_process(gather_child, groups, queries, str(folder))
+
+
+def gather_child(groups: int, queries: int, folder: str, results) -> None:
+    """measure_gather in a process of its own, which leaves with os._exit: Celery's result consumer keeps the
+    chords' results subscribed until exit, where their finalisers would find Redis gone."""
+    results.put(gather_figures(groups, queries, Path(folder)))
+    results.close()
+    results.join_thread()
+    os._exit(0)
+
+
+def gather_figures(groups: int, queries: int, folder: Path) -> dict:
+    with EmbeddedRedis(folder / "gather", free_port()) as server:
+        os.environ["BENCH_REDIS_URL"] = server.url
+        from celery import chord
+
+        import bench.gather_tasks as tasks
+
+        log = (folder / "gather-worker.log").open("wb")
+        worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "bench.gather_tasks", "worker", "--pool",
+                                   "threads", "-c", str(2 * groups), "--without-heartbeat", "--without-gossip",
+                                   "--without-mingle", "--loglevel", "WARNING"],
+                                  env=os.environ | {"PYTHONPATH": str(REPO)}, cwd=REPO, stdout=log, stderr=log)
+        try:
+            tasks.chord_answer.delay(0, 1).get(timeout=120)  # the worker is up
+            store = tasks.store
+
+            def one(way: str) -> tuple[float, object]:
+                task_id = uuid.uuid4().hex
+                store.submit([(task_id, "query", {"collection": "bench"}, None)])
+                started, pending = time.perf_counter(), None
+                if way == "chord":
+                    pending = chord([tasks.chord_answer.s(group, 10) for group in range(groups)])(
+                        tasks.chord_merge.s(task_id))
+                else:
+                    for group in range(groups):
+                        tasks.gather_answer.delay(task_id, group, groups, 10)
+                record = store.wait_for_task(task_id, 60)
+                assert record["state"] == "succeeded" and record["result"]["candidates"] == 10 * groups, record
+                return (time.perf_counter() - started) * 1000, pending
+
+            def settle(pending) -> None:
+                """Collect a chord's own result (after the counts): its client holds it until then."""
+                if pending is not None:
+                    pending.get(timeout=60)
+
+            for way in ("chord", "gather"):
+                settle(one(way)[1])  # warm
+            timings: dict[str, list[float]] = {"chord": [], "gather": []}
+            commands = {"chord": 0, "gather": 0}
+            for _ in range(queries):
+                for way in ("chord", "gather"):
+                    before = redis_commands(store.redis)
+                    elapsed, pending = one(way)
+                    commands[way] += redis_commands(store.redis) - before
+                    timings[way].append(elapsed)
+                    settle(pending)
+        finally:
+            worker.terminate()
+            worker.wait(60)
+    return {"groups": groups, "answers_of": 10, **{
+        way: latency_figures(timings[way]) | {"redis_commands_per_query": round(commands[way] / queries, 1)}
+        for way in timings}}
+
+
+# --- 6. One collection of 8 buckets over 1, 2 and 4 search processes, through the whole path ---------------------
+
+SHARDED = "sharded"
+SHARD_BUCKETS = 8
+
+
+def measure_shards(count: int, queries_count: int, process_counts: tuple[int, ...], folder: Path) -> dict:
+    import hnswlib
+
+    from api.app import create_app
+    from shared.schemas import DEFAULT_COLLECTION_SETTINGS
+    from worker.replica import HnswConfig
+
+    vectors = clustered_vectors(count, seed=7)
+    rng = np.random.default_rng(8)
+    queries = vectors[rng.integers(count, size=queries_count)] + 0.05 * rng.standard_normal(
+        (queries_count, DIMENSION)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    truth = exact_top(vectors, queries, 10)
+    figures: dict = {"vectors": count, "buckets": SHARD_BUCKETS, "queries": queries_count, "by_processes": {}}
+
+    config = HnswConfig()  # the service's defaults: M 16, ef_construction 100, ef 512
+    graph = hnswlib.Index(space="ip", dim=DIMENSION)
+    graph.init_index(max_elements=count, M=config.m, ef_construction=config.ef_construction)
+    graph.set_num_threads(os.cpu_count() or 1)
+    started = time.perf_counter()
+    graph.add_items(vectors, np.arange(count))
+    graph.set_ef(config.ef_search)
+    labels, _ = graph.knn_query(queries, k=10)
+    figures["one_graph"] = {"build_s": round(time.perf_counter() - started, 1),
+                            "recall_at_10": recall(truth, [[int(label) for label in row] for row in labels])}
+    del graph
+
+    with EmbeddedRedis(folder / "shards", free_port()) as server:
+        store = Store.from_settings(Settings(redis_url=server.url))
+        store.put_collection_settings(SHARDED, DEFAULT_COLLECTION_SETTINGS | {"buckets": SHARD_BUCKETS})
+        for start in range(0, count, WRITE_CHUNK):
+            store.save_images(SHARDED, [(f"v/{n}", vectors[n], {}, None, None)
+                                        for n in range(start, min(count, start + WRITE_CHUNK))], DESCRIPTOR)
+        snapshots = folder / "shard-snapshots"
+        # Every bucket's HNSW graph built once (by one search process, which writes their snapshots), so that each
+        # configuration measured starts the same way: loading them.
+        run_shards(server.url, ("s0",), snapshots, queries[:1], truth[:1], folder / "shards-build", create_app)
+        for processes in process_counts:
+            groups = tuple(f"s{number}" for number in range(processes))
+            figures["by_processes"][str(processes)] = run_shards(server.url, groups, snapshots, queries, truth,
+                                                               folder / f"shards-{processes}", create_app)
+    single = figures["by_processes"][str(process_counts[0])]
+    for processes in process_counts[1:]:
+        entry = figures["by_processes"][str(processes)]
+        entry["resident_mb_over_share"] = round(max(entry["resident_mb"]) / (single["resident_mb"][0] / processes), 2)
+        entry["fan_out_p50_ms"] = round(entry["p50_ms"] - single["p50_ms"], 2)
+        entry["fan_out_p99_ms"] = round(entry["p99_ms"] - single["p99_ms"], 2)
+    return figures
+
+
+def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> list[list[int]]:
+    tops = []
+    for start in range(0, len(queries), 50):
+        scores = queries[start:start + 50] @ vectors.T
+        best = np.argpartition(-scores, k, axis=1)[:, :k]
+        tops += [sorted(row, key=lambda column, r=r: -scores[r, column]) for r, row in enumerate(best)]
+    return [[int(column) for column in row] for row in tops]
+
+
+def recall(truth: list[list[int]], found: list[list[int]]) -> float:
+    return round(float(np.mean([len(set(t) & set(f)) / len(t) for t, f in zip(truth, found)])), 4)
+
+
+def saved(snapshots: Path) -> bool:
+    """Whether a part's snapshot folder holds a complete snapshot (written under a .tmp name, then renamed)."""
+    return snapshots.exists() and any((entry / "replica.json").exists() for entry in snapshots.iterdir()
+                                      if not entry.name.endswith(".tmp"))
+
+
+def run_shards(redis_url: str, groups: tuple[str, ...], snapshots: Path, queries: np.ndarray, truth, folder: Path,
+               create_app) -> dict:
+    """An embed worker and a search process per group; resident memory, latency and recall through the API."""
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {name: value for name, value in os.environ.items() if not name.startswith("LOOKALIKE_")} | {
+        "LOOKALIKE_REDIS_URL": redis_url, "LOOKALIKE_WEIGHTS": "random", "LOOKALIKE_SEARCH_GROUPS": ",".join(groups),
+        "LOOKALIKE_EXACT_MAX": "1000", "LOOKALIKE_SNAPSHOT_DIR": str(snapshots), "LOOKALIKE_HEARTBEAT_SECONDS": "1",
+        "LOOKALIKE_LOAD_WAIT_SECONDS": "20", "LOOKALIKE_WORKER_METRICS_PORT": "0", "LOOKALIKE_LOG_LEVEL": "WARNING",
+        "TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    commands = [[sys.executable, "-m", "worker", "--role", "embed"]] + [
+        [sys.executable, "-m", "worker", "--role", "search", "--groups", group] for group in groups]
+    logs = [(folder / f"process-{n}.log").open("wb") for n in range(len(commands))]
+    processes = [subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=log)
+                 for command, log in zip(commands, logs)]
+    settings = Settings(redis_url=redis_url, auth=False, rate_limit="", search_groups=groups)
+    client, store = create_app(settings).test_client(), Store.from_settings(settings)
+    logging.getLogger("lookalike.access").setLevel(logging.WARNING)  # (a line per request otherwise)
+
+    def ask(query: np.ndarray) -> dict:
+        response = client.post(f"/v1/collections/{SHARDED}/queries", data={"vector": json.dumps(query.tolist()),
+                                                                           "k": "10"})
+        return store.wait_for_task(response.json["task_id"], 120)
+
+    try:
+        deadline = time.monotonic() + 1800
+        while ask(queries[0])["state"] != "succeeded":  # loading (each try waits LOAD_WAIT)
+            assert time.monotonic() < deadline and all(p.poll() is None for p in processes), "workers did not load"
+        graphs = [snapshots / f"{SHARDED}.bucket-{bucket}" for bucket in range(SHARD_BUCKETS)]
+        while not all(saved(graph) for graph in graphs):  # every bucket's HNSW graph built and saved
+            assert time.monotonic() < deadline, "HNSW graphs not built"
+            time.sleep(1)
+        for query in queries[:20]:
+            ask(query)  # warm
+        resident = [round(psutil.Process(p.pid).memory_info().rss / 2**20) for p in processes[1:]]
+        timings, found = [], []
+        before = redis_commands(store.redis)
+        for query in queries:
+            started = time.perf_counter()
+            record = ask(query)
+            timings.append((time.perf_counter() - started) * 1000)
+            assert record["state"] == "succeeded", record
+            found.append([int(match["id"].split("/")[1]) for match in record["result"]["matches"]])
+        per_query = (redis_commands(store.redis) - before) / len(queries)
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(60)
+    return {"search_processes": len(groups), "resident_mb": resident, **latency_figures(timings),
+            "recall_at_10": recall(truth, found), "redis_commands_per_query": round(per_query, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Lookalike scale-out benchmark")
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="PDQ hashes")
@@ -367,42 +589,80 @@ def main() -> None:
     parser.add_argument("--stream-length", type=int, default=2_000, help="change events kept during the load")
     parser.add_argument("--snapshot-vectors", type=int, default=1_000_000, help="vectors in the snapshotted graph")
     parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--gather-groups", type=int, default=4)
+    parser.add_argument("--shard-vectors", type=int, default=1_000_000)
+    parser.add_argument("--shard-queries", type=int, default=200)
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=PARTS, help="run only these parts")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     results = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
                           f"{round(psutil.virtual_memory().total / 2**30)} GiB", "pdq": []}
+    def report(name: str) -> None:
+        if not args.json:
+            print(json.dumps({name: results[name]}), flush=True)
+
     with tempfile.TemporaryDirectory() as folder:
-        results["groups"] = measure_groups(args.group_vectors, Path(folder))
-        if not args.json:
-            print(json.dumps({"groups": results["groups"]}), flush=True)
-        results["load_under_ingest"] = measure_load_under_ingest(args.load_vectors, args.ingest_rate,
-                                                                 args.stream_length, Path(folder))
-        if not args.json:
-            print(json.dumps({"load_under_ingest": results["load_under_ingest"]}), flush=True)
-        results["snapshot"] = measure_snapshot(args.snapshot_vectors, Path(folder))
-        if not args.json:
-            print(json.dumps({"snapshot": results["snapshot"]}), flush=True)
-    for size in args.sizes:
-        results["pdq"].append(measure_pdq(size, args.queries, args.seed))
-        if not args.json:
-            print(json.dumps(results["pdq"][-1]), flush=True)
-    largest = results["pdq"][-1]
-    results["goals"] = {
-        f"PDQ radius-31 p50 <= {PDQ_GOAL_MS:g} ms at {largest['hashes']} hashes, one thread":
-            largest["index"]["p50_ms"] <= PDQ_GOAL_MS and largest["index_with_fresh_hashes"]["p50_ms"] <= PDQ_GOAL_MS,
-        "PDQ index answers exactly as the scan": all(entry["index"]["same_answers_as_scan"] for entry in results["pdq"]),
-        "a group's process holds its share (largest of two groups <= 0.6 x one holding both)":
-            results["groups"]["largest_of_two_over_one"] <= 0.6,
-        "queries during a snapshot keep their usual latency (p99 <= 2 x idle + 5 ms)":
-            results["snapshot"]["during_a_forked_snapshot"].get("p99_ms", float("inf"))
-            <= 2 * results["snapshot"]["idle"]["p99_ms"] + 5,
-        "a cold load converges under ingest beyond the stream's window, exact, without reloading":
-            results["load_under_ingest"]["exact_after_load"] and results["load_under_ingest"]["reloads"] == 0
-            and results["load_under_ingest"]["written_during_load"] > results["load_under_ingest"]["stream_length"],
-    }
+        if "groups" in args.only:
+            results["groups"] = measure_groups(args.group_vectors, Path(folder))
+            report("groups")
+        if "load" in args.only:
+            results["load_under_ingest"] = measure_load_under_ingest(args.load_vectors, args.ingest_rate,
+                                                                     args.stream_length, Path(folder))
+            report("load_under_ingest")
+        if "snapshot" in args.only:
+            results["snapshot"] = measure_snapshot(args.snapshot_vectors, Path(folder))
+            report("snapshot")
+        if "gather" in args.only:
+            results["gather"] = measure_gather(args.gather_groups, args.queries, Path(folder))
+            report("gather")
+        if "shards" in args.only:
+            results["shards"] = measure_shards(args.shard_vectors, args.shard_queries, (1, 2, 4), Path(folder))
+            report("shards")
+    if "pdq" in args.only:
+        for size in args.sizes:
+            results["pdq"].append(measure_pdq(size, args.queries, args.seed))
+            if not args.json:
+                print(json.dumps(results["pdq"][-1]), flush=True)
+    results["goals"] = goals(results)
     print(json.dumps(results, indent=2) if args.json else json.dumps(results["goals"], indent=2))
+
+
+PARTS = ("groups", "load", "snapshot", "gather", "shards", "pdq")
+
+
+def goals(results: dict) -> dict:
+    """Which of the issues' goals the parts run say hold."""
+    held = {}
+    if results["pdq"]:
+        largest = results["pdq"][-1]
+        held[f"PDQ radius-31 p50 <= {PDQ_GOAL_MS:g} ms at {largest['hashes']} hashes, one thread"] = (
+            largest["index"]["p50_ms"] <= PDQ_GOAL_MS and largest["index_with_fresh_hashes"]["p50_ms"] <= PDQ_GOAL_MS)
+        held["PDQ index answers exactly as the scan"] = all(entry["index"]["same_answers_as_scan"]
+                                                            for entry in results["pdq"])
+    if "groups" in results:
+        held["a group's process holds its share (largest of two groups <= 0.6 x one holding both)"] = (
+            results["groups"]["largest_of_two_over_one"] <= 0.6)
+    if "snapshot" in results:
+        held["queries during a snapshot keep their usual latency (p99 <= 2 x idle + 5 ms)"] = (
+            results["snapshot"]["during_a_forked_snapshot"].get("p99_ms", float("inf"))
+            <= 2 * results["snapshot"]["idle"]["p99_ms"] + 5)
+    if "load_under_ingest" in results:
+        load = results["load_under_ingest"]
+        held["a cold load converges under ingest beyond the stream's window, exact, without reloading"] = (
+            load["exact_after_load"] and load["reloads"] == 0 and load["written_during_load"] > load["stream_length"])
+    if "shards" in results:
+        shards = results["shards"]
+        four = shards["by_processes"].get("4")
+        if four is not None:
+            held["memory per search process <= 1.15 x its share of one process's (4 processes)"] = (
+                four["resident_mb_over_share"] <= 1.15)
+            held["fan-out at 4 groups: p50 <= +3 ms and p99 <= +10 ms against one process"] = (
+                four["fan_out_p50_ms"] <= 3 and four["fan_out_p99_ms"] <= 10)
+        held["recall@10 of the merged HNSW answer >= one graph's"] = all(
+            entry["recall_at_10"] >= shards["one_graph"]["recall_at_10"] for entry in shards["by_processes"].values())
+    return held
 
 
 if __name__ == "__main__":

@@ -620,7 +620,7 @@ def move_bucket(collection: str, bucket: str):
     if not 0 <= number < current["buckets"]:
         raise LookalikeError("bucket_not_found", "No such bucket: they are numbered from 0.",
                              {"buckets": current["buckets"], "bucket": bucket[:10]})
-    if number in current["placement"].get(body["group"], []) and bucket not in current["moving"]:
+    if number in current["placement"].get(body["group"], []) and str(number) not in current["moving"]:
         return jsonify(current), 202  # there already
     store.start_move(collection, number, body["group"])
     return jsonify(_placement(collection)), 202

@@ -51,6 +51,7 @@ CATALOGUE: dict[str, int] = {
     # Conflicts with stored state (409).
     "descriptor_mismatch": 409,
     "buckets_fixed": 409,
+    "collection_changed": 409,  # a save into buckets of a collection dropped and made again with another count
     "collection_not_sharded": 409,  # a bucket move asked of a collection of one bucket  # another bucket count for a collection that has one
     "descriptor_unknown": 409,
     "idempotency_key_in_progress": 409,

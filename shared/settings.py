@@ -263,6 +263,9 @@ class Settings(BaseSettings):
         if max(self.redis_outage_seconds, self.load_wait_seconds) >= self.visibility_timeout_seconds:
             raise ValueError("LOOKALIKE_REDIS_OUTAGE_SECONDS and LOOKALIKE_LOAD_WAIT_SECONDS must be shorter than "
                              "LOOKALIKE_VISIBILITY_TIMEOUT_SECONDS")
+        # A group still waiting for a bucket's load when its gather is given up on answers in vain.
+        if self.gather_timeout_seconds <= self.load_wait_seconds:
+            raise ValueError("LOOKALIKE_GATHER_TIMEOUT_SECONDS must be longer than LOOKALIKE_LOAD_WAIT_SECONDS")
         return self
 
     @property

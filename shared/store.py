@@ -110,13 +110,16 @@ local seq = redis.call('INCR', KEYS[3])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'seq', seq, 'op', 'put', 'id', ARGV[1])
 return {'ok', replaced, seq}
 """
-# KEYS: the collection's descriptor and bucket count. ARGV: model, dimension, weights. Before a save: the
-# descriptor is set (first write) or must match, and the bucket count is fixed (1 unless settings chose
-# another). Returns {'ok', buckets} or {'mismatch', model, dimension, weights}.
+# KEYS: the collection's descriptor and bucket count. ARGV: model, dimension, weights, the bucket count the caller
+# wrote with ('' before writing). Before a save: the descriptor is set (first write) or must match, and the
+# bucket count is fixed (1 unless settings chose another). After a save into several buckets, again with their
+# count: a drop since has it set back (so the images written stay counted), another count since is a conflict.
+# Returns {'ok', buckets}, {'mismatch', model, dimension, weights} or {'conflict', buckets}.
 CLAIM_COLLECTION_LUA = """
 local buckets = redis.call('GET', KEYS[2])
+if buckets and ARGV[4] ~= '' and buckets ~= ARGV[4] then return {'conflict', buckets} end
 if not buckets then
-  buckets = '1'
+  buckets = ARGV[4] ~= '' and ARGV[4] or '1'
   redis.call('SET', KEYS[2], buckets)
 end
 local stored = redis.call('HMGET', KEYS[1], 'model', 'dimension', 'weights')
@@ -230,7 +233,10 @@ return 'claimed'
 # record TTL, then field/value pairs. An execution that lost its lease -- another holds it, or it lapsed and
 # another execution finished the task -- records nothing; otherwise the outcome, upload and lease go together.
 FINISH_TASK_LUA = """
-if ARGV[1] ~= '' then
+if ARGV[1] == '-' then
+  local state = redis.call('HGET', KEYS[1], 'state')
+  if state == '"succeeded"' or state == '"failed"' or redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+elseif ARGV[1] ~= '' then
   local holder = redis.call('GET', KEYS[3])
   if holder and holder ~= ARGV[1] then return 0 end
   local state = redis.call('HGET', KEYS[1], 'state')
@@ -491,7 +497,7 @@ class Store:
         return holder is not None and holder.decode() == execution
 
     def finish_task(self, task_id: str, state: str, *, result: Any = None, error: dict | None = None,
-                    execution: str | None = None) -> bool:
+                    execution: str | None = None, unless_running: bool = False) -> bool:
         """Record the outcome, drop the upload and the lease, and wake anyone waiting on the task; False (nothing
         written) when ``execution`` lost the task to another execution.
 
@@ -499,7 +505,8 @@ class Store:
         """
         assert state in FINISHED_STATES
         fields = {"state": state, "finished_at": utc_now(), "result": result, "error": error}
-        args = [execution or "", json.dumps(state), keys.task_done_channel(task_id), self.task_ttl,
+        args = ["-" if unless_running else execution or "", json.dumps(state), keys.task_done_channel(task_id),
+                self.task_ttl,
                 *[part for pair in _encode_fields(fields).items() for part in pair]]
         return bool(self._finish_task_script(
             keys=[keys.task(task_id), keys.upload(task_id), keys.task_lease(task_id)], args=args))
@@ -544,6 +551,8 @@ class Store:
                   keys.bucket_ready(collection, str(bucket))], args=[bucket, group]))
         if not self.redis.hlen(keys.collection_moves(collection)):
             self.redis.srem(keys.MOVES, collection)
+            if self.redis.hlen(keys.collection_moves(collection)):  # a move started meanwhile: still listed
+                self.redis.sadd(keys.MOVES, collection)
         return committed
 
     def live_processes_of(self, group: str, max_age_seconds: float) -> set[str]:
@@ -570,9 +579,10 @@ class Store:
         pairs = reply[1:]
         return {pairs[n].decode(): json.loads(pairs[n + 1]) for n in range(0, len(pairs), 2)}
 
-    def gathers_due(self) -> list[str]:
-        """Scattered searches past their time (their answers may be all in by now)."""
-        return [task_id.decode() for task_id in self.redis.zrangebyscore(keys.GATHERS, "-inf", self.now())]
+    def gathers_due(self, limit: int = 100) -> list[str]:
+        """Scattered searches past their time (their answers may be all in by now), at most ``limit``."""
+        return [task_id.decode() for task_id in
+                self.redis.zrangebyscore(keys.GATHERS, "-inf", self.now(), start=0, num=limit)]
 
     def missing_answers(self, task_id: str, expected: int) -> list[str] | None:
         """The groups that did answer a scattered search past its time that still misses some, to fail it; None
@@ -582,7 +592,11 @@ class Store:
         return None if not reply else [group.decode() for group in reply[1:]]
 
     def gather_done(self, task_id: str) -> None:
-        self.redis.zrem(keys.GATHERS, task_id)
+        """A scattered search merged: no longer due, its answers no longer needed."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrem(keys.GATHERS, task_id)
+        pipe.delete(keys.task_answers(task_id))
+        pipe.execute()
 
     def update_callback(self, task_id: str, callback: dict[str, Any]) -> None:
         """Record a task's webhook delivery state and attempts."""
@@ -668,9 +682,9 @@ class Store:
         try:
             outcomes = self._run_scripts(calls)
             if buckets > 1:
-                # A drop between the claim and the writes removed the descriptor and bucket count: claimed again,
-                # the images just written stay in buckets the collection counts.
-                self._claim_collection(collection, descriptor)
+                # A drop between the claim and the writes removed the descriptor and bucket count: claimed again
+                # with the count written with, the images just written stay in buckets the collection counts.
+                self._claim_collection(collection, descriptor, buckets, written=images)
         except Exception:
             with contextlib.suppress(redis.exceptions.RedisError):
                 self.redis.sadd(keys.COLLECTIONS, collection)
@@ -684,13 +698,23 @@ class Store:
                 written[bucket] = max(written.get(bucket, 0), int(outcome[2]))
         return sum(int(outcome[1]) for outcome in outcomes)
 
-    def _claim_collection(self, collection: str, descriptor: Descriptor) -> int:
-        """Check (or set) the collection's descriptor and fix its bucket count; the bucket count."""
+    def _claim_collection(self, collection: str, descriptor: Descriptor, buckets: int | None = None,
+                          written: list | None = None) -> int:
+        """Check (or set) the collection's descriptor and fix its bucket count; the bucket count. After a save
+        into ``buckets`` buckets (``written``: its images), a collection made again meanwhile with another count
+        has those images taken out again, and the save fails (``collection_changed``)."""
         outcome = self._claim_collection_script(
             keys=[keys.collection_descriptor(collection), keys.collection_buckets(collection)],
-            args=[descriptor.model, descriptor.dimension, descriptor.weights])
+            args=[descriptor.model, descriptor.dimension, descriptor.weights, buckets or ""])
         if outcome[0] == b"mismatch":
             self._refuse_descriptor(outcome, descriptor)
+        if outcome[0] == b"conflict":
+            for image_id, *_ in written or []:
+                self._delete_script(keys=self._change_keys(keys.part_of(collection, image_id, buckets)),
+                                    args=[image_id, self.change_stream_length])
+            raise LookalikeError("collection_changed", "The collection was dropped and made again with another "
+                                 "number of buckets while these images were written; write them again.",
+                                 {"collection": collection, "buckets": int(outcome[1])})
         return int(outcome[1])
 
     @staticmethod

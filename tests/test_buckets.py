@@ -200,3 +200,52 @@ def test_buckets_are_bounded_stale_and_a_write_token_is_seen_at_once(store, name
     while replicas.search(name, rows[55], 1).matches[0][0] == "new":
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+def test_a_drop_between_a_saves_claim_and_its_writes_leaves_no_image_uncounted(store, name, monkeypatch):
+    sharded(store, name)
+    rng = np.random.default_rng(8)
+    rows = unit_rows(rng, 20)
+    real_run = store._run_scripts
+
+    def drop_first(calls):  # the drop lands after the save read the count, before its writes
+        if calls and calls[0][0] is store._save_script:
+            monkeypatch.setattr(store, "_run_scripts", real_run)
+            store.drop_collection(name)
+        return real_run(calls)
+
+    monkeypatch.setattr(store, "_run_scripts", drop_first)
+    store.save_images(name, [(f"img/{n}", row, {}, None, None) for n, row in enumerate(rows)], DESCRIPTOR)
+    assert store.buckets(name) == BUCKETS and store.collection_info(name)["images"] == 20  # counted again
+    assert all(store.get_image(name, f"img/{n}") is not None for n in range(20))
+
+    other = f"{name}-remade"
+    sharded(store, other)
+
+    def remake_first(calls):  # dropped and made again with another count meanwhile
+        if calls and calls[0][0] is store._save_script:
+            monkeypatch.setattr(store, "_run_scripts", real_run)
+            store.drop_collection(other)
+            sharded(store, other, 2)
+        return real_run(calls)
+
+    monkeypatch.setattr(store, "_run_scripts", remake_first)
+    with pytest.raises(LookalikeError) as changed:
+        store.save_images(other, [(f"img/{n}", row, {}, None, None) for n, row in enumerate(rows)], DESCRIPTOR)
+    assert changed.value.code == "collection_changed" and changed.value.details["buckets"] == 2
+    assert not any(store.redis.hlen(keys.collection_vectors(f"{other}/{bucket}")) for bucket in range(BUCKETS))
+
+
+def test_thousands_of_identical_images_are_settled_in_the_index_and_rank_by_id(store, name):
+    sharded(store, name, 2)
+    rng = np.random.default_rng(9)
+    copy = unit_rows(rng, 1)[0]
+    others = unit_rows(rng, 100)
+    store.save_images(name, [(f"copy/{n:05d}", copy, {}, None, None) for n in range(5000)]
+                      + [(f"other/{n}", row, {}, None, None) for n, row in enumerate(others)], DESCRIPTOR)
+    replicas = Replicas(store, DIMENSION)
+    found = replicas.search(name, copy, 10)
+    assert [image_id for image_id, _ in found.matches] == [f"copy/{n:05d}" for n in range(10)]  # ties by id
+    for part in store.parts(name):  # each bucket hands on at most k candidates, not its 2,500 near-ties
+        ids, _ = replicas._replicas[part].index.search(copy, 10)
+        assert len(ids) == 10 and ids == sorted(ids)

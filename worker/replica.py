@@ -44,7 +44,7 @@ from shared.store import Change, Store
 from worker import metrics
 from worker.descriptors import Whitening, l2_normalise
 from worker.pdq import HashIndex, PdqHash
-from worker.search import RowsById, exact_scores, top_k
+from worker.search import NEAR_TIE_CAP, RowsById, exact_scores, settle_near_ties, top_k
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,8 @@ class ExactIndex:
     def search(self, query: np.ndarray, k: int) -> tuple[list[str], np.ndarray]:
         """The ``k`` best ids and their scores, and any others within a hair of the k-th (for exact scoring)."""
         rows, scores = top_k(self._rows.matrix, query, k, near_ties=True)
+        if len(rows) > k + NEAR_TIE_CAP:
+            rows, scores = settle_near_ties(self._rows.matrix, rows, [self._rows.ids[row] for row in rows], query, k)
         return [self._rows.ids[row] for row in rows], scores
 
     def vectors_of(self, image_ids: list[str]) -> list[np.ndarray | None]:
@@ -333,8 +335,11 @@ class Replicas:
 
     def __init__(self, store: Store, dimension: int, *, exact_max: int = 200_000, hnsw: HnswConfig = HnswConfig(),
                  snapshot_dir: Path | None = None, snapshot_every_changes: int = 10_000, pdq_min_quality: int = 50,
-                 load_wait_seconds: float = 30.0, staleness_seconds: float = 0.0):
+                 load_wait_seconds: float = 30.0, staleness_seconds: float = 0.0, fork_snapshots: bool = True):
         self.store = store
+        # Snapshots written by a forked child (a process without TensorFlow: a search process); else in place,
+        # under the collection's lock (a process holding the model never forks: its libraries' threads).
+        self.fork_snapshots = fork_snapshots
         # A bucket of a sharded collection is brought up to date by a query only when its last refresh is
         # older than this (a thread tails the streams meanwhile, tail_in_background); 0: every query, as a
         # collection of one bucket always is.
@@ -438,6 +443,11 @@ class Replicas:
         ``collection_loading`` -- it never merges scores of two spaces."""
         parts = sorted(self.store.parts(collection) if parts is None else parts)
         deadline = time.monotonic() + self.load_wait_seconds
+        for part in parts:  # every missing part's load under way at once, and waited for before any lock is taken
+            if part not in self._replicas:
+                self._loading(part)
+        for part in parts:
+            self._wait_until_loaded(part, deadline)
         while True:
             with ExitStack() as held:
                 replicas = [held.enter_context(self._replica(part, refresh, (fresh or {}).get(part)))
@@ -836,14 +846,25 @@ class Replicas:
         folder, position = self._snapshot_folder(collection), replica.position
         label = LearnedWhitening.label(replica.whitening)
         started = time.perf_counter()
-        child = os.fork()
+        replica.changes_since_snapshot = 0  # (a failed write is tried again after as many changes)
+        if not self.fork_snapshots:
+            try:
+                replica.index.save(folder, position, label)
+            except OSError:
+                log.exception("writing a snapshot of %s failed; the next one is tried after more changes", collection)
+            return
+        try:
+            child = os.fork()
+        except OSError:  # no memory or process slot for the copy now
+            log.warning("could not fork to write a snapshot of %s; the next one is tried after more changes",
+                        collection, exc_info=True)
+            return
         if child == 0:  # the copy: write, and leave without running anything of the parent's
             try:
                 replica.index.save(folder, position, label)
                 os._exit(0)
             except BaseException:  # noqa: BLE001 - the parent logs the exit status
                 os._exit(1)
-        replica.changes_since_snapshot = 0
         self._start_background("snapshot", collection,
                                lambda name: self._await_snapshot(name, child, position, started))
 

@@ -100,6 +100,7 @@ def get_replicas() -> Replicas:
                 pdq_min_quality=settings.pdq_min_quality,
                 load_wait_seconds=settings.load_wait_seconds,
                 staleness_seconds=settings.staleness_seconds,
+                fork_snapshots=not role_holds_model(),
             )
             if settings.staleness_seconds > 0:
                 _replicas.tail_in_background()

@@ -75,6 +75,20 @@ def top_k(matrix: np.ndarray, query: np.ndarray, k: int, near_ties: bool = False
     return best, scores[best]
 
 
+# Past this many near-ties beyond k (near-identical images by the thousand: a meme in a block list), the exact
+# order is settled here, in numpy and in chunks, rather than by scoring each candidate again one by one.
+NEAR_TIE_CAP = 256
+
+
+def settle_near_ties(matrix: np.ndarray, rows: np.ndarray, keys: list[str], query: np.ndarray,
+                     k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` of ``rows`` best by exact score (exact_scores), ties by key -- with their float32 scores."""
+    exact = np.concatenate([exact_scores(matrix[rows[start:start + 4096]], query)
+                            for start in range(0, len(rows), 4096)])
+    order = np.lexsort((np.array(keys), -exact))[:k]
+    return rows[order], (matrix[rows[order]] @ query).astype(np.float32)
+
+
 def exact_scores(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
     """Cosine scores computed in float64, one vector at a time: the same for a vector wherever it is stored, so
     that rankings merged from several parts equal one search over all (float32 BLAS products are not)."""

@@ -167,8 +167,11 @@ def _answer_for_group(task_id: str, request: dict, probe: "Probe", labels: dict,
     answers = get_store().gather_answer(task_id, group, answer, groups)
     if answers is not None:
         _run(task_id, lambda: _rank_or_pass_on(task_id, request, probe, labels, {"answers": answers}))
+        get_store().gather_done(task_id)
 
 
+# Late gathers given up on per heartbeat, at most (the rest at the next one).
+GIVE_UP_PER_BEAT = 100
 # What a task's work returns when the task's next stage, in another process, finishes it.
 HANDED_OFF = object()
 
@@ -193,10 +196,17 @@ def _rank_or_pass_on(task_id: str, request: dict, probe: "Probe", labels: dict,
     """Rank here as far as this process holds the collections needed; pass the rest on to the search group
     holding the next one (a ``lookalike.search`` task on its queue), which finishes the task."""
     ranked = _rank(request, probe, labels, state)
-    if isinstance(ranked, Scatter):
-        if probe.expand:  # expansion averages with the best matches of all buckets: two rounds, not built
+    if isinstance(ranked, (Scatter, PassOn)):
+        if isinstance(ranked, Scatter) and probe.expand:  # it averages with the best of all buckets: two rounds
             raise LookalikeError("expand_unavailable", "Query expansion is not available for a collection whose "
                                  "buckets several search groups hold.", {"collection": request["collection"]})
+        # The lease is given up before the next stage is sent, which claims it: given up after, the next stage
+        # could find it still held and wait a claim retry (half a second) for nothing. (A crash between the two
+        # leaves this stage's message unacknowledged: it runs again and sends the next stage.)
+        _check_still_running_it(task_id)
+        if _running_under.get() is not None:
+            get_store().release_lease(task_id, _running_under.get())
+    if isinstance(ranked, Scatter):
         get_store().expect_answers(task_id, ranked.placement, get_settings().gather_timeout_seconds)
         for group, buckets in ranked.placement.items():
             answer = {"group": group, "buckets": buckets, "groups": len(ranked.placement)}
@@ -217,7 +227,7 @@ def give_up_late_gathers() -> None:
     process restoring dead workers' messages, each heartbeat): ``search_unavailable``, naming what is
     missing -- never an answer from some of the buckets."""
     store = get_store()
-    for task_id in store.gathers_due():
+    for task_id in store.gathers_due(limit=GIVE_UP_PER_BEAT):
         record = store.get_task(task_id)
         placement = (record or {}).get("scatter") or {}
         answered = store.missing_answers(task_id, len(placement))
@@ -228,7 +238,8 @@ def give_up_late_gathers() -> None:
                                "time; retry shortly.", {"groups_missing": sorted(missing),
                                                         "buckets_missing": sorted(b for bs in missing.values() for b in bs),
                                                         "waited_seconds": get_settings().gather_timeout_seconds})
-        if store.finish_task(task_id, FAILED, error=error.to_dict()):
+        # Unless the last answer came meanwhile and its merge runs or ran (it holds the lease, or finished).
+        if store.finish_task(task_id, FAILED, error=error.to_dict(), unless_running=True):
             log.warning("task %s: search groups %s did not answer in time; it failed", task_id, sorted(missing))
             metrics.TASKS.labels(record["kind"], FAILED, error.code).inc()
             if record.get("callback"):
@@ -478,6 +489,9 @@ def _ranked_from(found: dict, signals: tuple[str, ...], settings: dict, k: int, 
                         "near_duplicate": bool(matched_by), "matched_by": matched_by, "metadata": match["metadata"]})
     matches.sort(key=lambda match: (_trust(match["matched_by"]),
                                     -match["score"] if CNN in signals else match["pdq_distance"], match["id"]))
+    for match in matches[:k]:  # shown to 6 decimals
+        if match["score"] is not None:
+            match["score"] = round(match["score"], 6)
     return matches[:k]
 
 
@@ -506,7 +520,7 @@ def _cnn_candidates(collection: str, probe: Probe, k: int, min_score: float | No
         refresh = False  # deeper rounds of the same query read the same state
         metadata = store.get_metadata(collection, [image_id for image_id, _ in found.matches])
         matches = [
-            (image_id, round(score, 6), meta)
+            (image_id, score, meta)  # unrounded until the answer: groups' candidates merge by their exact scores
             for (image_id, score), meta in zip(found.matches, metadata)
             if meta is not None and matches_filter(meta, wanted)  # None: deleted after the search
         ]
@@ -544,7 +558,7 @@ def _fill_cnn_scores(collection: str, probe: Probe, candidates: list[dict], part
     scores = get_replicas().scores(collection, probe.vector, [match["id"] for match in candidates],
                                    expand=probe.expand, parts=parts)
     for match, score in zip(candidates, scores):
-        match["score"] = None if score is None else round(score, 6)
+        match["score"] = score
 
 
 def _allow_match(allow_collection: str, info: dict | None, settings: dict, probe: "Probe", labels: dict) -> dict | None:

@@ -97,6 +97,9 @@ class QueryForm(BaseModel):
     callback_url: str | None = None
     write_token: str | None = Field(None, description="What index and vectors answers give (`write_token`): the "
                                     "query sees those writes, whatever staleness a sharded collection allows.")
+    partial: bool | None = Field(None, description="A collection whose buckets several search groups hold: answer "
+                                 "from the groups that answered in time, naming the buckets missing (default false: "
+                                 "fail `search_unavailable`).")
 
 
 class CheckForm(BaseModel):
@@ -110,6 +113,9 @@ class CheckForm(BaseModel):
     callback_url: str | None = None
     write_token: str | None = Field(None, description="What index and vectors answers give (`write_token`): the "
                                     "query sees those writes, whatever staleness a sharded collection allows.")
+    partial: bool | None = Field(None, description="A collection whose buckets several search groups hold: answer "
+                                 "from the groups that answered in time, naming the buckets missing (default false: "
+                                 "fail `search_unavailable`).")
 
 
 class CollectionSettings(BaseModel):

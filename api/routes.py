@@ -47,6 +47,7 @@ from shared.images import inspect_image
 from shared.outbound import Allowlist, check_url
 from shared.schemas import (
     bucket_groups,
+    parse_partial,
     parse_write_token,
     write_token,
     CALLBACK_PENDING,
@@ -169,6 +170,8 @@ def _submit_query(task_name: str, collection: str, *, k: int, min_score: float |
     fresh = parse_write_token(request.form.get("write_token"))
     if fresh:  # (JSON keys are strings)
         fields["fresh"] = {str(bucket): seq for bucket, seq in fresh.items()}
+    if parse_partial(request.form.get("partial")):
+        fields["partial"] = True
     callback = _callback_from_form()
     vector = request.form.get("vector")
     if vector is not None:

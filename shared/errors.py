@@ -29,6 +29,7 @@ CATALOGUE: dict[str, int] = {
     "invalid_collection_settings": 400,
     "invalid_bucket_move": 400,
     "invalid_write_token": 400,
+    "invalid_partial": 400,
     "duplicate_image_id": 400,
     "invalid_signals": 400,
     "invalid_allow_collections": 400,

@@ -237,6 +237,16 @@ def parse_write_token(raw: str | None) -> dict[int, int]:
     return fresh
 
 
+def parse_partial(raw: str | None) -> bool:
+    """``partial``: whether a query or check of a sharded collection may be answered from the buckets whose
+    search groups answered in time (the answer then names those missing)."""
+    if raw is None or raw in ("", "false", "0"):
+        return False
+    if raw in ("true", "1"):
+        return True
+    raise LookalikeError("invalid_partial", "'partial' must be true or false.")
+
+
 def search_queue(group: str) -> str:
     return f"{SEARCH_QUEUE_PREFIX}{group}"
 

@@ -563,11 +563,13 @@ class Store:
 
     # --- Scattered searches: one answer per search group, gathered next to the task record -----------
 
-    def expect_answers(self, task_id: str, placement: dict[str, list[int]], timeout_seconds: float) -> None:
+    def expect_answers(self, task_id: str, placement: dict[str, list[int]], timeout_seconds: float,
+                       stage: dict | None = None) -> None:
         """Note that a query or check was scattered over search groups (``placement``: each group's buckets, kept
-        on the task record): past ``timeout_seconds`` without every answer, it is given up on
-        (:meth:`gathers_due`, :meth:`missing_answers`)."""
-        self._update_task(task_id, {"scatter": placement})
+        on the task record, with ``stage`` -- what ranks it -- when the caller takes a partial answer): past
+        ``timeout_seconds`` without every answer, it is given up on (:meth:`gathers_due`,
+        :meth:`missing_answers`)."""
+        self._update_task(task_id, {"scatter": placement, **({"scatter_stage": stage} if stage else {})})
         self.redis.zadd(keys.GATHERS, {task_id: self.now() + timeout_seconds})
 
     def gather_answer(self, task_id: str, group: str, answer: dict, expected: int) -> dict[str, dict] | None:
@@ -590,6 +592,11 @@ class Store:
         reply = self._give_up_gather_script(keys=[keys.task(task_id), keys.task_answers(task_id)], args=[expected])
         self.redis.zrem(keys.GATHERS, task_id)
         return None if not reply else [group.decode() for group in reply[1:]]
+
+    def answers(self, task_id: str) -> dict[str, dict]:
+        """The answers of a scattered search recorded so far, by group."""
+        return {group.decode(): json.loads(answer)
+                for group, answer in self.redis.hgetall(keys.task_answers(task_id)).items()}
 
     def gather_done(self, task_id: str) -> None:
         """A scattered search merged: no longer due, its answers no longer needed."""

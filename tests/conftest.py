@@ -179,6 +179,15 @@ def worker(service_env, store, tmp_path_factory):
         process.stop()
 
 
+def finished_task(store: Store, task_id: str, timeout: float = 120) -> dict:
+    """The task's record once it has finished (succeeded or failed); polled, within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while (record := store.get_task(task_id))["state"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, record
+        time.sleep(0.1)
+    return record
+
+
 def consumer_alive(store: Store, pid: int, max_age_seconds: float = 3) -> bool:
     """Whether the worker process ``pid`` (any role) has announced itself within ``max_age_seconds``."""
     beat = store.redis.zscore(keys.CONSUMERS, f"{socket.gethostname()}:{pid}")

@@ -13,11 +13,12 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
+from shared import keys
 from shared.embedded_redis import EmbeddedRedis, free_port
 from shared.schemas import bucket_groups
 from shared.settings import Settings
 from shared.store import Store
-from tests.conftest import ManagedProcess, consumer_alive
+from tests.conftest import ManagedProcess, consumer_alive, finished_task
 
 GROUPS = ("g1", "g2", "g3", "g4")
 BUCKETS = 8
@@ -54,20 +55,12 @@ def sharded(redis_cluster, service_env, tmp_path_factory):
         broker.stop()
 
 
-def finished(store: Store, task_id: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while (record := store.get_task(task_id))["state"] not in ("succeeded", "failed"):
-        assert time.monotonic() < deadline, record
-        time.sleep(0.1)
-    return record
-
-
 def ask(client, store: Store, collection: str, what: str, vector: np.ndarray, **form) -> dict:
     data = {"vector": json.dumps(vector.tolist()), **{name: json.dumps(value) if isinstance(value, dict) else str(value)
                                                        for name, value in form.items()}}
     response = client.post(f"/v1/collections/{collection}/{what}", data=data)
     assert response.status_code == 202, response.json
-    return finished(store, response.json["task_id"])
+    return finished_task(store, response.json["task_id"])
 
 
 def expected(vectors: dict[str, np.ndarray], query: np.ndarray, k: int, keep=lambda image_id: True) -> list:
@@ -145,6 +138,16 @@ def test_a_group_that_does_not_answer_fails_the_task_and_nothing_comes_back_shor
         assert failed["error"]["details"]["groups_missing"] == [silent]
         assert failed["error"]["details"]["buckets_missing"] == placement[silent]
         assert waited >= GATHER_TIMEOUT_SECONDS
+        # A caller that takes a partial answer gets the other groups' buckets, ranked as one search over them,
+        # and the answer says which buckets are missing.
+        answered = ask(client, store, collection, "queries", rows[0], k=5, partial="true")
+        assert answered["state"] == "succeeded", answered
+        assert answered["result"]["partial"] == {"groups_missing": [silent], "buckets_missing": placement[silent]}
+        held = {f"v{n}": row / np.linalg.norm(row) for n, row in enumerate(rows)  # (stored normalised)
+                if keys.bucket_of(f"v{n}", BUCKETS) not in placement[silent]}
+        assert [(m["id"], m["score"]) for m in answered["result"]["matches"]] == expected(held, rows[0], 5)
+        checked = ask(client, store, collection, "checks", rows[1], partial="true")["result"]
+        assert checked["partial"]["groups_missing"] == [silent]
     finally:  # the group back: its queued answer finds the task finished; new queries are whole again
         processes[silent] = ManagedProcess(f"search-{silent}-again",
                                            [sys.executable, "-m", "worker", "--role", "search", "--groups", silent],

@@ -14,7 +14,7 @@ import numpy as np
 from api.app import create_app
 from shared.settings import Settings
 from shared.store import Descriptor, Store
-from tests.conftest import ManagedProcess, consumer_alive, database_url, emptied_afterwards
+from tests.conftest import ManagedProcess, consumer_alive, finished_task, database_url, emptied_afterwards
 from tests.slow_link import SlowLink
 
 DIMENSION = 512
@@ -22,14 +22,6 @@ VECTORS = 3000
 VISIBILITY_TIMEOUT_SECONDS = 4
 LOAD_WAIT_SECONDS = 1
 LINK_BYTES_PER_SECOND = 500_000  # about 7 MB to read: the load takes well over the visibility timeout
-
-
-def finished(store: Store, task_id: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while (record := store.get_task(task_id))["state"] not in ("succeeded", "failed"):
-        assert time.monotonic() < deadline, record
-        time.sleep(0.1)
-    return record
 
 
 def test_a_load_longer_than_the_visibility_timeout_delivers_no_query_twice(redis_server, service_env, tmp_path):
@@ -61,13 +53,13 @@ def test_a_load_longer_than_the_visibility_timeout_delivers_no_query_twice(redis
                 return response.json["task_id"]
 
             asked_at = time.monotonic()
-            first = finished(store, query(7))
+            first = finished_task(store, query(7))
             assert first["state"] == "failed", first
             assert first["error"]["code"] == "collection_loading", first
             assert first["error"]["details"]["vectors"] == VECTORS
             assert first["error"]["details"]["vectors_loaded"] < VECTORS  # the task says how far the load got
 
-            while (answer := finished(store, query(42)))["state"] == "failed":  # a caller submitting again
+            while (answer := finished_task(store, query(42)))["state"] == "failed":  # a caller submitting again
                 assert answer["error"]["code"] == "collection_loading", answer
             loaded_after = time.monotonic() - asked_at
             # Past the visibility timeout and a few of kombu's restore rounds since the first query was taken:

@@ -98,13 +98,13 @@ def index_image(task_id: str, collection: str, image_id: str, metadata: dict, ur
 def query_image(task_id: str, collection: str, k: int, min_score: float | None = None,
                 filter: dict | None = None, by_vector: bool = False,  # noqa: A002 - the API's name
                 signals: tuple[str, ...] = (CNN,), url: str | None = None, expand: int = 0,
-                fresh: dict[str, int] | None = None) -> None:
+                fresh: dict[str, int] | None = None, partial: bool = False) -> None:
     def embed() -> dict | object:
         info, _ = _collection(collection)
         _learn_whitening_when_due(collection, info)
         probe = _probe(task_id, url, info, by_vector, signals, expand)
         request = {"kind": "query", "collection": collection, "k": k, "min_score": min_score, "filter": filter or {},
-                   "fresh": fresh or {}}
+                   "fresh": fresh or {}, "partial": partial}
         return _rank_or_pass_on(task_id, request, probe, _model_labels())
 
     _run(task_id, embed)
@@ -114,13 +114,13 @@ def query_image(task_id: str, collection: str, k: int, min_score: float | None =
 def check_image(task_id: str, collection: str, k: int = 1, min_score: float | None = None,
                 filter: dict | None = None, by_vector: bool = False,  # noqa: A002 - the API's name
                 signals: tuple[str, ...] = (CNN, PDQ), allow_collections: list[str] | None = None,
-                url: str | None = None, fresh: dict[str, int] | None = None) -> None:
+                url: str | None = None, fresh: dict[str, int] | None = None, partial: bool = False) -> None:
     def embed() -> dict | object:
         info, _ = _collection(collection)
         _learn_whitening_when_due(collection, info)
         probe = _probe(task_id, url, info, by_vector, signals)
         request = {"kind": "check", "collection": collection, "filter": filter or {},
-                   "allow_collections": allow_collections or [], "fresh": fresh or {}}
+                   "allow_collections": allow_collections or [], "fresh": fresh or {}, "partial": partial}
         return _rank_or_pass_on(task_id, request, probe, _model_labels())
 
     _run(task_id, embed)
@@ -135,6 +135,8 @@ def search_task(task_id: str, request: dict, probe: dict, labels: dict, state: d
         _answer_for_group(task_id, request, Probe.from_message(probe), labels, **state["answer"])
     else:
         _run(task_id, lambda: _rank_or_pass_on(task_id, request, Probe.from_message(probe), labels, state))
+        if state is not None and "answers" in state:  # a partial answer, ranked after the give-up
+            get_store().gather_done(task_id)
 
 
 def _answer_for_group(task_id: str, request: dict, probe: "Probe", labels: dict, group: str, buckets: list[int],
@@ -164,6 +166,7 @@ def _answer_for_group(task_id: str, request: dict, probe: "Probe", labels: dict,
         log.exception("task %s: group %s failed to answer", task_id, group)
         answer = {"error": LookalikeError("internal_error", "A search worker failed unexpectedly; see its log.",
                                           {"task_id": task_id, "group": group}).to_dict()}
+    answer["buckets"] = buckets
     answers = get_store().gather_answer(task_id, group, answer, groups)
     if answers is not None:
         _run(task_id, lambda: _rank_or_pass_on(task_id, request, probe, labels, {"answers": answers}))
@@ -207,7 +210,8 @@ def _rank_or_pass_on(task_id: str, request: dict, probe: "Probe", labels: dict,
         if _running_under.get() is not None:
             get_store().release_lease(task_id, _running_under.get())
     if isinstance(ranked, Scatter):
-        get_store().expect_answers(task_id, ranked.placement, get_settings().gather_timeout_seconds)
+        stage = {"request": request, "probe": probe.to_message(), "labels": labels} if request.get("partial") else None
+        get_store().expect_answers(task_id, ranked.placement, get_settings().gather_timeout_seconds, stage)
         for group, buckets in ranked.placement.items():
             answer = {"group": group, "buckets": buckets, "groups": len(ranked.placement)}
             search_task.apply_async(kwargs={"task_id": task_id, "request": request, "probe": probe.to_message(),
@@ -234,6 +238,14 @@ def give_up_late_gathers() -> None:
         if answered is None:
             continue
         missing = {group: buckets for group, buckets in placement.items() if group not in answered}
+        stage = (record or {}).get("scatter_stage")
+        if stage is not None and answered:  # the caller takes what came: ranked by a group that answered
+            search_task.apply_async(kwargs={**stage, "task_id": task_id,
+                                            "state": {"answers": store.answers(task_id), "missing": missing}},
+                                    task_id=f"{task_id}-partial", queue=search_queue(answered[0]))
+            log.warning("task %s: search groups %s did not answer in time; answered from the others", task_id,
+                        sorted(missing))
+            continue
         error = LookalikeError("search_unavailable", "Some of the collection's search groups did not answer in "
                                "time; retry shortly.", {"groups_missing": sorted(missing),
                                                         "buckets_missing": sorted(b for bs in missing.values() for b in bs),
@@ -270,10 +282,17 @@ def _fresh_parts(collection: str, settings: dict, request: dict) -> dict[str, in
             if int(bucket) < buckets}
 
 
-def _merged(answers: dict[str, dict]) -> dict:
+def _merged(answers: dict[str, dict], partial: bool = False, missing: dict[str, list[int]] | None = None) -> dict:
     """Every group's answer to a scattered search as one; a group's failure is the task's (never an answer
-    from some of the buckets), as is a whitening that differs between groups (one is taking a new one)."""
+    from some of the buckets), as is a whitening that differs between groups (one is taking a new one).
+    With ``partial`` (the caller's choice), groups that failed -- or, in ``missing``, did not answer in
+    time -- are left out, and the answer names their buckets; with none answering, the task fails."""
+    missing = dict(missing or {})
     failed = next((answer["error"] for answer in answers.values() if "error" in answer), None)
+    if failed is not None and partial:
+        missing |= {group: answer["buckets"] for group, answer in answers.items() if "error" in answer}
+        answers = {group: answer for group, answer in answers.items() if "error" not in answer}
+        failed = None if answers else failed
     if failed is not None:
         raise LookalikeError(failed["code"], failed["message"], failed.get("details"))
     if len({json.dumps(answer["whitened"], sort_keys=True) for answer in answers.values()}) > 1:
@@ -281,7 +300,10 @@ def _merged(answers: dict[str, dict]) -> dict:
                              "retry shortly.", {"groups": sorted(answers)})
     return {"cnn": [match for answer in answers.values() for match in answer["cnn"]],
             "pdq": [match for answer in answers.values() for match in answer["pdq"]],
-            "whitened": next(iter(answers.values()))["whitened"]}
+            "whitened": next(iter(answers.values()))["whitened"],
+            "partial": {"groups_missing": sorted(missing),
+                        "buckets_missing": sorted(bucket for buckets in missing.values() for bucket in buckets)}
+            if missing else None}
 
 
 def _group_of(collection: str, settings: dict) -> str:
@@ -304,20 +326,21 @@ def _rank(request: dict, probe: "Probe", labels: dict, state: dict | None) -> di
                 return PassOn(*placement, None) if len(placement) == 1 else Scatter(placement)
             found = _local_candidates(collection, info, probe, settings, request)
         else:
-            found = _merged(state["answers"])
+            found = _merged(state["answers"], request.get("partial", False), state.get("missing", {}))
         k = request["k"] if request["kind"] == "query" else 1
         matches = _ranked_from(found, probe.signals, settings, k, request.get("min_score"))
         whitened = found["whitened"]
+        partial = {"partial": found["partial"]} if found.get("partial") else {}
         if request["kind"] == "query":
             near_duplicate = bool(matches) and matches[0]["near_duplicate"]
             return {"matches": matches, "verdict": verdict(settings["kind"], near_duplicate), **settings,
-                    "whitened": whitened, "expand": probe.expand, **probe.report()} | labels
+                    "whitened": whitened, "expand": probe.expand, **probe.report(), **partial} | labels
         best = next(iter(matches), None)
         near_duplicate = best is not None and best["near_duplicate"]
         outcome = verdict(settings["kind"], near_duplicate)
         state = {"best_match": best, "near_duplicate": near_duplicate, "verdict": outcome, "settings": settings,
                  "whitened": whitened, "allow_left": request["allow_collections"] if outcome == "block" else [],
-                 "allow_match": None}
+                 "allow_match": None, **partial}
     while state["allow_left"] and state["allow_match"] is None:
         # A known-good image overrides the block list: moderation's false-positive control.
         allow_collection = state["allow_left"][0]
@@ -328,7 +351,8 @@ def _rank(request: dict, probe: "Probe", labels: dict, state: dict | None) -> di
         state["allow_match"] = _allow_match(allow_collection, info, settings, probe, labels)
     return {"verdict": "allow" if state["allow_match"] else state["verdict"], "near_duplicate": state["near_duplicate"],
             "best_match": state["best_match"], "allow_match": state["allow_match"], **state["settings"],
-            "whitened": state["whitened"], **probe.report()} | labels
+            "whitened": state["whitened"], **probe.report(),
+            **({"partial": state["partial"]} if state.get("partial") else {})} | labels
 
 
 @app.task(name=WHITEN_TASK)

@@ -1025,9 +1025,11 @@ class Store:
         self.redis.sadd(keys.COLLECTIONS, collection)  # after the script, as a save does (drop_collection)
         return buckets
 
-    def collection_info(self, collection: str) -> dict[str, Any] | None:
+    def collection_info(self, collection: str, count_images: bool = True) -> dict[str, Any] | None:
         """The collection as GET /v1/collections/{c} shows it; None unless it holds images (or had some since its
-        last drop: its descriptor stays) or settings. Read from its own keys only.
+        last drop: its descriptor stays) or settings. Read from its own keys only, in one round trip -- two for a
+        collection of several buckets when ``count_images`` (its ``images`` None otherwise: what a search
+        stage reads, which needs the settings, not a size per bucket).
 
         (No MULTI here: redis-py's cluster transactions hand back HGETALL's raw reply, a flat list.)"""
         pipe = self.redis.pipeline(transaction=False)
@@ -1035,10 +1037,12 @@ class Store:
         pipe.get(keys.collection_settings(collection))
         pipe.hmget(keys.collection_whitening(collection), "learned_from", "collection_size", "learned_at", "dimensions")
         pipe.get(keys.collection_buckets(collection))
-        descriptor, settings, whitening, buckets = pipe.execute()
-        buckets = int(buckets or 1)
-        count = sum(self._sizes(keys.parts(collection, buckets)))
-        if not (count or descriptor or settings):
+        pipe.hlen(keys.collection_vectors(collection))  # (all its images when it has one bucket)
+        descriptor, settings, whitening, fixed, count = pipe.execute()
+        buckets = int(fixed or 1)
+        if buckets > 1:
+            count = sum(self._sizes(keys.parts(collection, buckets))) if count_images else None
+        if not (count or descriptor or settings or fixed):
             return None
         descriptor = {k.decode(): v.decode() for k, v in descriptor.items()}
         return {

@@ -249,3 +249,31 @@ def test_thousands_of_identical_images_are_settled_in_the_index_and_rank_by_id(s
     for part in store.parts(name):  # each bucket hands on at most k candidates, not its 2,500 near-ties
         ids, _ = replicas._replicas[part].index.search(copy, 10)
         assert len(ids) == 10 and ids == sorted(ids)
+
+
+def test_a_search_process_lets_go_of_what_is_no_longer_its_groups(store, name):
+    from shared.schemas import bucket_groups
+    from worker.placement import PlacementKeeper
+
+    groups = ("g1", "g2")
+    sharded(store, name)
+    plain = f"{name}-one"
+    rng = np.random.default_rng(10)
+    for collection in (name, plain):
+        store.save_images(collection, [(f"img/{n}", row, {}, None, None) for n, row in enumerate(unit_rows(rng, 40))],
+                          DESCRIPTOR)
+    replicas = Replicas(store, DIMENSION)
+    replicas.search(name, unit_rows(rng, 1)[0], 1)  # every bucket held here, and the other collection
+    replicas.search(plain, unit_rows(rng, 1)[0], 1)
+    placement = bucket_groups(name, {"group": None}, BUCKETS, groups)
+    mine = "g1"
+    keeper = PlacementKeeper(store, replicas, "p1", (mine,), groups, grace_seconds=0)
+    keeper.tend(liveness_seconds=3)
+    plain_group = bucket_groups(plain, {"group": None}, 1, groups)
+    expected = {f"{name}/{bucket}" for bucket in placement[mine]} | ({plain} if mine in plain_group else set())
+    assert set(replicas.held_parts()) == expected
+
+    store.drop_collection(name)  # made again as one bucket: the old buckets are no one's
+    store.save_image(name, "x", unit_rows(rng, 1)[0], {}, DESCRIPTOR)
+    keeper.tend(liveness_seconds=3)
+    assert not any(part.startswith(f"{name}/") for part in replicas.held_parts())

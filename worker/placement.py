@@ -6,7 +6,9 @@ the background and, once it holds it, says so; the process that finds every live
 group ready commits the move, and queries go to the new group from then on. The old group's
 processes let go of the bucket a grace period (``LOOKALIKE_GATHER_TIMEOUT_SECONDS``) after they
 see it is no longer theirs, so that searches sent before the commit still find it. No query is
-answered from fewer buckets than it asked, or waits for a load.
+answered from fewer buckets than it asked, or waits for a load. Replicas of what is no longer a
+group's by any other way -- a collection dropped, made again with another bucket count, or pinned
+to another group -- are let go the same way.
 """
 
 import logging
@@ -28,7 +30,7 @@ class PlacementKeeper:
                  all_groups: tuple[str, ...], grace_seconds: float):
         self.store, self.replicas, self.name = store, replicas, name
         self.groups, self.all_groups, self.grace_seconds = groups, all_groups, grace_seconds
-        self._not_ours_since: dict[str, float] = {}
+        self._not_ours_since: dict[str, float] = {}  # (monotonic) since when a part held here is no longer ours
 
     def tend(self, liveness_seconds: float) -> None:
         self._take_moving_buckets(liveness_seconds)
@@ -53,18 +55,20 @@ class PlacementKeeper:
         now = time.monotonic()
         for part in self.replicas.held_parts():
             collection = keys.collection_of(part)
-            if part == collection:
-                continue  # a collection of one bucket: where its group setting sends it, as ever
             if collection not in placements:
-                info = self.store.collection_info(collection)
+                info = self.store.collection_info(collection, count_images=False)
+                buckets = None if info is None else info["settings"]["buckets"]
                 placements[collection] = None if info is None else (
-                    bucket_groups(collection, info["settings"], info["settings"]["buckets"], self.all_groups,
-                                  self.store.placement_overrides(collection)),
-                    self.store.moves(collection))
+                    buckets,
+                    bucket_groups(collection, info["settings"], buckets, self.all_groups,
+                                  self.store.placement_overrides(collection) if buckets > 1 else None),
+                    self.store.moves(collection) if buckets > 1 else {})
             known = placements[collection]
-            bucket = int(part.rsplit("/", 1)[1])
-            ours = known is not None and (any(bucket in known[0].get(group, ()) for group in self.groups)
-                                          or known[1].get(bucket) in self.groups)
+            bucket = 0 if part == collection else int(part.rsplit("/", 1)[1])
+            # (a part of another layout -- the collection made again with another bucket count -- is no one's)
+            ours = (known is not None and (part == collection) == (known[0] == 1)
+                    and (any(bucket in known[1].get(group, ()) for group in self.groups)
+                         or known[2].get(bucket) in self.groups))
             if ours:
                 self._not_ours_since.pop(part, None)
             elif now - self._not_ours_since.setdefault(part, now) >= self.grace_seconds:

@@ -150,7 +150,7 @@ def _answer_for_group(task_id: str, request: dict, probe: "Probe", labels: dict,
     logs.task_id.set(task_id)
     collection = request["collection"]
     try:
-        info, settings = _collection(collection)
+        info, settings = _collection(collection, count_images=False)
         if info is None:
             answer = {"cnn": [], "pdq": [], "whitened": None}
         else:
@@ -319,7 +319,7 @@ def _rank(request: dict, probe: "Probe", labels: dict, state: dict | None) -> di
     """
     collection = request["collection"]
     if state is None or "answers" in state:
-        info, settings = _collection(collection)
+        info, settings = _collection(collection, count_images=False)
         if state is None:
             placement = _placement(collection, settings)
             if not all(serves_group(group) for group in placement):
@@ -344,7 +344,7 @@ def _rank(request: dict, probe: "Probe", labels: dict, state: dict | None) -> di
     while state["allow_left"] and state["allow_match"] is None:
         # A known-good image overrides the block list: moderation's false-positive control.
         allow_collection = state["allow_left"][0]
-        info, settings = _collection(allow_collection)
+        info, settings = _collection(allow_collection, count_images=False)
         if not serves_group(_group_of(allow_collection, settings)):
             return PassOn(_group_of(allow_collection, settings), state)
         state["allow_left"] = state["allow_left"][1:]
@@ -595,9 +595,10 @@ def _allow_match(allow_collection: str, info: dict | None, settings: dict, probe
     return {"collection": allow_collection, **best} if best is not None and best["near_duplicate"] else None
 
 
-def _collection(collection: str) -> tuple[dict | None, dict]:
-    """The collection's info and its settings, in one round trip (None: nothing stored yet)."""
-    info = get_store().collection_info(collection)
+def _collection(collection: str, count_images: bool = True) -> tuple[dict | None, dict]:
+    """The collection's info and its settings, in one round trip (None: nothing stored yet); without
+    ``count_images``, its ``images`` may be None (a search stage's read)."""
+    info = get_store().collection_info(collection, count_images)
     return info, info["settings"] if info else DEFAULT_COLLECTION_SETTINGS | {"buckets": 1}
 
 

@@ -55,6 +55,17 @@ def sharded(redis_cluster, service_env, tmp_path_factory):
         broker.stop()
 
 
+def filled(client, collection: str, prefix: str, count: int, seed: int) -> dict[str, np.ndarray]:
+    """A collection of BUCKETS buckets holding ``count`` random unit vectors (stored through the API), by id."""
+    assert client.put(f"/v1/collections/{collection}", json={"buckets": BUCKETS}).status_code == 200
+    rows = np.random.default_rng(seed).standard_normal((count, 512)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    vectors = {f"{prefix}{n:03d}": row for n, row in enumerate(rows)}
+    items = [{"id": image_id, "vector": vector.tolist()} for image_id, vector in vectors.items()]
+    assert client.post(f"/v1/collections/{collection}/vectors", json={"items": items}).status_code == 201
+    return vectors
+
+
 def ask(client, store: Store, collection: str, what: str, vector: np.ndarray, **form) -> dict:
     data = {"vector": json.dumps(vector.tolist()), **{name: json.dumps(value) if isinstance(value, dict) else str(value)
                                                        for name, value in form.items()}}
@@ -166,13 +177,8 @@ def test_a_group_that_does_not_answer_fails_the_task_and_nothing_comes_back_shor
 
 def test_a_bucket_moves_to_another_group_under_query_load_without_a_failed_or_short_answer(sharded, collection):
     client, store, processes, ports, *_ = sharded
-    assert client.put(f"/v1/collections/{collection}", json={"buckets": BUCKETS}).status_code == 200
-    rng = np.random.default_rng(23)
-    rows = rng.standard_normal((200, 512)).astype(np.float32)
-    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-    vectors = {f"m{n:03d}": row for n, row in enumerate(rows)}
-    items = [{"id": image_id, "vector": vector.tolist()} for image_id, vector in vectors.items()]
-    assert client.post(f"/v1/collections/{collection}/vectors", json={"items": items}).status_code == 201
+    vectors = filled(client, collection, "m", 200, seed=23)
+    rows = np.stack(list(vectors.values()))
 
     before = client.get(f"/v1/collections/{collection}/buckets").json
     source = next(group for group, buckets in before["placement"].items() if buckets)
@@ -248,13 +254,8 @@ def test_a_search_process_killed_mid_query_costs_no_short_answer(sharded, collec
     """Two processes in one group; one is killed while queries run: each query is answered whole (the dead
     one's messages go to its twin) or fails with a clear code -- never from fewer buckets."""
     client, store, processes, ports, env, folder = sharded
-    assert client.put(f"/v1/collections/{collection}", json={"buckets": BUCKETS}).status_code == 200
-    rng = np.random.default_rng(25)
-    rows = rng.standard_normal((120, 512)).astype(np.float32)
-    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-    vectors = {f"k{n:03d}": row for n, row in enumerate(rows)}
-    items = [{"id": image_id, "vector": vector.tolist()} for image_id, vector in vectors.items()]
-    assert client.post(f"/v1/collections/{collection}/vectors", json={"items": items}).status_code == 201
+    vectors = filled(client, collection, "k", 120, seed=25)
+    rows = np.stack(list(vectors.values()))
     group = "g2"
     twin = ManagedProcess(f"search-{group}-twin", [sys.executable, "-m", "worker", "--role", "search", "--groups",
                                                    group], env | {"LOOKALIKE_WORKER_METRICS_PORT": "0"}, folder)

@@ -3,7 +3,6 @@ search group holding its collection; search workers never load TensorFlow and ho
 
 import io
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,8 @@ from api.app import create_app
 from shared.embedded_redis import free_port
 from shared.settings import Settings
 from shared.store import Store
-from tests.conftest import ManagedProcess, consumer_alive, database_url, emptied_afterwards, natural_images
+from tests.conftest import (ManagedProcess, consumer_alive, database_url, emptied_afterwards, finished_task,
+                            natural_images)
 
 GROUPS = ("g1", "g2")
 
@@ -43,10 +43,7 @@ def roles(redis_server, service_env, tmp_path_factory):
 
 
 def finished(store: Store, task_id: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while (record := store.get_task(task_id))["state"] not in ("succeeded", "failed"):
-        assert time.monotonic() < deadline, record
-        time.sleep(0.1)
+    record = finished_task(store, task_id, timeout)
     assert record["state"] == "succeeded", record
     return record
 

@@ -26,6 +26,7 @@ heartbeats, the consumers and their held sets). ``<...>`` marks a variable part.
   lookalike:task:{<task>}:lease            string token of the execution running the task (TTL, renewed while it runs)
   lookalike:task:{<task>}:done             pubsub channel announcing the task has finished
   lookalike:task:{<task>}:answers          hash   search group -> JSON of its answer to a scattered query or check
+  lookalike:task:{<task>}:answers:allow    hash   the same for a check's allow collection over several groups
   lookalike:gathers                        zset   task id -> when its scattered search is given up (unix seconds)
   lookalike:moves                          set    collections with a bucket moving between search groups
   lookalike:batch:<batch>                  string JSON: a bulk upload's collection and items
@@ -173,6 +174,10 @@ def task_lease(task_id: str) -> str:
 
 def task_answers(task_id: str) -> str:
     return f"{_task(task_id)}:answers"
+
+
+def task_allow_answers(task_id: str) -> str:
+    return f"{_task(task_id)}:answers:allow"
 
 
 def task_done_channel(task_id: str) -> str:

@@ -564,33 +564,48 @@ class Store:
     # --- Scattered searches: one answer per search group, gathered next to the task record -----------
 
     def expect_answers(self, task_id: str, placement: dict[str, list[int]], timeout_seconds: float,
-                       stage: dict | None = None) -> None:
+                       stage: dict | None = None, allow: bool = False) -> None:
         """Note that a query or check was scattered over search groups (``placement``: each group's buckets, kept
         on the task record, with ``stage`` -- what ranks it -- when the caller takes a partial answer): past
         ``timeout_seconds`` without every answer, it is given up on (:meth:`gathers_due`,
-        :meth:`missing_answers`)."""
-        self._update_task(task_id, {"scatter": placement, **({"scatter_stage": stage} if stage else {})})
-        self.redis.zadd(keys.GATHERS, {task_id: self.now() + timeout_seconds})
+        :meth:`missing_answers`). ``allow``: the answers are an allow collection's, for a check."""
+        if allow:
+            self.redis.delete(keys.task_allow_answers(task_id))  # (a previous allow collection's)
+        self._update_task(task_id, {"scatter": placement, "scatter_stage": stage})
+        self.redis.zadd(keys.GATHERS, {self._gather_member(task_id, allow): self.now() + timeout_seconds})
 
-    def gather_answer(self, task_id: str, group: str, answer: dict, expected: int) -> dict[str, dict] | None:
+    @staticmethod
+    def _gather_member(task_id: str, allow: bool) -> str:
+        """A gather's entry among those due: the task id, ``:allow`` after it for a check's allow collection."""
+        return f"{task_id}:allow" if allow else task_id
+
+    @staticmethod
+    def _answers_key(task_id: str, allow: bool) -> str:
+        return keys.task_allow_answers(task_id) if allow else keys.task_answers(task_id)
+
+    def gather_answer(self, task_id: str, group: str, answer: dict, expected: int,
+                      allow: bool = False) -> dict[str, dict] | None:
         """Record one group's answer; every group's answer once all are in, else None."""
-        reply = self._gather_answer_script(keys=[keys.task(task_id), keys.task_answers(task_id)],
+        reply = self._gather_answer_script(keys=[keys.task(task_id), self._answers_key(task_id, allow)],
                                            args=[group, json.dumps(answer), expected, self.task_ttl])
         if reply[0] != b"all":
             return None
         pairs = reply[1:]
         return {pairs[n].decode(): json.loads(pairs[n + 1]) for n in range(0, len(pairs), 2)}
 
-    def gathers_due(self, limit: int = 100) -> list[str]:
-        """Scattered searches past their time (their answers may be all in by now), at most ``limit``."""
-        return [task_id.decode() for task_id in
-                self.redis.zrangebyscore(keys.GATHERS, "-inf", self.now(), start=0, num=limit)]
+    def gathers_due(self, limit: int = 100) -> list[tuple[str, bool]]:
+        """Scattered searches past their time (their answers may be all in by now), at most ``limit``: each
+        ``(task id, whether the answers are a check's allow collection's)``."""
+        due = [member.decode() for member in
+               self.redis.zrangebyscore(keys.GATHERS, "-inf", self.now(), start=0, num=limit)]
+        return [(member.removesuffix(":allow"), member.endswith(":allow")) for member in due]
 
-    def missing_answers(self, task_id: str, expected: int) -> list[str] | None:
+    def missing_answers(self, task_id: str, expected: int, allow: bool = False) -> list[str] | None:
         """The groups that did answer a scattered search past its time that still misses some, to fail it; None
         when it has ended or has every answer. Either way it is no longer due."""
-        reply = self._give_up_gather_script(keys=[keys.task(task_id), keys.task_answers(task_id)], args=[expected])
-        self.redis.zrem(keys.GATHERS, task_id)
+        reply = self._give_up_gather_script(keys=[keys.task(task_id), self._answers_key(task_id, allow)],
+                                            args=[expected])
+        self.redis.zrem(keys.GATHERS, self._gather_member(task_id, allow))
         return None if not reply else [group.decode() for group in reply[1:]]
 
     def answers(self, task_id: str) -> dict[str, dict]:
@@ -598,11 +613,11 @@ class Store:
         return {group.decode(): json.loads(answer)
                 for group, answer in self.redis.hgetall(keys.task_answers(task_id)).items()}
 
-    def gather_done(self, task_id: str) -> None:
+    def gather_done(self, task_id: str, allow: bool = False) -> None:
         """A scattered search merged: no longer due, its answers no longer needed."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zrem(keys.GATHERS, task_id)
-        pipe.delete(keys.task_answers(task_id))
+        pipe.zrem(keys.GATHERS, self._gather_member(task_id, allow))
+        pipe.delete(self._answers_key(task_id, allow))
         pipe.execute()
 
     def update_callback(self, task_id: str, callback: dict[str, Any]) -> None:

@@ -285,3 +285,30 @@ def test_a_search_process_killed_mid_query_costs_no_short_answer(sharded, collec
         else:
             assert outcome["error"]["code"] in ("search_unavailable", "collection_loading"), outcome
     assert answered >= len(queries) // 2, [outcome["state"] for outcome in outcomes]
+
+
+def test_a_check_consults_an_allow_collection_spread_over_the_groups(sharded, collection):
+    client, store, processes, ports, *_ = sharded
+    blocked = filled(client, collection, "b", 40, seed=26)
+    allowed_name = f"{collection}-ok"
+    filled(client, allowed_name, "a", 40, seed=27)
+    assert client.put(f"/v1/collections/{allowed_name}", json={"kind": "allow"}).status_code == 200
+    # An image that is on the block list and, as a known good one, on the allow list too.
+    known_good = blocked["b007"]
+    assert client.post(f"/v1/collections/{allowed_name}/vectors",
+                       json={"items": [{"id": "good", "vector": known_good.tolist()}]}).status_code == 201
+
+    check = ask(client, store, collection, "checks", known_good, allow_collections=json.dumps([allowed_name]))
+    result = check["result"]
+    assert check["state"] == "succeeded", check
+    assert result["best_match"]["id"] == "b007" and result["verdict"] == "allow"
+    assert result["allow_match"]["collection"] == allowed_name and result["allow_match"]["id"] == "good"
+    other = ask(client, store, collection, "checks", blocked["b011"], allow_collections=json.dumps([allowed_name]))
+    assert other["result"]["verdict"] == "block" and other["result"]["allow_match"] is None
+
+    # Each process holds its own buckets of the allow collection, no more.
+    placement = bucket_groups(allowed_name, {"group": None}, BUCKETS, GROUPS)
+    for group in GROUPS:
+        held = {part for part in replica_parts(ports[group]) if part.startswith(f"{allowed_name}/")}
+        assert held == {f"{allowed_name}/{bucket}" for bucket in placement[group]}, (group, held)
+    assert not store.redis.zrangebyscore("lookalike:gathers", "-inf", "+inf")  # every gather cleared

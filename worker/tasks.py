@@ -33,7 +33,6 @@ from shared.schemas import (
     SUCCEEDED,
     WHITEN_TASK,
     bucket_groups,
-    group_of,
     write_token,
     search_queue,
     matches_filter,
@@ -140,19 +139,23 @@ def search_task(task_id: str, request: dict, probe: dict, labels: dict, state: d
 
 
 def _answer_for_group(task_id: str, request: dict, probe: "Probe", labels: dict, group: str, buckets: list[int],
-                      groups: int) -> None:
+                      groups: int, allow: dict | None = None) -> None:
     """Record this group's candidates (or its failure) for a scattered query or check; with every group's in,
     rank the merged answers and finish the task (under its lease, as any stage does).
 
     The answer is computed without the task's lease -- the groups answer at once, and an answer
     computed twice (a redelivered message) is the same answer -- and recorded next to the task
-    record; a Redis outage gives the message back to be answered again."""
+    record; a Redis outage gives the message back to be answered again. ``allow``: the answer is for a
+    check's allow collection (``{"collection", "state"}``: the check's state so far, carried on)."""
     logs.task_id.set(task_id)
-    collection = request["collection"]
+    collection = request["collection"] if allow is None else allow["collection"]
     try:
         info, settings = _collection(collection, count_images=False)
         if info is None:
             answer = {"cnn": [], "pdq": [], "whitened": None}
+        elif allow is not None:  # the best candidates of an allow collection, by its own settings
+            parts = [keys.part(collection, bucket, settings["buckets"]) for bucket in buckets]
+            answer = _candidates(collection, probe, settings, 1, None, {}, parts)
         else:
             parts = [keys.part(collection, bucket, settings["buckets"]) for bucket in buckets]
             k = request["k"] if request["kind"] == "query" else 1
@@ -167,10 +170,11 @@ def _answer_for_group(task_id: str, request: dict, probe: "Probe", labels: dict,
         answer = {"error": LookalikeError("internal_error", "A search worker failed unexpectedly; see its log.",
                                           {"task_id": task_id, "group": group}).to_dict()}
     answer["buckets"] = buckets
-    answers = get_store().gather_answer(task_id, group, answer, groups)
+    answers = get_store().gather_answer(task_id, group, answer, groups, allow=allow is not None)
     if answers is not None:
-        _run(task_id, lambda: _rank_or_pass_on(task_id, request, probe, labels, {"answers": answers}))
-        get_store().gather_done(task_id)
+        state = {"answers": answers} if allow is None else {**allow["state"], "allow_answers": answers}
+        _run(task_id, lambda: _rank_or_pass_on(task_id, request, probe, labels, state))
+        get_store().gather_done(task_id, allow=allow is not None)
 
 
 # Late gathers given up on per heartbeat, at most (the rest at the next one).
@@ -181,9 +185,11 @@ HANDED_OFF = object()
 
 @dataclass
 class Scatter:
-    """Ranking needs a collection whose buckets several search groups hold: each group's buckets."""
+    """Ranking needs a collection whose buckets several search groups hold: each group's buckets. ``allow``: the
+    collection is a check's allow collection (``{"collection", "state"}``)."""
 
     placement: dict[str, list[int]]
+    allow: dict | None = None
 
 
 @dataclass
@@ -210,10 +216,12 @@ def _rank_or_pass_on(task_id: str, request: dict, probe: "Probe", labels: dict,
         if _running_under.get() is not None:
             get_store().release_lease(task_id, _running_under.get())
     if isinstance(ranked, Scatter):
-        stage = {"request": request, "probe": probe.to_message(), "labels": labels} if request.get("partial") else None
-        get_store().expect_answers(task_id, ranked.placement, get_settings().gather_timeout_seconds, stage)
+        stage = ({"request": request, "probe": probe.to_message(), "labels": labels}
+                 if request.get("partial") and ranked.allow is None else None)
+        get_store().expect_answers(task_id, ranked.placement, get_settings().gather_timeout_seconds, stage,
+                                   allow=ranked.allow is not None)
         for group, buckets in ranked.placement.items():
-            answer = {"group": group, "buckets": buckets, "groups": len(ranked.placement)}
+            answer = {"group": group, "buckets": buckets, "groups": len(ranked.placement), "allow": ranked.allow}
             search_task.apply_async(kwargs={"task_id": task_id, "request": request, "probe": probe.to_message(),
                                             "labels": labels, "state": {"answer": answer}},
                                     task_id=f"{task_id}-{group}-{uuid.uuid4().hex[:8]}", queue=search_queue(group))
@@ -231,10 +239,10 @@ def give_up_late_gathers() -> None:
     process restoring dead workers' messages, each heartbeat): ``search_unavailable``, naming what is
     missing -- never an answer from some of the buckets."""
     store = get_store()
-    for task_id in store.gathers_due(limit=GIVE_UP_PER_BEAT):
+    for task_id, allow in store.gathers_due(limit=GIVE_UP_PER_BEAT):
         record = store.get_task(task_id)
         placement = (record or {}).get("scatter") or {}
-        answered = store.missing_answers(task_id, len(placement))
+        answered = store.missing_answers(task_id, len(placement), allow)
         if answered is None:
             continue
         missing = {group: buckets for group, buckets in placement.items() if group not in answered}
@@ -306,10 +314,6 @@ def _merged(answers: dict[str, dict], partial: bool = False, missing: dict[str, 
             if missing else None}
 
 
-def _group_of(collection: str, settings: dict) -> str:
-    return group_of(collection, settings, get_settings().search_groups)
-
-
 def _rank(request: dict, probe: "Probe", labels: dict, state: dict | None) -> dict | PassOn:
     """A query's or check's result, or where to go on when the next collection it needs is held elsewhere.
 
@@ -318,7 +322,7 @@ def _rank(request: dict, probe: "Probe", labels: dict, state: dict | None) -> di
     found so far from one group to the next.
     """
     collection = request["collection"]
-    if state is None or "answers" in state:
+    if state is None or "answers" in state:  # (the collection's own answers; an allow collection's are apart)
         info, settings = _collection(collection, count_images=False)
         if state is None:
             placement = _placement(collection, settings)
@@ -341,12 +345,22 @@ def _rank(request: dict, probe: "Probe", labels: dict, state: dict | None) -> di
         state = {"best_match": best, "near_duplicate": near_duplicate, "verdict": outcome, "settings": settings,
                  "whitened": whitened, "allow_left": request["allow_collections"] if outcome == "block" else [],
                  "allow_match": None, **partial}
+    if "allow_answers" in state:  # the groups holding the allow collection's buckets have answered
+        allow_collection = state["allow_left"][0]
+        info, settings = _collection(allow_collection, count_images=False)
+        state = dict(state)
+        found = _merged(state.pop("allow_answers"))
+        state["allow_left"] = state["allow_left"][1:]
+        state["allow_match"] = _allow_match(allow_collection, info, settings, probe, labels, found)
     while state["allow_left"] and state["allow_match"] is None:
         # A known-good image overrides the block list: moderation's false-positive control.
         allow_collection = state["allow_left"][0]
         info, settings = _collection(allow_collection, count_images=False)
-        if not serves_group(_group_of(allow_collection, settings)):
-            return PassOn(_group_of(allow_collection, settings), state)
+        placement = _placement(allow_collection, settings)
+        if not all(serves_group(group) for group in placement):
+            if len(placement) == 1:
+                return PassOn(*placement, state)
+            return Scatter(placement, allow={"collection": allow_collection, "state": state})
         state["allow_left"] = state["allow_left"][1:]
         state["allow_match"] = _allow_match(allow_collection, info, settings, probe, labels)
     return {"verdict": "allow" if state["allow_match"] else state["verdict"], "near_duplicate": state["near_duplicate"],
@@ -585,13 +599,18 @@ def _fill_cnn_scores(collection: str, probe: Probe, candidates: list[dict], part
         match["score"] = score
 
 
-def _allow_match(allow_collection: str, info: dict | None, settings: dict, probe: "Probe", labels: dict) -> dict | None:
-    """A near-duplicate of the probe in one allow collection (by its own settings), if it holds one."""
+def _allow_match(allow_collection: str, info: dict | None, settings: dict, probe: "Probe", labels: dict,
+                 found: dict | None = None) -> dict | None:
+    """A near-duplicate of the probe in one allow collection (by its own settings), if it holds one; ``found``:
+    its candidates gathered from the groups holding its buckets (else searched here)."""
     if info is None:
         return None
     if CNN in probe.signals:
         _check_descriptor(info, Descriptor(labels["model"], len(probe.vector), labels["weights"]))
-    best = next(iter(_ranked_matches(allow_collection, info, probe, settings, 1, None, {})[0]), None)
+    if found is None:
+        best = next(iter(_ranked_matches(allow_collection, info, probe, settings, 1, None, {})[0]), None)
+    else:
+        best = next(iter(_ranked_from(found, probe.signals, settings, 1, None)), None)
     return {"collection": allow_collection, **best} if best is not None and best["near_duplicate"] else None
 
 

@@ -188,6 +188,50 @@ def finished_task(store: Store, task_id: str, timeout: float = 120) -> dict:
     return record
 
 
+WORKER_COMMAND = [sys.executable, "-m", "worker"]
+API_COMMAND = [sys.executable, "-m", "gunicorn", "--config", "python:api.gunicorn_conf", "api.wsgi:app"]
+
+
+def search_process(name: str, group: str, env: dict, folder: Path, metrics_port: int | str = 0) -> ManagedProcess:
+    """A search worker of one group (``python -m worker --role search --groups <group>``)."""
+    return ManagedProcess(name, [*WORKER_COMMAND, "--role", "search", "--groups", group],
+                          env | {"LOOKALIKE_WORKER_METRICS_PORT": str(metrics_port)}, folder)
+
+
+@contextmanager
+def split_roles(env: dict, folder: Path, store: Store, groups: tuple[str, ...]) -> Iterator[tuple[dict, dict]]:
+    """An embed worker and one search process per group (each with a metrics port), all announced: yields the
+    processes (by "embed" and group) and the ports; stops them all afterwards."""
+    ports = {group: free_port() for group in groups}
+    processes = {"embed": ManagedProcess("embed", [*WORKER_COMMAND, "--role", "embed"],
+                                         env | {"LOOKALIKE_WORKER_METRICS_PORT": "0"}, folder)}
+    for group in groups:
+        processes[group] = search_process(f"search-{group}", group, env, folder, ports[group])
+    try:
+        for process in processes.values():
+            process.wait_until(lambda: consumer_alive(store, process.process.pid), "heartbeat")
+        yield processes, ports
+    finally:
+        for process in processes.values():
+            process.stop()
+
+
+@contextmanager
+def worker_and_api(name: str, env: dict, folder: Path, store: Store, port: int) -> Iterator[tuple["ApiClient", ManagedProcess]]:
+    """A worker (``--role all``) and the API under gunicorn on ``port`` (set in ``env``), the worker announced
+    and the API ready: yields a client of the API and the worker; stops both afterwards."""
+    worker = ManagedProcess(f"{name}-worker", WORKER_COMMAND, env, folder)
+    api = ManagedProcess(f"{name}-api", API_COMMAND, env, folder)
+    try:
+        worker.wait_until(lambda: consumer_alive(store, worker.process.pid), "heartbeat")
+        client = ApiClient(f"http://127.0.0.1:{port}")
+        api.wait_until(lambda: client.http.get(client.url("/readyz"), timeout=10).status_code == 200, "readiness")
+        yield client, worker
+    finally:
+        api.stop()
+        worker.stop()
+
+
 def consumer_alive(store: Store, pid: int, max_age_seconds: float = 3) -> bool:
     """Whether the worker process ``pid`` (any role) has announced itself within ``max_age_seconds``."""
     beat = store.redis.zscore(keys.CONSUMERS, f"{socket.gethostname()}:{pid}")
@@ -212,8 +256,7 @@ def api_process(service_env, tmp_path_factory):
     """The real API under gunicorn on a free port (its address in ``.url``)."""
     port = free_port()
     env = service_env | {"LOOKALIKE_HOST": "127.0.0.1", "LOOKALIKE_PORT": str(port), "WEB_CONCURRENCY": "1"}
-    command = [sys.executable, "-m", "gunicorn", "--config", "python:api.gunicorn_conf", "api.wsgi:app"]
-    process = ManagedProcess("api", command, env, tmp_path_factory.mktemp("api"))
+    process = ManagedProcess("api", API_COMMAND, env, tmp_path_factory.mktemp("api"))
     url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:

@@ -2,7 +2,6 @@
 the worker follows, every task finishes with each image written once, and the search replica ends exact."""
 
 import signal
-import sys
 
 import pytest
 import redis
@@ -11,7 +10,7 @@ from shared import keys
 from shared.embedded_redis import EmbeddedCluster, EmbeddedRedis, free_port
 from shared.settings import Settings
 from shared.store import Store
-from tests.conftest import ApiClient, ManagedProcess, consumer_alive, natural_images
+from tests.conftest import natural_images, worker_and_api
 
 IMAGES = 16
 
@@ -27,17 +26,10 @@ def failover_service(service_env, tmp_path_factory):
                          "LOOKALIKE_BROKER_URL": broker.url, "LOOKALIKE_PORT": str(port), "WEB_CONCURRENCY": "1",
                          "LOOKALIKE_WORKER_METRICS_PORT": "0", "LOOKALIKE_DATA_DIR": str(folder / "data")}
     store = Store.from_settings(Settings(redis_mode="cluster", redis_url=cluster.url, broker_url=broker.url))
-    worker = ManagedProcess("failover-worker", [sys.executable, "-m", "worker"], env, folder)
-    api = ManagedProcess("failover-api", [sys.executable, "-m", "gunicorn", "--config", "python:api.gunicorn_conf",
-                                          "api.wsgi:app"], env, folder)
     try:
-        worker.wait_until(lambda: consumer_alive(store, worker.process.pid), "heartbeat")
-        client = ApiClient(f"http://127.0.0.1:{port}")
-        api.wait_until(lambda: client.http.get(client.url("/readyz"), timeout=10).status_code == 200, "readiness")
-        yield cluster, store, client, worker
+        with worker_and_api("failover", env, folder, store, port) as (client, worker):
+            yield cluster, store, client, worker
     finally:
-        api.stop()
-        worker.stop()
         broker.stop()
         cluster.stop()
 

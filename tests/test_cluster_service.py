@@ -2,7 +2,6 @@
 index, query, check, delete, drop, whitening, bulk uploads and idempotent replays through the HTTP API."""
 
 import json
-import sys
 import time
 
 import pytest
@@ -12,7 +11,7 @@ import requests
 from shared.embedded_redis import EmbeddedRedis, free_port
 from shared.settings import Settings
 from shared.store import Store
-from tests.conftest import ApiClient, ManagedProcess, consumer_alive, natural_images
+from tests.conftest import API_COMMAND, WORKER_COMMAND, ApiClient, ManagedProcess, consumer_alive, natural_images
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +26,9 @@ def cluster_service(redis_cluster, service_env, tmp_path_factory):
         "LOOKALIKE_WHITENING_MIN_IMAGES": "4",
     }
     store = Store.from_settings(Settings(redis_mode="cluster", redis_url=redis_cluster.url, broker_url=broker.url))
-    processes = [ManagedProcess("cluster-worker", [sys.executable, "-m", "worker"], env, folder),
-                 ManagedProcess("cluster-webhooks", [sys.executable, "-m", "worker", "--role", "webhooks"], env, folder),
-                 ManagedProcess("cluster-api", [sys.executable, "-m", "gunicorn", "--config", "python:api.gunicorn_conf",
-                                                "api.wsgi:app"], env, folder)]
+    processes = [ManagedProcess("cluster-worker", WORKER_COMMAND, env, folder),
+                 ManagedProcess("cluster-webhooks", [*WORKER_COMMAND, "--role", "webhooks"], env, folder),
+                 ManagedProcess("cluster-api", API_COMMAND, env, folder)]
     try:
         worker, webhooks, api = processes
         worker.wait_until(lambda: consumer_alive(store, worker.process.pid), "heartbeat")

@@ -1,7 +1,6 @@
 """Redis faults: a restart mid-run (503 meanwhile, recovery by itself, nothing lost), a restart with tasks
 in flight (each finishes, once), and a full store."""
 
-import sys
 import time
 import uuid
 
@@ -14,7 +13,7 @@ from shared.queue import make_celery
 from shared.schemas import INDEX_QUEUE, INDEX_TASK
 from shared.settings import Settings
 from shared.store import Store
-from tests.conftest import ApiClient, ManagedProcess, natural_images
+from tests.conftest import API_COMMAND, WORKER_COMMAND, ApiClient, ManagedProcess, natural_images
 
 MAXMEMORY = 64 * 1024 * 1024
 # How long Redis stays away in the restart tests, once the worker has noticed: longer than a forward pass,
@@ -33,9 +32,8 @@ def isolated(service_env, tmp_path_factory):
     env = service_env | {"LOOKALIKE_WORKER_METRICS_PORT": "0", "LOOKALIKE_REDIS_URL": server.url, "LOOKALIKE_PORT": str(port), "WEB_CONCURRENCY": "1",
                          "LOOKALIKE_DATA_DIR": str(folder / "data")}
     store = Store.from_settings(Settings(redis_url=server.url))
-    worker = ManagedProcess("faults-worker", [sys.executable, "-m", "worker"], env, folder)
-    api = ManagedProcess("faults-api", [sys.executable, "-m", "gunicorn", "--config", "python:api.gunicorn_conf",
-                                        "api.wsgi:app"], env, folder)
+    worker = ManagedProcess("faults-worker", WORKER_COMMAND, env, folder)
+    api = ManagedProcess("faults-api", API_COMMAND, env, folder)
     try:
         worker.wait_until(lambda: store.live_workers(max_age_seconds=3), "heartbeat")
         client = ApiClient(f"http://127.0.0.1:{port}")

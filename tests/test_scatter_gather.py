@@ -4,7 +4,6 @@ last answer merges them -- the same ids and scores, ties included, as one exact 
 group that does not answer fails the task with search_unavailable, never an answer from the others alone."""
 
 import json
-import sys
 import time
 
 import numpy as np
@@ -18,7 +17,7 @@ from shared.embedded_redis import EmbeddedRedis, free_port
 from shared.schemas import bucket_groups
 from shared.settings import Settings
 from shared.store import Store
-from tests.conftest import ManagedProcess, consumer_alive, finished_task
+from tests.conftest import consumer_alive, finished_task, search_process, split_roles
 
 GROUPS = ("g1", "g2", "g3", "g4")
 BUCKETS = 8
@@ -38,20 +37,10 @@ def sharded(redis_cluster, service_env, tmp_path_factory):
     settings = Settings(redis_mode="cluster", redis_url=redis_cluster.url, broker_url=broker.url, auth=False,
                         rate_limit="", search_groups=GROUPS)
     store = Store.from_settings(settings)
-    ports = {group: free_port() for group in GROUPS}
-    processes = {"embed": ManagedProcess("embed", [sys.executable, "-m", "worker", "--role", "embed"],
-                                         env | {"LOOKALIKE_WORKER_METRICS_PORT": "0"}, folder)}
-    for group in GROUPS:
-        processes[group] = ManagedProcess(f"search-{group}", [sys.executable, "-m", "worker", "--role", "search",
-                                                              "--groups", group],
-                                          env | {"LOOKALIKE_WORKER_METRICS_PORT": str(ports[group])}, folder)
     try:
-        for process in processes.values():
-            process.wait_until(lambda: consumer_alive(store, process.process.pid), "heartbeat")
-        yield create_app(settings).test_client(), store, processes, ports, env, folder
+        with split_roles(env, folder, store, GROUPS) as (processes, ports):
+            yield create_app(settings).test_client(), store, processes, ports, env, folder
     finally:
-        for process in processes.values():
-            process.stop()
         broker.stop()
 
 
@@ -166,9 +155,7 @@ def test_a_group_that_does_not_answer_fails_the_task_and_nothing_comes_back_shor
         checked = ask(client, store, collection, "checks", rows[1], partial="true")["result"]
         assert checked["partial"]["groups_missing"] == [silent]
     finally:  # the group back: its queued answer finds the task finished; new queries are whole again
-        processes[silent] = ManagedProcess(f"search-{silent}-again",
-                                           [sys.executable, "-m", "worker", "--role", "search", "--groups", silent],
-                                           env | {"LOOKALIKE_WORKER_METRICS_PORT": str(ports[silent])}, folder)
+        processes[silent] = search_process(f"search-{silent}-again", silent, env, folder, ports[silent])
         processes[silent].wait_until(lambda: consumer_alive(store, processes[silent].process.pid), "heartbeat")
     again = ask(client, store, collection, "queries", rows[0], k=5)
     assert again["state"] == "succeeded" and again["result"]["matches"][0]["id"] == "v0"
@@ -257,8 +244,7 @@ def test_a_search_process_killed_mid_query_costs_no_short_answer(sharded, collec
     vectors = filled(client, collection, "k", 120, seed=25)
     rows = np.stack(list(vectors.values()))
     group = "g2"
-    twin = ManagedProcess(f"search-{group}-twin", [sys.executable, "-m", "worker", "--role", "search", "--groups",
-                                                   group], env | {"LOOKALIKE_WORKER_METRICS_PORT": "0"}, folder)
+    twin = search_process(f"search-{group}-twin", group, env, folder)
     twin.wait_until(lambda: consumer_alive(store, twin.process.pid), "heartbeat")
     try:
         assert ask(client, store, collection, "queries", rows[0], k=5)["state"] == "succeeded"  # loaded somewhere
@@ -273,9 +259,7 @@ def test_a_search_process_killed_mid_query_costs_no_short_answer(sharded, collec
         outcomes = [finished_task(store, task_id, timeout=180) for task_id in task_ids]
     finally:
         twin.stop()
-        processes[group] = ManagedProcess(f"search-{group}-again",
-                                          [sys.executable, "-m", "worker", "--role", "search", "--groups", group],
-                                          env | {"LOOKALIKE_WORKER_METRICS_PORT": str(ports[group])}, folder)
+        processes[group] = search_process(f"search-{group}-again", group, env, folder, ports[group])
         processes[group].wait_until(lambda: consumer_alive(store, processes[group].process.pid), "heartbeat")
     answered = 0
     for query, outcome in zip(queries, outcomes):

@@ -2,7 +2,6 @@
 mid-ingest, both follow the replica the Sentinels promote, and every queued task finishes, each image once."""
 
 import signal
-import sys
 
 import pytest
 import redis
@@ -11,7 +10,7 @@ from shared import keys
 from shared.embedded_redis import EmbeddedSentinels, free_port
 from shared.settings import Settings
 from shared.store import Store
-from tests.conftest import ApiClient, ManagedProcess, consumer_alive, natural_images
+from tests.conftest import natural_images, worker_and_api
 
 MASTER = "lookalike"
 IMAGES = 16
@@ -29,17 +28,10 @@ def sentinel_service(service_env, tmp_path_factory):
                                     "LOOKALIKE_WORKER_METRICS_PORT": "0", "LOOKALIKE_DATA_DIR": str(folder / "data")}
     store = Store.from_settings(Settings(redis_mode="sentinel", redis_url=sentinels.url, redis_sentinel_master=MASTER,
                                          broker_url=sentinels.broker_url, broker_sentinel_master=MASTER))
-    worker = ManagedProcess("sentinel-worker", [sys.executable, "-m", "worker"], env, folder)
-    api = ManagedProcess("sentinel-api", [sys.executable, "-m", "gunicorn", "--config", "python:api.gunicorn_conf",
-                                          "api.wsgi:app"], env, folder)
     try:
-        worker.wait_until(lambda: consumer_alive(store, worker.process.pid), "heartbeat")
-        client = ApiClient(f"http://127.0.0.1:{port}")
-        api.wait_until(lambda: client.http.get(client.url("/readyz"), timeout=10).status_code == 200, "readiness")
-        yield sentinels, store, client, worker
+        with worker_and_api("sentinel", env, folder, store, port) as (client, worker):
+            yield sentinels, store, client, worker
     finally:
-        api.stop()
-        worker.stop()
         sentinels.stop()
 
 

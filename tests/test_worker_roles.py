@@ -2,7 +2,6 @@
 search group holding its collection; search workers never load TensorFlow and hold only their groups' replicas."""
 
 import io
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,11 +9,9 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
-from shared.embedded_redis import free_port
 from shared.settings import Settings
 from shared.store import Store
-from tests.conftest import (ManagedProcess, consumer_alive, database_url, emptied_afterwards, finished_task,
-                            natural_images)
+from tests.conftest import database_url, emptied_afterwards, finished_task, natural_images, split_roles
 
 GROUPS = ("g1", "g2")
 
@@ -26,20 +23,8 @@ def roles(redis_server, service_env, tmp_path_factory):
         env = service_env | {"LOOKALIKE_REDIS_URL": url, "LOOKALIKE_SEARCH_GROUPS": ",".join(GROUPS)}
         settings = Settings(redis_url=url, auth=False, rate_limit="", search_groups=GROUPS)
         store = Store.from_settings(settings)
-        ports = {group: free_port() for group in GROUPS}
-        processes = {"embed": ManagedProcess("embed", [sys.executable, "-m", "worker", "--role", "embed"],
-                                             env | {"LOOKALIKE_WORKER_METRICS_PORT": "0"}, folder)}
-        for group in GROUPS:
-            processes[group] = ManagedProcess(f"search-{group}", [sys.executable, "-m", "worker", "--role", "search",
-                                                                  "--groups", group],
-                                              env | {"LOOKALIKE_WORKER_METRICS_PORT": str(ports[group])}, folder)
-        try:
-            for process in processes.values():
-                process.wait_until(lambda: consumer_alive(store, process.process.pid), "heartbeat")
+        with split_roles(env, folder, store, GROUPS) as (processes, ports):
             yield create_app(settings).test_client(), store, processes, ports
-        finally:
-            for process in processes.values():
-                process.stop()
 
 
 def finished(store: Store, task_id: str, timeout: float = 120) -> dict:

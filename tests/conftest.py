@@ -201,10 +201,10 @@ def search_process(name: str, group: str, env: dict, folder: Path, metrics_port:
 @contextmanager
 def split_roles(env: dict, folder: Path, store: Store, groups: tuple[str, ...]) -> Iterator[tuple[dict, dict]]:
     """An embed worker and one search process per group (each with a metrics port), all announced: yields the
-    processes (by "embed" and group) and the ports; stops them all afterwards."""
-    ports = {group: free_port() for group in groups}
+    processes and their metrics ports (by "embed" and group); stops them all afterwards."""
+    ports = {name: free_port() for name in ("embed", *groups)}
     processes = {"embed": ManagedProcess("embed", [*WORKER_COMMAND, "--role", "embed"],
-                                         env | {"LOOKALIKE_WORKER_METRICS_PORT": "0"}, folder)}
+                                         env | {"LOOKALIKE_WORKER_METRICS_PORT": str(ports["embed"])}, folder)}
     for group in groups:
         processes[group] = search_process(f"search-{group}", group, env, folder, ports[group])
     try:

@@ -78,10 +78,20 @@ def assert_same_ranking(matches: list[dict], ranking: list[tuple[str, float]]) -
     assert all(abs(match["score"] - score) <= 2e-6 for match, (_, score) in zip(matches, ranking)), (matches, ranking)
 
 
-def replica_parts(port: int) -> dict[str, float]:
+def samples(port: int, name: str) -> list:
     page = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    return {sample.labels["collection"]: sample.value for family in text_string_to_metric_families(page)
-            for sample in family.samples if sample.name == "lookalike_replica_vectors"}
+    return [sample for family in text_string_to_metric_families(page) for sample in family.samples
+            if sample.name == name]
+
+
+def replica_parts(port: int) -> dict[str, float]:
+    return {sample.labels["collection"]: sample.value for sample in samples(port, "lookalike_replica_vectors")}
+
+
+def group_counter(ports: dict, name: str, group: str, **labels) -> float:
+    """A per-group counter summed over the processes serving metrics on ``ports`` (whichever counted it)."""
+    return sum(sample.value for port in ports.values() for sample in samples(port, name)
+               if sample.labels.get("group") == group and labels.items() <= sample.labels.items())
 
 
 def test_a_collection_over_four_groups_answers_as_one_exact_search(sharded, collection):
@@ -117,6 +127,11 @@ def test_a_collection_over_four_groups_answers_as_one_exact_search(sharded, coll
     assert sum(count for group in GROUPS for part, count in replica_parts(ports[group]).items()
                if part.startswith(collection)) == IMAGES
 
+    # Each group counted its answers, on its own metrics page.
+    for group in GROUPS:
+        assert group_counter({group: ports[group]}, "lookalike_search_group_answers_total", group,
+                             outcome="answered") >= 7, group
+
     # Query expansion would need every bucket's best matches first: refused, not answered from a group's.
     expanded = ask(client, store, collection, "queries", rows[3], expand=2)
     assert expanded["state"] == "failed" and expanded["error"]["code"] == "expand_unavailable"
@@ -144,6 +159,8 @@ def test_a_group_that_does_not_answer_fails_the_task_and_nothing_comes_back_shor
         assert failed["error"]["details"]["groups_missing"] == [silent]
         assert failed["error"]["details"]["buckets_missing"] == placement[silent]
         assert waited >= GATHER_TIMEOUT_SECONDS
+        alive = {name: port for name, port in ports.items() if name != silent}
+        assert group_counter(alive, "lookalike_search_groups_missing_total", silent) == 1
         # A caller that takes a partial answer gets the other groups' buckets, ranked as one search over them,
         # and the answer says which buckets are missing.
         answered = ask(client, store, collection, "queries", rows[0], k=5, partial="true")

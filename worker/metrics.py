@@ -31,6 +31,13 @@ REPLICA_LAG = Gauge("lookalike_replica_lag_seconds", "Age of the oldest change t
 QUERY_STALENESS = Histogram("lookalike_query_staleness_seconds", "How old the replica state a query or check "
                             "searched was (the oldest of its buckets; 0: brought up to date for it).",
                             buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
+GROUP_ANSWERS = Counter("lookalike_search_group_answers", "Answers a search group gave to scattered queries and "
+                        "checks, by group and outcome (answered, failed).", ["group", "outcome"])
+GROUP_ANSWER_SECONDS = Histogram("lookalike_search_group_answer_seconds", "Time a search group took to compute its "
+                                 "answer to a scattered query or check, by group.", ["group"],
+                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+GROUPS_MISSING = Counter("lookalike_search_groups_missing", "Scattered queries and checks a search group did not "
+                         "answer in time (the task failed, or answered partially where asked), by group.", ["group"])
 WEBHOOKS = Counter("lookalike_webhook_attempts", "Webhook delivery attempts, by outcome.", ["outcome"])
 
 

@@ -149,6 +149,7 @@ def _answer_for_group(task_id: str, request: dict, probe: "Probe", labels: dict,
     check's allow collection (``{"collection", "state"}``: the check's state so far, carried on)."""
     logs.task_id.set(task_id)
     collection = request["collection"] if allow is None else allow["collection"]
+    started = time.perf_counter()
     try:
         info, settings = _collection(collection, count_images=False)
         if info is None:
@@ -170,6 +171,8 @@ def _answer_for_group(task_id: str, request: dict, probe: "Probe", labels: dict,
         answer = {"error": LookalikeError("internal_error", "A search worker failed unexpectedly; see its log.",
                                           {"task_id": task_id, "group": group}).to_dict()}
     answer["buckets"] = buckets
+    metrics.GROUP_ANSWER_SECONDS.labels(group).observe(time.perf_counter() - started)
+    metrics.GROUP_ANSWERS.labels(group, "failed" if "error" in answer else "answered").inc()
     answers = get_store().gather_answer(task_id, group, answer, groups, allow=allow is not None)
     if answers is not None:
         state = {"answers": answers} if allow is None else {**allow["state"], "allow_answers": answers}
@@ -251,6 +254,7 @@ def give_up_late_gathers() -> None:
             search_task.apply_async(kwargs={**stage, "task_id": task_id,
                                             "state": {"answers": store.answers(task_id), "missing": missing}},
                                     task_id=f"{task_id}-partial", queue=search_queue(answered[0]))
+            _count_missing(missing)
             log.warning("task %s: search groups %s did not answer in time; answered from the others", task_id,
                         sorted(missing))
             continue
@@ -261,9 +265,15 @@ def give_up_late_gathers() -> None:
         # Unless the last answer came meanwhile and its merge runs or ran (it holds the lease, or finished).
         if store.finish_task(task_id, FAILED, error=error.to_dict(), unless_running=True):
             log.warning("task %s: search groups %s did not answer in time; it failed", task_id, sorted(missing))
+            _count_missing(missing)
             metrics.TASKS.labels(record["kind"], FAILED, error.code).inc()
             if record.get("callback"):
                 schedule_webhook(task_id)
+
+
+def _count_missing(missing: dict[str, list[int]]) -> None:
+    for group in missing:
+        metrics.GROUPS_MISSING.labels(group).inc()
 
 
 def _placement(collection: str, settings: dict) -> dict[str, list[int]]:

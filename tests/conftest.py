@@ -17,7 +17,7 @@ import pytest
 import redis
 import requests
 
-from api.client import Client
+from lookalike_client import Client
 from shared import keys
 from shared.embedded_redis import EmbeddedCluster, EmbeddedRedis, free_port
 from shared.settings import Settings
@@ -285,7 +285,7 @@ class ApiClient:
     def __init__(self, base_url: str):
         self.base_url = base_url
         self.http = requests.Session()  # for requests whose exact status and headers a test checks
-        self.client = Client(base_url, timeout=60)  # api/client.py, as callers use it
+        self.client = Client(base_url, timeout=60)  # lookalike_client, as callers use it
 
     def url(self, path: str) -> str:
         return self.base_url + path

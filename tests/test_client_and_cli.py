@@ -1,6 +1,7 @@
-"""The Python client (api/client.py) and the `lookalike` command (api/cli.py), against the real stack."""
+"""The Python client and the `lookalike` command (client/lookalike_client: client.py, cli.py), against the real stack."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -8,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from api.client import ApiError, Client
+from lookalike_client import ApiError, Client
 from tests.conftest import DATA, natural_images
 from tests.local_http import Answer
 
-LOOKALIKE = Path(sys.executable).parent / "lookalike"  # the console script the package installs
+LOOKALIKE = Path(sys.executable).parent / "lookalike"  # the console script lookalike-client installs
+# Ids a caller may choose and `lookalike index` makes from file names: each reserved character of a URL.
+ODD_IDS = ["uploads/a b#1?x=%41%/cat.jpg", "100%", "#hash", "what?.jpg", "a+b&c=d;e", "ünï cødé/ø.jpg", "x%2Fy"]
 
 
 @pytest.fixture
@@ -67,9 +70,15 @@ def test_the_client_retries_busy_answers_with_one_idempotency_key(web_server):
         Client(web_server.base_url, retries=2, backoff_seconds=0.01).index("down", b"x")
     assert error.value.status == 503 and len(web_server.requests_to("/v1/collections/down/images")) == 3
 
+    web_server.route("/v1/collections/elsewhere", Answer(200, b"<html>a proxy's page</html>", {"Content-Type": "text/html"}))
+    with pytest.raises(ApiError) as error:
+        Client(web_server.base_url).collection("elsewhere")
+    assert (error.value.status, error.value.code) == (200, "not_json")
 
-def lookalike(api, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(LOOKALIKE), "--url", api.base_url, *args], capture_output=True, text=True, timeout=300)
+
+def lookalike(api, *args: str, input: str | None = None) -> subprocess.CompletedProcess:  # noqa: A002
+    return subprocess.run([str(LOOKALIKE), "--url", api.base_url, *args], capture_output=True, text=True, timeout=300,
+                          input=input)
 
 
 def test_cli_indexes_a_tree_resumes_and_reports_failures(api, collection, tmp_path):
@@ -119,10 +128,7 @@ def test_cli_queries_checks_and_lists(api, collection):
     assert row.split()[1:] == ["1", "block", "0.95", "on,", "not", "learned", "yet"]
 
     missing = lookalike(api, "task", "no-such-task")
-    assert missing.returncode == 2 and "task_not_found" in missing.stderr
-    unreachable = subprocess.run([str(LOOKALIKE), "--url", "http://127.0.0.1:1", "collections"],
-                                 capture_output=True, text=True, timeout=60)
-    assert unreachable.returncode == 2 and "cannot reach http://127.0.0.1:1" in unreachable.stderr
+    assert missing.returncode == 1 and "task_not_found" in missing.stderr
 
 
 def test_cli_proposes_and_applies_a_threshold(api, collection, tmp_path):
@@ -142,3 +148,99 @@ def test_cli_proposes_and_applies_a_threshold(api, collection, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"score": "high"}\n')
     assert lookalike(api, "calibrate", str(bad)).returncode == 2
+
+
+def test_the_client_round_trips_ids_with_reserved_characters(api, client, collection):
+    """Every id goes into the URL path percent-encoded as one segment: image() and delete_image() find it."""
+    vectors = [[1.0 if dimension == n else 0.0 for dimension in range(512)] for n in range(len(ODD_IDS))]
+    stored = api.http.post(api.url(f"/v1/collections/{collection}/vectors"),
+                           json={"items": [{"id": image_id, "vector": vector, "metadata": {"n": n}}
+                                           for n, (image_id, vector) in enumerate(zip(ODD_IDS, vectors))]})
+    assert stored.status_code == 201, stored.text
+    indexed = client.index(collection, DATA / "moon.jpg", image_id="moon #1?.jpg")
+    assert client.wait(indexed.task_id)["state"] == "succeeded"
+    assert client.image_ids(collection) == {*ODD_IDS, "moon #1?.jpg"}
+    for n, image_id in enumerate(ODD_IDS):
+        image = client.image(collection, image_id)
+        assert (image["id"], image["metadata"]) == (image_id, {"n": n})
+    assert client.image(collection, "moon #1?.jpg")["id"] == "moon #1?.jpg"
+
+    for image_id in ODD_IDS:
+        assert client.delete_image(collection, image_id)["id"] == image_id
+        with pytest.raises(ApiError) as error:
+            client.image(collection, image_id)
+        assert (error.value.status, error.value.code) == (404, "image_not_found")
+    assert client.image_ids(collection) == {"moon #1?.jpg"}
+    with pytest.raises(ApiError) as error:
+        client.delete_image(collection, "uploads/a b#1?x=%41%/cat.jpg")
+    assert (error.value.status, error.value.code) == (404, "image_not_found")
+
+
+def test_cli_version_and_usage_errors_exit_2():
+    from importlib.metadata import version
+
+    shown = subprocess.run([str(LOOKALIKE), "--version"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and shown.stdout.strip() == f"lookalike, version {version('lookalike-client')}"
+    wrong = [["no-such-command"], ["query", str(DATA / "moon.jpg")], ["--url", "ftp://example.org", "collections"],
+             ["settings", "photos", "--set", "kind"], ["delete", "--collection", "photos"], ["index", "--json"],
+             ["calibrate", str(DATA / "moon.jpg"), "--apply"], ["query", "/no/such/file.jpg", "-c", "photos"]]
+    for args in wrong:  # none of these reaches the service (nothing listens on port 1)
+        run = subprocess.run([str(LOOKALIKE), "--url", "http://127.0.0.1:1", *args] if args[0] != "--url"
+                             else [str(LOOKALIKE), *args], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 2, (args, run.stderr)
+        assert "cannot reach" not in run.stderr
+
+
+def test_cli_service_errors_exit_1_and_an_unreachable_service_exits_5(api, collection):
+    assert lookalike(api, "task", "no-such-task").returncode == 1
+    never = lookalike(api, "settings", collection)
+    assert never.returncode == 1 and "collection_not_found" in never.stderr
+    refused = lookalike(api, "settings", collection, "--set", "match_threshold=5")
+    assert refused.returncode == 1 and "invalid_collection_settings" in refused.stderr
+    for args in (["collections", "--json"], ["delete", "-c", collection, "an-id"]):
+        unreachable = subprocess.run([str(LOOKALIKE), "--url", "http://127.0.0.1:1", *args],
+                                     capture_output=True, text=True, timeout=120)
+        assert unreachable.returncode == 5, unreachable.stderr
+        assert "cannot reach http://127.0.0.1:1" in unreachable.stderr and unreachable.stdout == ""
+
+
+def test_cli_indexes_odd_file_names_with_json_then_deletes_sets_and_drops(api, client, collection, tmp_path):
+    tree = tmp_path / "photos"
+    (tree / "sub dir#2").mkdir(parents=True)
+    shutil.copy(DATA / "moon.jpg", tree / "a b#1?x=%41%.jpg")
+    shutil.copy(DATA / "rocket.jpg", tree / "sub dir#2" / "100%.jpg")
+    (tree / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+
+    indexed = lookalike(api, "index", str(tree), "-c", collection, "--json")
+    assert indexed.returncode == 1, indexed.stderr  # one image failed
+    assert json.loads(indexed.stdout) == {
+        "collection": collection, "found": 3, "skipped": 0, "indexed": 2, "failed": 1,
+        "failures": [{"id": "broken.png", "code": "unsupported_media_type",
+                      "message": json.loads(indexed.stdout)["failures"][0]["message"]}]}
+    assert client.image(collection, "sub dir#2/100%.jpg")["id"] == "sub dir#2/100%.jpg"
+    (tree / "broken.png").unlink()
+    again = lookalike(api, "index", str(tree), "-c", collection, "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["skipped"] == 2
+
+    deleted = lookalike(api, "delete", "-c", collection, "a b#1?x=%41%.jpg", "no such?", "--json")
+    assert deleted.returncode == 1
+    assert json.loads(deleted.stdout)["deleted"] == ["a b#1?x=%41%.jpg"]
+    assert [failure["code"] for failure in json.loads(deleted.stdout)["failures"]] == ["image_not_found"]
+    assert client.image_ids(collection) == {"sub dir#2/100%.jpg"}
+
+    before = json.loads(lookalike(api, "settings", collection, "--json").stdout)
+    assert before["collection"] == collection and before["settings"]["kind"] == "block"
+    changed = lookalike(api, "settings", collection, "--set", "match_threshold=0.8", "--set", "kind=allow")
+    assert changed.returncode == 0, changed.stderr
+    assert re.search(r'^kind +"allow"$', changed.stdout, re.MULTILINE)
+    after = client.collection(collection)["settings"]
+    assert after == {**before["settings"], "match_threshold": 0.8, "kind": "allow"}  # the rest kept
+
+    kept = lookalike(api, "drop", collection, input="n\n")
+    assert kept.returncode == 1 and f"Drop collection {collection} and its 1 images?" in kept.stderr
+    assert client.collection(collection)["images"] == 1
+    dropped = lookalike(api, "drop", collection, "--json", input="y\n")
+    assert dropped.returncode == 0, dropped.stderr
+    assert json.loads(dropped.stdout) == {"collection": collection, "deleted": True, "images": 1}
+    gone = lookalike(api, "drop", collection, "--yes")
+    assert gone.returncode == 1 and "collection_not_found" in gone.stderr

@@ -144,7 +144,7 @@ def test_bad_queries_are_refused_before_enqueueing(api, collection, redis_client
 
 
 def test_dropping_a_collection_lets_it_change_descriptor(api, collection, redis_client):
-    from api.client import Client
+    from lookalike_client import Client
 
     client = Client(api.base_url)
     vectors = unit_vectors(3, seed=31)

@@ -11,7 +11,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.wait import WebDriverWait
 
-from api.client import Client
+from lookalike_client import Client
 from tests.conftest import DATA
 
 # Set to 1 to run the suite knowingly without the web page's test (skipped, with this reason).

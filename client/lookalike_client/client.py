@@ -1,6 +1,6 @@
 """A small typed Python client for Lookalike's HTTP API (the `lookalike` CLI is built on it).
 
-    from api.client import Client
+    from lookalike_client import Client
     lookalike = Client("http://127.0.0.1:8000", api_key="lk_...")
     lookalike.index("photos", "cat.jpg", image_id="cats/1.jpg", metadata={"source": "upload"})
     matches = lookalike.query("photos", "other.jpg", k=5)["matches"]
@@ -9,7 +9,11 @@
 Retries: connection errors, 429 (after its Retry-After), 502, 503 and 504 are retried with
 exponential backoff (urllib3's Retry). POSTs are retried too: each carries a fresh
 ``Idempotency-Key``, so a retry of a request that did arrive returns its first answer
-instead of queueing the work twice. It needs only ``requests``; it never imports Flask.
+instead of queueing the work twice.
+
+Every caller's value that goes into a URL path (collection, image id, task and batch ids) is
+percent-encoded as one segment, so ids with ``/``, ``#``, ``?``, ``%`` or spaces reach the
+API as they are. It needs only ``requests``: nothing of the server (api/, shared/, worker/).
 """
 
 import json
@@ -20,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -82,7 +87,7 @@ class Client:
               metadata: dict | None = None, url: str | None = None, callback_url: str | None = None) -> Submitted:
         """Queue one image (bytes, a file path, or ``url`` for the service to fetch) for indexing."""
         form = _form(id=image_id, metadata=metadata, url=url, callback_url=callback_url)
-        return _submitted(self._post(f"/v1/collections/{collection}/images", form, _image_files(image)))
+        return _submitted(self._post(f"/v1/collections/{_segment(collection)}/images", form, _image_files(image)))
 
     def index_many(self, collection: str, images: Iterable[tuple[str, ImageInput, dict | None]],
                    callback_url: str | None = None) -> dict:
@@ -94,7 +99,7 @@ class Client:
         files = [("image", (_filename(image, image_id), _read(image))) for image_id, image, _ in items]
         form = _form(ids=[image_id for image_id, _, _ in items],
                      metadata=[metadata or {} for _, _, metadata in items], callback_url=callback_url)
-        return self._post(f"/v1/collections/{collection}/batches", form, files).json()
+        return self._post(f"/v1/collections/{_segment(collection)}/batches", form, files).json()
 
     def query(self, collection: str, image: ImageInput | None = None, *, vector: list[float] | None = None,
               url: str | None = None, k: int = 10, min_score: float | None = None, filter: dict | None = None,  # noqa: A002
@@ -104,7 +109,7 @@ class Client:
         ``expand``: query expansion over that many best matches (see docs/api.md)."""
         form = _form(vector=vector, url=url, k=k, min_score=min_score, filter=filter, signals=signals,
                      expand=expand)
-        submitted = _submitted(self._post(f"/v1/collections/{collection}/queries", form, _image_files(image)))
+        submitted = _submitted(self._post(f"/v1/collections/{_segment(collection)}/queries", form, _image_files(image)))
         return self.result(submitted.task_id, timeout)
 
     def check(self, collection: str, image: ImageInput | None = None, *, vector: list[float] | None = None,
@@ -112,13 +117,13 @@ class Client:
               filter: dict | None = None, timeout: float | None = None) -> dict:  # noqa: A002
         """Is this a near-duplicate of anything in the collection? The check's result (``verdict``, ``best_match``)."""
         form = _form(vector=vector, url=url, signals=signals, allow_collections=allow_collections, filter=filter)
-        submitted = _submitted(self._post(f"/v1/collections/{collection}/checks", form, _image_files(image)))
+        submitted = _submitted(self._post(f"/v1/collections/{_segment(collection)}/checks", form, _image_files(image)))
         return self.result(submitted.task_id, timeout)
 
     # --- Results -----------------------------------------------------------------------------
 
     def task(self, task_id: str, wait: int = 0) -> dict:
-        return self._get(f"/v1/tasks/{task_id}", wait=wait or None)
+        return self._get(f"/v1/tasks/{_segment(task_id)}", wait=wait or None)
 
     def wait(self, task_id: str, timeout: float | None = None) -> dict:
         """The task once it has finished (long-polling the server), or ``TimeoutError``.
@@ -130,7 +135,7 @@ class Client:
         while True:
             remaining = deadline - time.monotonic()
             wait = max(0, min(LONG_POLL_SECONDS, int(remaining)))
-            response = self._get_response(f"/v1/tasks/{task_id}", wait=wait or None)
+            response = self._get_response(f"/v1/tasks/{_segment(task_id)}", wait=wait or None)
             task = self._json(response)
             if task["state"] in FINISHED:
                 return task
@@ -148,7 +153,7 @@ class Client:
         return task["result"]
 
     def batch(self, batch_id: str) -> dict:
-        return self._get(f"/v1/batches/{batch_id}")
+        return self._get(f"/v1/batches/{_segment(batch_id)}")
 
     # --- Collections and images ------------------------------------------------------------
 
@@ -156,22 +161,22 @@ class Client:
         return self._get("/v1/collections")["collections"]
 
     def collection(self, collection: str) -> dict:
-        return self._get(f"/v1/collections/{collection}")
+        return self._get(f"/v1/collections/{_segment(collection)}")
 
     def set_collection(self, collection: str, **settings: Any) -> dict:
-        return self._json(self.http.put(self.url + f"/v1/collections/{collection}", json=settings,
+        return self._json(self.http.put(self.url + f"/v1/collections/{_segment(collection)}", json=settings,
                                         timeout=self.timeout))
 
     def drop_collection(self, collection: str) -> dict:
         """Delete the whole collection (an admin key's right): how it changes descriptor."""
-        return self._json(self.http.delete(self.url + f"/v1/collections/{collection}", timeout=self.timeout))
+        return self._json(self.http.delete(self.url + f"/v1/collections/{_segment(collection)}", timeout=self.timeout))
 
     def image_ids(self, collection: str, page_size: int = 1000) -> set[str]:
         """Every image id in the collection (empty for a collection that does not exist)."""
         ids, cursor = set(), 0
         while True:
             try:
-                page = self._get(f"/v1/collections/{collection}/images", cursor=cursor, limit=page_size)
+                page = self._get(f"/v1/collections/{_segment(collection)}/images", cursor=cursor, limit=page_size)
             except ApiError as error:
                 if error.code == "collection_not_found":
                     return set()
@@ -182,10 +187,12 @@ class Client:
             cursor = page["next_cursor"]
 
     def image(self, collection: str, image_id: str) -> dict:
-        return self._get(f"/v1/collections/{collection}/images/{image_id}")
+        return self._get(f"/v1/collections/{_segment(collection)}/images/{_segment(image_id)}")
 
-    def delete_image(self, collection: str, image_id: str) -> None:
-        self._json(self.http.delete(self.url + f"/v1/collections/{collection}/images/{image_id}", timeout=self.timeout))
+    def delete_image(self, collection: str, image_id: str) -> dict:
+        """Delete one image: the API's answer (``{"id", "deleted": true, ...}``); ``ApiError`` 404 if absent."""
+        path = f"/v1/collections/{_segment(collection)}/images/{_segment(image_id)}"
+        return self._json(self.http.delete(self.url + path, timeout=self.timeout))
 
     # --- Plumbing ------------------------------------------------------------------------------
 
@@ -215,7 +222,14 @@ class Client:
             if not error:
                 raise ApiError(response.status_code, "http_error", response.text[:200])
             raise ApiError(response.status_code, error["code"], error["message"], error.get("details"))
+        if body is None:  # not this API (a proxy's or another server's page): no code of the API's to give
+            raise ApiError(response.status_code, "not_json", f"the answer is not JSON: {response.text[:200]!r}")
         return body
+
+
+def _segment(value: str) -> str:
+    """A caller's value as one URL path segment: every reserved character percent-encoded (``/`` too)."""
+    return quote(str(value), safe="")
 
 
 def _submitted(response: requests.Response) -> Submitted:

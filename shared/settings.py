@@ -89,7 +89,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field("text", description="`json`: one JSON object per log line, with "
                                                 "`request_id` and `task_id`; `text`: the same fields for people.")
     log_level: str = Field("INFO", description="Least severe log level written (DEBUG, INFO, WARNING, ERROR).")
-    worker_metrics_port: int = Field(9100, ge=0, le=65535, description="Port of a worker's Prometheus `/metrics` "
+    worker_metrics_port: int = Field(18000, ge=0, le=65535, description="Port of a worker's Prometheus `/metrics` "
                                      "(0: none). One per worker process: give each on a host its own.")
     worker_metrics_host: str = Field("127.0.0.1", description="Address a worker's Prometheus `/metrics` listens on: "
                                      "loopback unless something else must scrape it (`0.0.0.0` in Compose's network).")

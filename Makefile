@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run test bench clean browser nginx
+.PHONY: install run test bench clean browser nginx spec
 
 install: $(INSTALLED)
 
@@ -47,6 +47,11 @@ browser:
 		      "*** tests/test_web_page.py will FAIL. Install chromium and chromium-driver, or run" \
 		      "*** LOOKALIKE_TEST_WITHOUT_BROWSER=1 make test to skip the web page's test knowingly." "" >&2; \
 		  fi; }
+
+# The committed OpenAPI document (docs/openapi.json), written from the routes; tests/test_openapi.py fails
+# when it drifts. Client generators read it: openapi-python-client generate --path docs/openapi.json
+spec: $(INSTALLED)
+	$(BIN)/python -m api.openapi docs/openapi.json
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache *.egg-info

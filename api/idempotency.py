@@ -93,17 +93,23 @@ def release_unfinished(_error: BaseException | None) -> None:
             pass
 
 
+def _nameless_first(field: tuple) -> tuple:
+    """Sort key for form fields and files: a part without a name (Werkzeug keys it None) sorts first."""
+    return tuple((value is not None, value or "") for value in field)
+
+
 def _fingerprint() -> str:
     """A hash of what the request asks for: route, query string and parsed body."""
-    content: dict = {"method": request.method, "path": request.path, "args": sorted(request.args.items(multi=True))}
+    content: dict = {"method": request.method, "path": request.path,
+                     "args": sorted(request.args.items(multi=True), key=_nameless_first)}
     if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        content["form"] = sorted(request.form.items(multi=True))
+        content["form"] = sorted(request.form.items(multi=True), key=_nameless_first)
         files = []
         for name, file in request.files.items(multi=True):
             digest = hashlib.sha256(file.read()).hexdigest()
             file.seek(0)  # the view reads it again
             files.append((name, file.filename, digest))
-        content["files"] = sorted(files)
+        content["files"] = sorted(files, key=_nameless_first)
     else:
         body = None
         if request.is_json:

@@ -68,12 +68,15 @@ def queue_depths(celery) -> dict[str, int]:
 
 
 class StoreCollector:
-    """Gauges read at scrape time: tasks waiting per queue (from the broker), images per (visible) collection."""
+    """Gauges read at scrape time: tasks waiting per queue (from the broker), images per (visible) collection,
+    live model workers (the alert for "no worker": /readyz stays 200 without them)."""
 
-    def __init__(self, store, celery, visible: Callable[[str], bool] = lambda _name: True):
+    def __init__(self, store, celery, visible: Callable[[str], bool] = lambda _name: True,
+                 worker_max_age_seconds: float = 30):
         self.store = store
         self.celery = celery
         self.visible = visible
+        self.worker_max_age_seconds = worker_max_age_seconds
 
     def collect(self):
         depth = GaugeMetricFamily("lookalike_queue_depth", "Tasks waiting in each Celery queue.", labels=["queue"])
@@ -85,6 +88,9 @@ class StoreCollector:
             if self.visible(name):
                 sizes.add_metric([name], count)
         yield sizes
+        live = GaugeMetricFamily("lookalike_live_workers", "Model worker processes whose heartbeat is fresh.")
+        live.add_metric([], len(self.store.live_workers(max_age_seconds=self.worker_max_age_seconds)))
+        yield live
 
 
 def metrics_response(visible: Callable[[str], bool] = lambda _name: True) -> Response:
@@ -96,6 +102,7 @@ def metrics_response(visible: Callable[[str], bool] = lambda _name: True) -> Res
         for collector in (REQUESTS, LATENCY):
             registry.register(collector)
     context = current_app.extensions["lookalike"]
-    registry.register(StoreCollector(context["store"], context["celery"], visible))
+    registry.register(StoreCollector(context["store"], context["celery"], visible,
+                                     3 * context["settings"].heartbeat_seconds))
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 

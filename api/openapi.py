@@ -7,21 +7,43 @@ tests/test_openapi.py checks that every route is documented, that the examples h
 validate against their schemas, and fuzzes the API with schemathesis against the
 document (no 500s; each status, content type and body as documented).
 
-Served at ``/openapi.json``, with Swagger UI at ``/docs`` from the swagger-ui-bundle
-package (no CDN: it works offline).
+Served at ``/openapi.json``, with Swagger UI 5 at ``/docs`` from the swagger-ui-py
+package's files (no CDN: it works offline). ``python -m api.openapi`` writes the committed
+copy, docs/openapi.json, which client generators read; a test fails when it drifts.
 """
 
+import copy
+import functools
+import importlib.resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from flask import Flask, Response as FlaskResponse, jsonify, send_from_directory
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 from spectree import Response, SecurityScheme, SecuritySchemeData, SpecTree
 from spectree.model_adapter.pydantic_adapter import BaseFile
-from swagger_ui_bundle import swagger_ui_path
 
 def _example(example: dict) -> ConfigDict:
     return ConfigDict(json_schema_extra={"examples": [example]})
+
+
+def _form(example: dict | None = None) -> ConfigDict:
+    """A multipart form's model: each field a string or a file, or left out -- never null, which a form cannot
+    send (with ``null`` as a default, Swagger UI's "Try it out" filled every field with the text "null")."""
+    def without_nulls(schema: dict) -> None:
+        for field in schema.get("properties", {}).values():
+            if "default" in field and field["default"] is None:
+                del field["default"]
+            kinds = [kind for kind in field.pop("anyOf", []) if kind.get("type") != "null"]
+            if len(kinds) == 1:
+                field.update(kinds[0])
+            elif kinds:
+                field["anyOf"] = kinds
+            if field.get("type") == "string" and "format" not in field and "enum" not in field:
+                field.setdefault("example", "")  # (else Swagger UI fills in "string")
+        if example is not None:
+            schema["examples"] = [example]
+    return ConfigDict(json_schema_extra=without_nulls)
 
 
 # --- Errors --------------------------------------------------------------------------------
@@ -48,6 +70,7 @@ spec = SpecTree(
     "submit, get a task, poll it (or take a webhook). docs/api.md has the prose.",
     annotations=False,
     naming_strategy=lambda model: model.__name__,  # plain component names (default: name + hash)
+    nested_naming_strategy=lambda parent, child: child,  # one component per model, wherever it is used
     validation_error_status=400,  # any route may answer 400 bad_request: documented with our error shape
     validation_error_model=Error,
     security_schemes=[SecurityScheme(name="apiKey", data=SecuritySchemeData(
@@ -68,7 +91,7 @@ Signals = Literal["cnn", "pdq", "both"]
 
 
 class IndexForm(BaseModel):
-    model_config = _example({"id": "uploads/2026/cat.jpg", "metadata": '{"tenant": "42"}'})
+    model_config = _form({"id": "uploads/2026/cat.jpg", "metadata": '{"tenant": "42"}'})
     image: BaseFile | None = Field(None, description="The image (JPEG, PNG, WebP, BMP, TIFF); or give `url`.")
     url: str | None = Field(None, description="An image URL on the fetch allow list, for the worker to fetch.")
     id: str | None = Field(None, description="Your id for the image; default: a new one.")
@@ -77,6 +100,7 @@ class IndexForm(BaseModel):
 
 
 class BatchForm(BaseModel):
+    model_config = _form()
     image: list[BaseFile] = Field(description="The images, one file field each.")
     ids: str | None = Field(None, description="A JSON array of ids, one per image.")
     metadata: str | None = Field(None, description="A JSON array of metadata objects, one per image.")
@@ -84,26 +108,27 @@ class BatchForm(BaseModel):
 
 
 class QueryForm(BaseModel):
-    model_config = _example({"k": 5, "min_score": 0.5, "filter": '{"tenant": "42"}', "signals": "cnn"})
+    model_config = _form({"k": 5, "min_score": 0.5, "filter": '{"tenant": "42"}', "signals": "cnn"})
     image: BaseFile | None = Field(None, description="The query image; or `url`, or `vector`.")
     url: str | None = None
     vector: str | None = Field(None, description="A JSON array of 512 numbers, or base64 of 512 float32.")
-    k: int | None = Field(None, description="Matches wanted, 1-1000 (default 10).")
-    min_score: float | None = Field(None, description="Only CNN scores of at least this, -1 to 1.")
+    k: int | None = Field(None, description="Matches wanted, 1-1000 (default 10).", json_schema_extra={"example": 10})
+    min_score: float | None = Field(None, description="Only CNN scores of at least this, -1 to 1.",
+                                    json_schema_extra={"example": -1})
     filter: str | None = Field(None, description="A JSON object of metadata fields that must be equal.")
     signals: Signals | None = Field(None, description="What decides a match (default cnn).")
     expand: int | None = Field(None, description="Query expansion: average the query with this many of its best "
-                               "CNN matches and search again, 0-10 (default 0).")
+                               "CNN matches and search again, 0-10 (default 0).", json_schema_extra={"example": 0})
     callback_url: str | None = None
     write_token: str | None = Field(None, description="What index and vectors answers give (`write_token`): the "
                                     "query sees those writes, whatever staleness a sharded collection allows.")
     partial: bool | None = Field(None, description="A collection whose buckets several search groups hold: answer "
                                  "from the groups that answered in time, naming the buckets missing (default false: "
-                                 "fail `search_unavailable`).")
+                                 "fail `search_unavailable`).", json_schema_extra={"example": False})
 
 
 class CheckForm(BaseModel):
-    model_config = _example({"signals": "both", "allow_collections": '["known-good"]'})
+    model_config = _form({"signals": "both", "allow_collections": '["known-good"]'})
     image: BaseFile | None = None
     url: str | None = None
     vector: str | None = None
@@ -115,7 +140,7 @@ class CheckForm(BaseModel):
                                     "query sees those writes, whatever staleness a sharded collection allows.")
     partial: bool | None = Field(None, description="A collection whose buckets several search groups hold: answer "
                                  "from the groups that answered in time, naming the buckets missing (default false: "
-                                 "fail `search_unavailable`).")
+                                 "fail `search_unavailable`).", json_schema_extra={"example": False})
 
 
 class CollectionSettings(BaseModel):
@@ -209,30 +234,108 @@ class Batch(BaseModel):
     items: list[BatchItemState]
 
 
-class Task(BaseModel):
-    model_config = _example({"task_id": "5f0c", "kind": "check", "state": "succeeded",
-                             "result": {"verdict": "block", "near_duplicate": True}, "error": None,
-                             "submitted_at": "2026-11-27T01:00:00.000Z", "started_at": "2026-11-27T01:00:00.010Z",
-                             "finished_at": "2026-11-27T01:00:00.170Z", "collection": "banned"})
+class ModelLabels(BaseModel):
+    model: str = Field(description="The descriptor of the vectors searched (model and pooling).")
+    weights: str
+    warning: str | None = Field(None, description="Set when the worker runs with random weights (tests only).")
+
+
+class IndexResult(ModelLabels):
+    collection: str
+    image_id: str
+    replaced: bool = Field(description="Whether the id held an image before (now replaced).")
+    pdq_quality: int | None = Field(description="Quality of the image's PDQ hash, 0-100.")
+    write_token: str = Field(description="Pass it as `write_token` to a query or check to see this write.")
+
+
+class Match(BaseModel):
+    id: str
+    score: float | None = Field(description="Cosine similarity of the CNN vectors (null: the CNN was not used).")
+    pdq_distance: int | None = Field(description="Hamming distance of the PDQ hashes (null: PDQ was not used).")
+    near_duplicate: bool
+    matched_by: list[Signals] = Field(description="The signals that found it near (empty: none did).")
+    metadata: dict[str, Any]
+
+
+class AllowMatch(Match):
+    collection: str = Field(description="The allow collection holding the match.")
+
+
+class PartialAnswer(BaseModel):
+    groups_missing: list[str]
+    buckets_missing: list[int]
+
+
+class SearchResult(ModelLabels):
+    """What queries and checks share: the settings applied and what the search used."""
+    match_threshold: float
+    pdq_max_distance: int
+    kind: Literal["block", "allow"]
+    whitening: bool
+    group: str | None = None
+    buckets: int = 1
+    whitened: WhiteningSummary | None = Field(description="The whitening the scores were taken in, or null.")
+    signals: list[Signals] = Field(description="The signals actually used.")
+    pdq_quality: int | None = Field(description="Quality of the query's PDQ hash (null: none computed).")
+    partial: PartialAnswer | None = Field(None, description="Only with `partial=true`: the buckets left out.")
+
+
+class QueryResult(SearchResult):
+    matches: list[Match]
+    verdict: Literal["block", "allow", "none"]
+    expand: int
+
+
+class CheckResult(SearchResult):
+    verdict: Literal["block", "allow", "none"]
+    near_duplicate: bool
+    best_match: Match | None = Field(description="The collection's best match (null: the collection is empty).")
+    allow_match: AllowMatch | None = Field(description="The allow collection's near-duplicate that made the "
+                                           "verdict `allow`, or null.")
+
+
+class TaskFields(BaseModel):
     task_id: str
-    kind: Literal["index", "query", "check"]
     state: Literal["queued", "running", "succeeded", "failed"]
-    result: dict[str, Any] | None
     error: ErrorBody | None
     submitted_at: str
     started_at: str | None
     finished_at: str | None
     collection: str | None = None
-    image_id: str | None = None
     url: str | None = None
+    request_id: str | None = None
+    callback: dict[str, Any] | None = None
+
+
+class IndexTask(TaskFields):
+    kind: Literal["index"]
+    result: IndexResult | None
+    image_id: str | None = None
+
+
+class QueryTask(TaskFields):
+    kind: Literal["query"]
+    result: QueryResult | None
     k: int | None = None
     min_score: float | None = None
     filter: dict[str, Any] | None = None
-    signals: list[str] | None = None
+    signals: list[Signals] | None = None
     expand: int | None = None
+
+
+class CheckTask(TaskFields):
+    kind: Literal["check"]
+    result: CheckResult | None
+    filter: dict[str, Any] | None = None
+    signals: list[Signals] | None = None
     allow_collections: list[str] | None = None
-    request_id: str | None = None
-    callback: dict[str, Any] | None = None
+
+
+class Task(RootModel[Annotated[IndexTask | QueryTask | CheckTask, Field(discriminator="kind")]]):
+    """A task as it stands; ``kind`` says which result it carries."""
+    model_config = _example({"task_id": "5f0c", "kind": "check", "state": "queued", "result": None, "error": None,
+                             "submitted_at": "2026-11-27T01:00:00.000Z", "started_at": None, "finished_at": None,
+                             "collection": "banned"})
 
 
 class CollectionInfo(BaseModel):
@@ -307,12 +410,18 @@ class VectorsStored(BaseModel):
     write_token: str = Field(description="Pass it as `write_token` to a query or check to see these writes.")
 
 
+class ReadyQuery(BaseModel):
+    workers: bool | None = Field(None, description="true: ready only while a worker with its model loaded has "
+                                 "reported in (the whole service); default: while this API process can answer.")
+
+
 class Health(BaseModel):
     status: str
 
 
 class Ready(BaseModel):
-    status: str
+    status: Literal["ready", "degraded"] = Field(description="`degraded`: no worker has reported in; submitted "
+                                                 "tasks wait in the queue.")
     redis: str
     weights: list[str]
     workers: list[dict[str, Any]]
@@ -325,25 +434,116 @@ class Ready(BaseModel):
 UNDOCUMENTED = {"openapi_json", "openapi_docs", "openapi_assets", "static"}
 
 
+# Headers the routes read or set that spectree cannot declare: added to the generated document.
+IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
+                   "description": "Any 1-255 printable ASCII characters: a repeat of the request with the same key "
+                   "(within 24 hours, by the same API key) gets the first answer instead of doing the work again.",
+                   "schema": {"type": "string", "minLength": 1, "maxLength": 255}}
+RESPONSE_HEADERS = {
+    "Location": {"description": "Where to poll the task (or batch) this request created.",
+                 "schema": {"type": "string"}},
+    "Retry-After": {"description": "Seconds to wait before asking again.", "schema": {"type": "integer"}},
+    "Idempotent-Replayed": {"description": "`true` when this is the stored answer to an earlier request with the "
+                            "same Idempotency-Key.", "schema": {"type": "string", "enum": ["true"]}},
+}
+
+
+@functools.cache
+def document(app: Flask) -> dict[str, Any]:
+    """The OpenAPI document of ``app``'s routes: spectree's, with operation ids from the view functions' names
+    (``index_image``, ``get_task``: what generated clients name their functions) and the headers above."""
+    for endpoint, view in app.view_functions.items():
+        view.operation_id = endpoint.rsplit(".", 1)[-1]  # read by spectree when it generates the document
+    generated = copy.deepcopy(spec.spec)
+    for operations in generated["paths"].values():
+        for method, operation in operations.items():
+            if method == "post":
+                operation["parameters"] = [*operation.get("parameters", []), IDEMPOTENCY_KEY]
+            for status, response in operation["responses"].items():
+                headers = {}
+                if status == "202":
+                    headers["Location"] = RESPONSE_HEADERS["Location"]
+                if status in ("429", "503", "409") or (operation["operationId"] == "get_task" and status == "200"):
+                    headers["Retry-After"] = RESPONSE_HEADERS["Retry-After"]
+                if method == "post" and status.startswith("2"):
+                    headers["Idempotent-Replayed"] = RESPONSE_HEADERS["Idempotent-Replayed"]
+                if headers:
+                    response["headers"] = headers
+    return generated
+
+
 def register_openapi(app: Flask) -> None:
     spec.app = app  # the document is generated from this app's routes (no routes of spectree's own)
     spec.backend.app = app
 
     @app.get("/openapi.json")
     def openapi_json():
-        return jsonify(spec.spec)
+        return jsonify(document(app))
 
     @app.get("/docs")
     def openapi_docs():
-        page = (Path(swagger_ui_path) / "index.html").read_text()
-        page = page.replace('href="./', 'href="/docs/assets/').replace('src="./', 'src="/docs/assets/')
-        page = page.replace('href="index.css"', 'href="/docs/assets/index.css"')
-        page = page.replace('<script src="/docs/assets/swagger-initializer.js" charset="UTF-8"> </script>',
-                            '<script>window.onload = () => { window.ui = SwaggerUIBundle({url: "/openapi.json", '
-                            'dom_id: "#swagger-ui", presets: [SwaggerUIBundle.presets.apis, '
-                            'SwaggerUIStandalonePreset], layout: "StandaloneLayout"}); };</script>')
-        return FlaskResponse(page, mimetype="text/html")
+        return FlaskResponse(DOCS_PAGE, mimetype="text/html")
 
     @app.get("/docs/assets/<path:name>")
     def openapi_assets(name: str):
-        return send_from_directory(swagger_ui_path, name)
+        return send_from_directory(SWAGGER_UI_ASSETS, name, max_age=3600)
+
+
+# Swagger UI 5 (it reads OpenAPI 3.1; version 4 cannot) from the swagger-ui-py package's files: no CDN.
+SWAGGER_UI_ASSETS = str(importlib.resources.files("swagger_ui") / "static")
+DOCS_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+  <meta charset="UTF-8">
+  <title>Lookalike API reference</title>
+  <link rel="stylesheet" href="/docs/assets/swagger-ui.css">
+  <link rel="icon" type="image/png" href="/docs/assets/favicon-32x32.png" sizes="32x32">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="/docs/assets/swagger-ui-bundle.js"></script>
+  <script src="/docs/assets/swagger-ui-standalone-preset.js"></script>
+  <script>
+    window.onload = () => {
+      window.ui = SwaggerUIBundle({
+        url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true, persistAuthorization: true,
+        presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset], layout: "StandaloneLayout",
+        // A form field left blank is left out, as a browser's own form would: "Try it out" sends every field
+        // of a multipart body, and an empty callback_url or vector is not the same request as none.
+        requestInterceptor: (request) => {
+          if (request.body instanceof FormData) {
+            for (const [name, value] of [...request.body.entries()]) {
+              if (value === "") request.body.delete(name);
+            }
+          }
+          return request;
+        },
+      });
+    };
+  </script>
+</body>
+</html>
+"""
+
+
+def main() -> None:
+    """``python -m api.openapi [PATH]``: write the document (default docs/openapi.json, the committed copy that
+    tests/test_openapi.py compares with what the API serves; client generators read it)."""
+    import json
+    import sys
+
+    # As the routes see this module (run as __main__, it would be a second copy with a spec of no routes).
+    from api.openapi import document, register_openapi
+    from api.routes import blueprint
+
+    app = Flask(__name__)
+    app.register_blueprint(blueprint)
+    register_openapi(app)
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/openapi.json")
+    with app.app_context():
+        path.write_text(json.dumps(document(app), indent=1, ensure_ascii=False) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -34,6 +34,7 @@ from api.openapi import (
     PageQuery,
     QueryForm,
     Ready,
+    ReadyQuery,
     Task,
     VectorsRequest,
     VectorsStored,
@@ -47,6 +48,7 @@ from shared.images import inspect_image
 from shared.outbound import Allowlist, check_url
 from shared.schemas import (
     bucket_groups,
+    parse_flag,
     parse_partial,
     parse_write_token,
     write_token,
@@ -660,16 +662,24 @@ def healthz():
 
 
 @blueprint.get("/readyz")
-@spec.validate(resp=Response(HTTP_200=Ready, HTTP_503=Error), tags=["health"], security={}, skip_validation=True)
+@spec.validate(query=ReadyQuery, resp=Response(HTTP_200=Ready, HTTP_503=Error), tags=["health"], security={},
+               skip_validation=True)
 def readyz():
+    """Whether this API process can answer: ready while Redis answers. With no worker alive the API still
+    answers everything that needs none (results, images, settings; submissions wait in the queue), so it
+    stays in the load balancer: ``status`` says ``degraded``. ``?workers=1`` asks for the whole service:
+    ``503 not_ready`` until a worker with its model loaded has reported in."""
     settings, store = _context()["settings"], _context()["store"]
+    need_workers = parse_flag(request.args.get("workers"), code="invalid_workers", name="workers")
     store.redis.ping()  # a connection error becomes 503 store_unavailable
     workers = store.live_workers(max_age_seconds=3 * settings.heartbeat_seconds)
-    if not workers:
+    if not workers and need_workers:
         raise LookalikeError("not_ready", "No worker with a loaded model has reported in.",
                              {"redis": "ok", "workers": []})
     weights = sorted({worker["weights"] for worker in workers})
-    body = {"status": "ready", "redis": "ok", "weights": weights, "workers": workers}
-    if any(worker["random_weights"] for worker in workers):
+    body = {"status": "ready" if workers else "degraded", "redis": "ok", "weights": weights, "workers": workers}
+    if not workers:
+        body["warning"] = "No worker with a loaded model has reported in: submitted tasks wait in the queue."
+    elif any(worker["random_weights"] for worker in workers):
         body["warning"] = "RANDOM weights in use: similarity scores do not reflect image content. Tests and smoke runs only."
     return jsonify(body)

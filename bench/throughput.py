@@ -120,7 +120,7 @@ class Stack:
         deadline = time.monotonic() + 300
         while True:
             try:
-                self.ready = requests.get(f"{self.url}/readyz", timeout=2)
+                self.ready = requests.get(f"{self.url}/readyz?workers=1", timeout=2)
                 if self.ready.status_code == 200:
                     break
             except requests.ConnectionError:

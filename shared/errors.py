@@ -30,6 +30,7 @@ CATALOGUE: dict[str, int] = {
     "invalid_bucket_move": 400,
     "invalid_write_token": 400,
     "invalid_partial": 400,
+    "invalid_workers": 400,
     "duplicate_image_id": 400,
     "invalid_signals": 400,
     "invalid_allow_collections": 400,

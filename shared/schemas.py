@@ -237,14 +237,19 @@ def parse_write_token(raw: str | None) -> dict[int, int]:
     return fresh
 
 
-def parse_partial(raw: str | None) -> bool:
-    """``partial``: whether a query or check of a sharded collection may be answered from the buckets whose
-    search groups answered in time (the answer then names those missing)."""
+def parse_flag(raw: str | None, *, code: str, name: str) -> bool:
+    """A true/false field or query parameter (``true``/``1``, ``false``/``0``/empty; left out: false)."""
     if raw is None or raw in ("", "false", "0"):
         return False
     if raw in ("true", "1"):
         return True
-    raise LookalikeError("invalid_partial", "'partial' must be true or false.")
+    raise LookalikeError(code, f"'{name}' must be true or false.")
+
+
+def parse_partial(raw: str | None) -> bool:
+    """``partial``: whether a query or check of a sharded collection may be answered from the buckets whose
+    search groups answered in time (the answer then names those missing)."""
+    return parse_flag(raw, code="invalid_partial", name="partial")
 
 
 def search_queue(group: str) -> str:

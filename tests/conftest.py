@@ -225,7 +225,7 @@ def worker_and_api(name: str, env: dict, folder: Path, store: Store, port: int) 
     try:
         worker.wait_until(lambda: consumer_alive(store, worker.process.pid), "heartbeat")
         client = ApiClient(f"http://127.0.0.1:{port}")
-        api.wait_until(lambda: client.http.get(client.url("/readyz"), timeout=10).status_code == 200, "readiness")
+        api.wait_until(lambda: client.http.get(client.url("/readyz?workers=1"), timeout=10).status_code == 200, "readiness")
         yield client, worker
     finally:
         api.stop()

@@ -108,6 +108,8 @@ def test_lookups_and_unknown_routes(api, unchanged_store, method, path, status, 
     response = api.http.request(method, api.url(path))
     assert response.status_code == status, response.text
     assert response.json()["error"]["code"] == code
+    if status == 405:  # RFC 9110: a 405 says which methods the resource has
+        assert response.headers["Allow"] == "GET, HEAD, OPTIONS, POST"
 
 
 def test_undecodable_image_fails_its_task_only(api, collection, redis_client):

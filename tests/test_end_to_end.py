@@ -16,7 +16,7 @@ def ready(api, timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            response = api.http.get(api.url("/readyz"), timeout=15)
+            response = api.http.get(api.url("/readyz?workers=1"), timeout=15)
             if response.status_code == 200:
                 return response.json()
             last = f"{response.status_code} {response.text}"
@@ -153,19 +153,26 @@ def test_health_and_readiness_name_random_weights(api):
     assert body["weights"] == ["random(seed=0)"]
     assert "RANDOM" in body["warning"]
     assert body["workers"][0]["model"] == DEFAULT_MODEL
+    assert body["status"] == "ready"
 
 
-def test_readiness_is_503_without_a_worker(redis_server):
-    """The real app against a Redis database no worker has announced itself in."""
+def test_without_a_worker_the_api_stays_ready_and_the_service_is_not(redis_server):
+    """The real app against a Redis database no worker has announced itself in: the API process can answer
+    (a load balancer keeps it; results and settings need no worker), the whole service is not ready."""
     from api.app import create_app
     from shared.settings import Settings
 
     empty_database = redis_server.url.rsplit("/", 1)[0] + "/1"
     client = create_app(Settings(redis_url=empty_database)).test_client()
     response = client.get("/readyz")
-    assert response.status_code == 503
-    assert response.json["error"]["code"] == "not_ready"
+    assert response.status_code == 200, response.json
+    assert response.json["status"] == "degraded" and response.json["workers"] == []
+    assert "No worker" in response.json["warning"]
+    whole = client.get("/readyz?workers=1")
+    assert whole.status_code == 503 and whole.json["error"]["code"] == "not_ready"
+    assert client.get("/readyz?workers=maybe").json["error"]["code"] == "invalid_workers"
     assert client.get("/healthz").status_code == 200
+    assert b"lookalike_live_workers 0.0" in client.get("/metrics").data
 
 
 def test_a_query_sees_every_image_indexed_before_it(api, collection):

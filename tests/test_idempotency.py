@@ -84,6 +84,7 @@ def test_a_repeat_while_the_first_is_answered_gets_409(api, collection, redis_cl
     api.wait(first)
     response = post_image(api, collection, natural_images()["brick"], "k-busy")
     assert response.status_code == 409 and response.json()["error"]["code"] == "idempotency_key_in_progress"
+    assert response.headers["Retry-After"] == "1"
 
 
 @pytest.mark.parametrize("key", ["", "x" * 256, "clé"])
@@ -92,3 +93,14 @@ def test_bad_keys_are_refused(api, collection, redis_client, key):
     response = post_image(api, collection, natural_images()["moon"], key)
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_idempotency_key"
     assert store_snapshot(redis_client) == before
+
+
+def test_a_form_part_without_a_name_is_fingerprinted_not_a_500(api, collection):
+    """Found by the fuzzer once Idempotency-Key was in the document: sorting a form with a nameless part (None)
+    beside named ones raised TypeError."""
+    body = (b'--b\r\nContent-Disposition: form-data; name="k"\r\n\r\n3\r\n'
+            b'--b\r\nContent-Disposition: form-data\r\n\r\nx\r\n--b--\r\n')
+    response = api.http.post(api.url(f"/v1/collections/{collection}/queries"), data=body,
+                             headers={"Content-Type": "multipart/form-data; boundary=b", "Idempotency-Key": "nameless"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "image_missing"

@@ -1,6 +1,10 @@
 """The OpenAPI document matches the code: every route is in it, its examples validate, and a
 schemathesis fuzz of the real Flask app against it finds no 500 and no undocumented answer."""
 
+import json
+import re
+from pathlib import Path
+
 import jsonschema
 import pytest
 import redis
@@ -69,7 +73,8 @@ def test_docs_page_is_served_without_a_network(app):
     client = app.test_client()
     page = client.get("/docs")
     assert page.status_code == 200 and b"/openapi.json" in page.data
-    assert client.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
+    bundle = client.get("/docs/assets/swagger-ui-bundle.js")
+    assert bundle.status_code == 200 and b'"5.' in bundle.data  # Swagger UI 5: it reads OpenAPI 3.1
 
 
 def operations(app):
@@ -87,7 +92,7 @@ def test_fuzzed_requests_get_documented_answers(app, document):
                   database=None, phases=[Phase.explicit, Phase.generate],
                   derandomize=True)  # the same examples on every run: CI stays deterministic
         def call(case):
-            # /readyz answers a documented 503 here (no worker runs on this database); nothing else may 5xx.
+            # /readyz?workers=1 answers a documented 503 here (no worker runs on this database); nothing else may 5xx.
             expected = checks[1:] if case.path == "/readyz" else checks
             case.call_and_validate(checks=expected)
 
@@ -105,3 +110,54 @@ def test_a_form_part_without_a_name_is_a_clear_400(app):
                                       content_type=f"multipart/form-data; boundary={boundary}")
     assert response.status_code == 400 and response.json["error"]["code"] == "image_missing"
     assert response.json["error"]["details"]["received_fields"] == ["k"]
+
+
+def test_the_committed_document_is_the_one_served(document):
+    """docs/openapi.json is what client generators read: it must not drift from the code."""
+    committed = json.loads((Path(__file__).resolve().parent.parent / "docs" / "openapi.json").read_text())
+    assert committed == document, "docs/openapi.json is stale: run `make spec` (python -m api.openapi) and commit it"
+
+
+def test_the_document_is_made_for_generators(document):
+    """Unique, plain component names; operation ids that read as function names; each task kind's result
+    typed; the headers callers read or send declared."""
+    schemas = document["components"]["schemas"]
+    assert all(re.fullmatch(r"[A-Z][A-Za-z]+", name) for name in schemas), sorted(schemas)
+    titles = [schema.get("title") for schema in schemas.values() if schema.get("title")]
+    assert len(titles) == len(set(titles)), sorted(titles)
+    operations = {(method, path): operation for path, methods in document["paths"].items()
+                  for method, operation in methods.items()}
+    ids = [operation["operationId"] for operation in operations.values()]
+    assert len(ids) == len(set(ids)) and all(re.fullmatch(r"[a-z]+(_[a-z]+)*", name) for name in ids), ids
+    assert operations[("get", "/v1/tasks/{task_id}")]["operationId"] == "get_task"
+
+    task = operations[("get", "/v1/tasks/{task_id}")]["responses"]["200"]["content"]["application/json"]["schema"]
+    union = schemas[task["$ref"].rsplit("/", 1)[-1]]
+    assert union["discriminator"]["propertyName"] == "kind"
+    assert {ref.rsplit("/", 1)[-1] for ref in union["discriminator"]["mapping"].values()} == {
+        "IndexTask", "QueryTask", "CheckTask"}
+    for kind, result in (("IndexTask", "IndexResult"), ("QueryTask", "QueryResult"), ("CheckTask", "CheckResult")):
+        refs = json.dumps(schemas[kind]["properties"]["result"])
+        assert f"#/components/schemas/{result}" in refs, (kind, refs)
+    assert schemas["QueryResult"]["properties"]["matches"]["items"] == {"$ref": "#/components/schemas/Match"}
+
+    for (method, path), operation in operations.items():
+        headers = {parameter["name"] for parameter in operation.get("parameters", []) if parameter["in"] == "header"}
+        assert ("Idempotency-Key" in headers) == (method == "post"), (method, path)
+        for status, response in operation["responses"].items():
+            declared = set(response.get("headers", {}))
+            if status == "202":
+                assert "Location" in declared, (method, path)
+            if status in ("429", "503"):
+                assert "Retry-After" in declared, (method, path, status)
+
+
+def test_api_errors_carry_the_declared_headers(app):
+    """A 405 names the allowed methods; a 503 says when to come back (here: Redis is not reachable)."""
+    client = app.test_client()
+    refused = client.put("/v1/collections/c1/images")
+    assert refused.status_code == 405 and refused.headers["Allow"] == "GET, HEAD, OPTIONS, POST"
+    unreachable = create_app(Settings(redis_url="redis://127.0.0.1:1/0", auth=False, rate_limit="")).test_client()
+    down = unreachable.get("/v1/collections/c1")
+    assert down.status_code == 503 and down.json["error"]["code"] == "store_unavailable"
+    assert down.headers["Retry-After"] == "5"

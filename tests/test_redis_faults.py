@@ -77,10 +77,11 @@ def test_redis_restart_answers_503_then_recovers_with_nothing_lost(isolated):
         response = api.http.request(method, api.url(path), timeout=30, **kwargs)
         assert response.status_code == 503, (path, response.text)
         assert response.json()["error"]["code"] == "store_unavailable"
+        assert response.headers["Retry-After"] == "5"
     assert _status(api, "/healthz") == 200  # the process itself is fine
 
     server.start()  # same port, same folder: the AOF brings everything back
-    _eventually(lambda: _status(api, "/readyz") == 200)  # the worker's heartbeat is back too
+    _eventually(lambda: _status(api, "/readyz?workers=1") == 200)  # the worker's heartbeat is back too
     assert api.http.get(api.url("/v1/collections/restart")).json()["images"] == len(names)
     assert api.wait(api.index("restart", images["horse"], "horse"), timeout=90)["state"] == "succeeded"
     ids = api.query_ids("restart", images["moon"], k=10)

@@ -21,7 +21,7 @@ READY_TIMEOUT_SECONDS = 240
 def readiness(api_port: int) -> dict | None:
     """The body of /readyz once it is ready; None for any other answer, slow or failed."""
     try:
-        ready = requests.get(f"http://127.0.0.1:{api_port}/readyz", timeout=10)
+        ready = requests.get(f"http://127.0.0.1:{api_port}/readyz?workers=1", timeout=10)
         return ready.json() if ready.status_code == 200 else None
     except (requests.RequestException, ValueError):
         return None

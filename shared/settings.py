@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.outbound import Allowlist
 from shared.schemas import GROUP_NAME
+from shared.webhooks import standard_key
 
 
 class Settings(BaseSettings):
@@ -201,6 +202,13 @@ class Settings(BaseSettings):
                                              "on webhooks of tasks submitted without an API key (`LOOKALIKE_AUTH=false`); "
                                              "their callbacks are refused while it is unset. With keys, each key signs "
                                              "with its own secret (`python -m api.keys`).")
+    webhook_signing_secret: SecretStr | None = Field(None, description="Standard Webhooks secret (`whsec_` and the "
+                                                     "standard base64 of 24 to 64 random bytes) of the `webhook-id`, "
+                                                     "`webhook-timestamp` and `webhook-signature` headers sent beside "
+                                                     "`X-Lookalike-Signature` on webhooks of tasks submitted without an "
+                                                     "API key; unset: those headers are not sent (a key's tasks carry "
+                                                     "them signed with the key's own secret). Refused at start when "
+                                                     "malformed.")
     webhook_max_attempts: int = Field(6, ge=1, le=20, description="Deliveries tried per webhook before it is "
                                       "given up (the attempts show on the task).")
     webhook_backoff_seconds: float = Field(2.0, gt=0, description="Wait before the second attempt; doubled "
@@ -250,6 +258,26 @@ class Settings(BaseSettings):
     def _blank_secret_is_none(cls, value):
         # Compose passes an unset variable as "": that must mean "no secret", never an empty key.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("webhook_signing_secret", mode="before")
+    @classmethod
+    def _standard_webhooks_secret(cls, value):
+        # Blank (as Compose passes an unset variable) is no secret; anything else must be one a receiver's
+        # Standard Webhooks library reads the same key from. Our message names the fault, not the secret
+        # (pydantic's error text still quotes the input: the model does not set hide_input_in_errors).
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if not isinstance(text, str):
+            return value
+        if not text.strip():
+            return None
+        try:
+            standard_key(text.strip())
+        except ValueError as error:
+            raise ValueError(f"LOOKALIKE_WEBHOOK_SIGNING_SECRET is not a Standard Webhooks secret: {error}. Give "
+                             "'whsec_' and the standard base64 of 24 to 64 random bytes, e.g. from python -c \"import "
+                             "base64, secrets; print('whsec_' + base64.b64encode(secrets.token_bytes(32)).decode())\", "
+                             "or leave it unset") from None
+        return text.strip()
 
     @model_validator(mode="after")
     def _sentinel_mode_names_its_master(self):

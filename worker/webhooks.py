@@ -10,6 +10,10 @@ Each delivery is signed with the webhook secret of the API key that submitted th
 from the key store by the task's ``api_key_id``), so a receiver of one tenant cannot forge
 deliveries to another. A task submitted without a key (``LOOKALIKE_AUTH=false``) is signed
 with ``LOOKALIKE_WEBHOOK_SECRET``; a task whose key is gone or has no secret is not delivered.
+
+Beside those headers, each delivery carries the Standard Webhooks ones (shared/webhooks.py) when it has a
+Standard secret: a key's task, its key's secret in standard base64 (the same bytes); a task without a key,
+``LOOKALIKE_WEBHOOK_SIGNING_SECRET`` when it is set. ``webhook-id`` names the delivery, not the attempt.
 """
 
 import json
@@ -23,7 +27,8 @@ from shared.outbound import Allowlist, check_url
 from shared.schemas import CALLBACK_DELIVERED, CALLBACK_FAILED, CALLBACK_RETRYING, WEBHOOK_QUEUE, WEBHOOK_TASK, task_resource
 from shared.settings import get_settings
 from shared.store import utc_now
-from shared.webhooks import ATTEMPT_HEADER, SIGNATURE_HEADER, TASK_HEADER, TIMESTAMP_HEADER, sign
+from shared.webhooks import (ATTEMPT_HEADER, SIGNATURE_HEADER, TASK_HEADER, TIMESTAMP_HEADER, message_id, sign,
+                             standard_headers, standard_secret_of_key)
 from worker import metrics
 from worker.celery_app import app
 from worker.outbound import Delivery, post_webhook
@@ -77,7 +82,7 @@ _REFUSED = "refused by this service's configuration"
 
 def _attempt(record: dict, attempt: int) -> Delivery:
     settings = get_settings()
-    secret = _signing_secret(record)
+    secret, standard_secret = _signing_secrets(record)
     if secret is None:
         return Delivery(None, _REFUSED, 0.0)
     try:  # checked again: the allow list may have changed since the task was submitted
@@ -93,15 +98,19 @@ def _attempt(record: dict, attempt: int) -> Delivery:
         TASK_HEADER: record["task_id"],
         ATTEMPT_HEADER: str(attempt),
     }
+    if standard_secret is not None:
+        headers.update(standard_headers(standard_secret, message_id(record["task_id"]), timestamp, body))
     return post_webhook(target, body, headers, settings.webhook_timeout_seconds)
 
 
-def _signing_secret(record: dict) -> str | None:
-    """The secret of the key that submitted the task; the service's own for tasks submitted without one.
-    Never the service's own for a key's task: that would let one tenant's receiver verify (and forge)
-    another's deliveries."""
+def _signing_secrets(record: dict) -> tuple[str | None, str | None]:
+    """The secret of the key that submitted the task, the service's own for tasks submitted without one; and the
+    Standard Webhooks secret beside it (None: today's headers only). Never the service's own for a key's task:
+    that would let one tenant's receiver verify (and forge) another's deliveries."""
     key_id = record.get("api_key_id")
     if key_id:
-        return KeyStore(get_store().redis).webhook_secret(key_id)
-    secret = get_settings().webhook_secret
-    return None if secret is None else secret.get_secret_value()
+        secret = KeyStore(get_store().redis).webhook_secret(key_id)
+        return secret, None if secret is None else standard_secret_of_key(secret)
+    secret, standard = get_settings().webhook_secret, get_settings().webhook_signing_secret
+    return (None if secret is None else secret.get_secret_value(),
+            None if standard is None else standard.get_secret_value())

@@ -112,11 +112,14 @@ class QueryForm(BaseModel):
     image: BaseFile | None = Field(None, description="The query image; or `url`, or `vector`.")
     url: str | None = None
     vector: str | None = Field(None, description="A JSON array of 512 numbers, or base64 of 512 float32.")
+    hash: str | None = Field(None, description="A PDQ hash (64 hex digits, Meta's format) to search by PDQ alone.")
+    hash_quality: int | None = Field(None, description="The hash's quality, 0-100 (default 100).",
+                                     json_schema_extra={"example": 100})
     k: int | None = Field(None, description="Matches wanted, 1-1000 (default 10).", json_schema_extra={"example": 10})
     min_score: float | None = Field(None, description="Only CNN scores of at least this, -1 to 1.",
                                     json_schema_extra={"example": -1})
     filter: str | None = Field(None, description="A JSON object of metadata fields that must be equal.")
-    signals: Signals | None = Field(None, description="What decides a match (default cnn).")
+    signals: Signals | None = Field(None, description="What finds and ranks matches (default both; by `vector`, the CNN alone).")
     expand: int | None = Field(None, description="Query expansion: average the query with this many of its best "
                                "CNN matches and search again, 0-10 (default 0).", json_schema_extra={"example": 0})
     callback_url: str | None = None
@@ -132,6 +135,9 @@ class CheckForm(BaseModel):
     image: BaseFile | None = None
     url: str | None = None
     vector: str | None = None
+    hash: str | None = Field(None, description="A PDQ hash (64 hex digits, Meta's format) to check by PDQ alone.")
+    hash_quality: int | None = Field(None, description="The hash's quality, 0-100 (default 100).",
+                                     json_schema_extra={"example": 100})
     filter: str | None = None
     signals: Signals | None = Field(None, description="What decides a match (default both).")
     allow_collections: str | None = Field(None, description="A JSON array of allow-list collections.")
@@ -179,6 +185,22 @@ class VectorsRequest(BaseModel):
     items: list[VectorItem]
     model: str | None = None
     weights: str | None = None
+
+
+class HashItem(BaseModel):
+    id: str
+    hash: str = Field(description="A PDQ hash: 64 hex digits (Meta's and ThreatExchange's format).",
+                      pattern="^[0-9a-fA-F]{64}$")
+    quality: int | None = Field(None, ge=0, le=100, description="The hash's quality (default 100); below "
+                                "LOOKALIKE_PDQ_MIN_QUALITY it is stored but never matched.")
+    metadata: dict[str, Any] | None = None
+
+
+class HashesRequest(BaseModel):
+    model_config = _example({"items": [{"id": "ncmec/2291", "hash": "f8f8f0cce0f4e84d0e370a22028f67f0"
+                                        "b36e2ed596623e1d33e6339c4e9c9b22", "quality": 100,
+                                        "metadata": {"list": "ncmec"}}]})
+    items: list[HashItem]
 
 
 class WaitQuery(BaseModel):
@@ -276,18 +298,24 @@ class SearchResult(ModelLabels):
     buckets: int = 1
     whitened: WhiteningSummary | None = Field(description="The whitening the scores were taken in, or null.")
     signals: list[Signals] = Field(description="The signals actually used.")
+    pdq_hash: str | None = Field(description="The query's PDQ hash, 64 hex digits (null: none computed), for "
+                                 "the caller's records or hash lists.")
     pdq_quality: int | None = Field(description="Quality of the query's PDQ hash (null: none computed).")
     partial: PartialAnswer | None = Field(None, description="Only with `partial=true`: the buckets left out.")
 
 
 class QueryResult(SearchResult):
     matches: list[Match]
-    verdict: Literal["block", "allow", "none"]
+    verdict: Literal["block", "allow", "none"] | None = Field(description="What the best match means by the "
+                                                              "collection's settings; null for a collection whose "
+                                                              "settings were never set (PUT).")
     expand: int
 
 
 class CheckResult(SearchResult):
-    verdict: Literal["block", "allow", "none"]
+    verdict: Literal["block", "allow", "none"] | None = Field(description="What the best match means by the "
+                                                              "collection's settings; null for a collection whose "
+                                                              "settings were never set (PUT).")
     near_duplicate: bool
     best_match: Match | None = Field(description="The collection's best match (null: the collection is empty).")
     allow_match: AllowMatch | None = Field(description="The allow collection's near-duplicate that made the "
@@ -340,7 +368,8 @@ class Task(RootModel[Annotated[IndexTask | QueryTask | CheckTask, Field(discrimi
 
 class CollectionInfo(BaseModel):
     collection: str
-    images: int
+    images: int = Field(description="Entries: indexed images, stored vectors and hashes banked alone.")
+    configured: bool = Field(description="Whether settings were set (PUT): only then do matches get verdicts.")
     dimension: int | None
     model: str | None
     weights: str | None
@@ -415,6 +444,13 @@ class ReadyQuery(BaseModel):
                                  "reported in (the whole service); default: while this API process can answer.")
 
 
+class HashesStored(BaseModel):
+    collection: str
+    stored: int
+    replaced: int
+    write_token: str = Field(description="Pass it as `write_token` to a query or check to see these writes.")
+
+
 class Health(BaseModel):
     status: str
 
@@ -439,7 +475,15 @@ IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
                    "description": "Any 1-255 printable ASCII characters: a repeat of the request with the same key "
                    "(within 24 hours, by the same API key) gets the first answer instead of doing the work again.",
                    "schema": {"type": "string", "minLength": 1, "maxLength": 255}}
+PREFER = {"name": "Prefer", "in": "header", "required": False,
+          "description": "`wait=N` (RFC 7240): hold the answer up to N seconds (at most LOOKALIKE_MAX_WAIT_SECONDS) "
+          "and answer 200 with the finished task when it finishes in time; else the usual 202.",
+          "schema": {"type": "string"}, "example": "wait=10"}
 RESPONSE_HEADERS = {
+    "Preference-Applied": {"description": "`wait=N`: the answer waited for the task (RFC 7240).",
+                           "schema": {"type": "string"}},
+    "Content-Location": {"description": "Where the task returned here can be polled again.",
+                         "schema": {"type": "string"}},
     "Location": {"description": "Where to poll the task (or batch) this request created.",
                  "schema": {"type": "string"}},
     "Retry-After": {"description": "Seconds to wait before asking again.", "schema": {"type": "integer"}},
@@ -459,6 +503,8 @@ def document(app: Flask) -> dict[str, Any]:
         for method, operation in operations.items():
             if method == "post":
                 operation["parameters"] = [*operation.get("parameters", []), IDEMPOTENCY_KEY]
+            if operation["operationId"] in ("query_image", "check_image"):
+                operation["parameters"].append(PREFER)
             for status, response in operation["responses"].items():
                 headers = {}
                 if status == "202":
@@ -467,6 +513,9 @@ def document(app: Flask) -> dict[str, Any]:
                     headers["Retry-After"] = RESPONSE_HEADERS["Retry-After"]
                 if method == "post" and status.startswith("2"):
                     headers["Idempotent-Replayed"] = RESPONSE_HEADERS["Idempotent-Replayed"]
+                if operation["operationId"] in ("query_image", "check_image") and status == "200":
+                    headers["Preference-Applied"] = RESPONSE_HEADERS["Preference-Applied"]
+                    headers["Content-Location"] = RESPONSE_HEADERS["Content-Location"]
                 if headers:
                     response["headers"] = headers
     return generated

@@ -1,5 +1,6 @@
 """HTTP API v1 routes. docs/api.md describes them for callers."""
 
+import re
 import uuid
 from collections import Counter
 
@@ -27,6 +28,8 @@ from api.openapi import (
     CollectionSettingsAnswer,
     Deleted,
     Error,
+    HashesRequest,
+    HashesStored,
     Health,
     Image,
     ImageIds,
@@ -46,6 +49,7 @@ from shared import logs
 from shared.errors import LookalikeError
 from shared.images import inspect_image
 from shared.outbound import Allowlist, check_url
+from shared.perceptual_hashes import parse_pdq_hash
 from shared.schemas import (
     bucket_groups,
     parse_flag,
@@ -55,6 +59,7 @@ from shared.schemas import (
     CALLBACK_PENDING,
     CHECK_TASK,
     CNN,
+    PDQ,
     INDEX_TASK,
     MAX_EXPAND,
     MAX_K,
@@ -130,7 +135,8 @@ def index_image(collection: str):
 
 
 @blueprint.post("/v1/collections/<collection>/queries")
-@spec.validate(form=QueryForm, resp=responses({"HTTP_202": Accepted}, 400, 409, 413, 415, 422), tags=["queries"],
+@spec.validate(form=QueryForm, resp=responses({"HTTP_202": Accepted, "HTTP_200": Task}, 400, 409, 413, 415, 422),
+               tags=["queries"],
                skip_validation=True)
 def query_image(collection: str):
     """Rank the collection against an uploaded ``image`` or a given ``vector``.
@@ -143,11 +149,12 @@ def query_image(collection: str):
     expand = parse_bounded_int(request.form.get("expand"), default=0, low=0, high=MAX_EXPAND, code="invalid_expand",
                                name="expand")
     return _submit_query(QUERY_TASK, collection, k=k, min_score=parse_min_score(request.form.get("min_score")),
-                         default_signals="cnn", extra={"expand": expand} if expand else None)
+                         default_signals="both", extra={"expand": expand} if expand else None)
 
 
 @blueprint.post("/v1/collections/<collection>/checks")
-@spec.validate(form=CheckForm, resp=responses({"HTTP_202": Accepted}, 400, 409, 413, 415, 422), tags=["queries"],
+@spec.validate(form=CheckForm, resp=responses({"HTTP_202": Accepted, "HTTP_200": Task}, 400, 409, 413, 415, 422),
+               tags=["queries"],
                skip_validation=True)
 def check_image(collection: str):
     """Is this image (or vector) a near-duplicate of anything in the collection? A verdict and the best match.
@@ -175,23 +182,62 @@ def _submit_query(task_name: str, collection: str, *, k: int, min_score: float |
     if parse_partial(request.form.get("partial")):
         fields["partial"] = True
     callback = _callback_from_form()
-    vector = request.form.get("vector")
+    wait = _preferred_wait()
+    vector, pdq_hash = request.form.get("vector"), request.form.get("hash")
+    given = [name for name, present in (("image", "image" in request.files), ("url", "url" in request.form),
+                                        ("vector", vector is not None), ("hash", pdq_hash is not None)) if present]
+    if len(given) > 1 and given != ["image", "url"]:  # (an image and a URL: _image_or_url says so)
+        raise LookalikeError("ambiguous_query_input", "Send one of an 'image' file, a 'url', a 'vector' or a 'hash'.",
+                             {"received": given})
     if vector is not None:
-        if "image" in request.files or "url" in request.form:
-            raise LookalikeError("ambiguous_query_input", "Send one of an 'image' file, a 'url' or a 'vector'.")
         if CNN not in signals or request.form.get("signals") == "both":
             raise LookalikeError("signal_unavailable", "A query by vector has no PDQ hash: use signals=cnn.",
                                  {"signals": list(signals)})
         query_input, url = encode_vector(parse_vector_field(vector, _collection_dimension(collection))), None
+    elif pdq_hash is not None:
+        if request.form.get("signals") not in (None, "pdq"):
+            raise LookalikeError("signal_unavailable", "A query by hash has no CNN vector: use signals=pdq.",
+                                 {"signals": list(signals)})
+        fields["signals"] = [PDQ]
+        query_input, url = parse_pdq_hash(pdq_hash, request.form.get("hash_quality")).encode(), None
     else:
         query_input, url = _image_or_url()
     if url is not None:
         fields["url"] = url
-    kwargs = fields | {"by_vector": vector is not None}
+    kwargs = fields | {"by_vector": vector is not None} | ({"by_hash": True} if pdq_hash is not None else {})
     if callback is not None:
         fields["callback"] = callback
     [task_id] = _enqueue(task_name, [(fields, kwargs, query_input)])
-    return _accepted({"task_id": task_id}, url_for("api.get_task", task_id=task_id))
+    status_url = url_for("api.get_task", task_id=task_id)
+    if wait:  # Prefer: wait=N -- the result in this answer when the task finishes in time
+        _, record = _wait_for(task_id, wait)
+        if record is not None and record["state"] in FINISHED_STATES:
+            response = jsonify(task_resource(record))
+            response.headers["Preference-Applied"] = f"wait={wait}"
+            response.headers["Content-Location"] = status_url
+            return response
+    return _accepted({"task_id": task_id}, status_url)
+
+
+# RFC 7240's wait preference: "Prefer: wait=10", alone or among others ("respond-async, wait=10").
+PREFER_WAIT = re.compile(r"(?:^|[,;]\s*)wait\s*=\s*\"?(\d{1,4})\"?\s*(?:$|[,;])", re.IGNORECASE)
+
+
+def _preferred_wait() -> int:
+    """Seconds the caller will wait for the result in the answer (``Prefer: wait=N``), at most the service's
+    longest wait (``LOOKALIKE_MAX_WAIT_SECONDS``); 0 without the preference. A preference the server cannot
+    honour is ignored, as RFC 7240 asks, never refused."""
+    found = PREFER_WAIT.search(request.headers.get("Prefer", ""))
+    return min(int(found.group(1)), _context()["settings"].max_wait_seconds) if found else 0
+
+
+def _wait_for(task_id: str, wait: int) -> tuple[bool, dict | None]:
+    """Whether the request could wait (the API's bounds on waiting requests, api/waits.py: with no slot free,
+    not at all), and the task once it finishes within ``wait`` seconds, or as it stands then (None: expired)."""
+    key = g.get("api_key")
+    caller = f"key:{key.key_id}" if key is not None else f"addr:{request.remote_addr}"
+    with _context()["wait_slots"].slot(caller) as waited:
+        return waited, (_context()["store"].wait_for_task(task_id, wait) if waited else None)
 
 
 @blueprint.put("/v1/collections/<collection>")
@@ -250,6 +296,48 @@ def store_vectors(collection: str):
     replaced = store.save_images(collection, checked, descriptor, written=written)
     return jsonify({"collection": collection, "stored": len(checked), "replaced": replaced,
                     "model": descriptor.model, "weights": descriptor.weights, "write_token": write_token(written)}), 201
+
+
+@blueprint.post("/v1/collections/<collection>/hashes")
+@spec.validate(json=HashesRequest, resp=responses({"HTTP_201": HashesStored}, 400, 409, 413, 422),
+               tags=["images"], skip_validation=True)
+def store_hashes(collection: str):
+    """Bank PDQ hashes without their images (hash lists moderation teams share), synchronously.
+
+    JSON body: ``{"items": [{"id", "hash", "quality"?, "metadata"?}, ...]}``. Each becomes an entry of the
+    collection that checks and queries by PDQ find (by image or by hash), beside or instead of indexed images:
+    an id that held an image is replaced by the hash alone. Every item is checked before any is written.
+    """
+    settings = _context()["settings"]
+    collection = validate_collection_name(collection)
+    body = _json_body("invalid_json", max_depth=MAX_JSON_DEPTH + 3)
+    if not isinstance(body, dict) or not isinstance(body.get("items"), list) or not body["items"]:
+        raise LookalikeError("invalid_json", 'Send a JSON object {"items": [{"id", "hash", "quality", "metadata"}, ...]}.')
+    items = body["items"]
+    if len(items) > settings.max_vectors_per_request:
+        raise LookalikeError("too_many_hashes", f"At most {settings.max_vectors_per_request} hashes per request.",
+                             {"max_items": settings.max_vectors_per_request, "received": len(items)})
+    store = _context()["store"]
+    store.check_room_for_images(settings.store_full_ratio, collection)
+    checked, seen_ids = [], set()
+    for position, item in enumerate(items):
+        try:
+            if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+                raise LookalikeError("invalid_image_id", "Each item needs an 'id' string.")
+            image_id = validate_image_id(item["id"])
+            if image_id in seen_ids:
+                raise LookalikeError("duplicate_image_id", "This id appears earlier in the same request.")
+            seen_ids.add(image_id)
+            pdq_hash = parse_pdq_hash(item.get("hash"), item.get("quality"))
+            metadata = validate_metadata(item.get("metadata", {}), settings.max_metadata_bytes)
+        except LookalikeError as error:
+            error.details = {"item": position, **error.details}
+            raise
+        checked.append((image_id, None, metadata, pdq_hash.encode(), None))  # no image: no vector, no thumbnail
+    written: dict[int, int] = {}
+    replaced = store.save_images(collection, checked, None, written=written)
+    return jsonify({"collection": collection, "stored": len(checked), "replaced": replaced,
+                    "write_token": write_token(written)}), 201
 
 
 def _json_body(code: str, **options):
@@ -455,13 +543,10 @@ def get_task(task_id: str):
         raise _task_not_found(task_id)
     waited = True
     if wait and record["state"] not in FINISHED_STATES:
-        key = g.get("api_key")
-        caller = f"key:{key.key_id}" if key is not None else f"addr:{request.remote_addr}"
-        with _context()["wait_slots"].slot(caller) as waited:
-            if waited:
-                record = store.wait_for_task(task_id, wait)
-        if record is None:  # expired while waited on
+        waited, latest = _wait_for(task_id, wait)
+        if waited and latest is None:  # expired while waited on
             raise _task_not_found(task_id)
+        record = latest or record
     response = jsonify(task_resource(record))
     if not waited and record["state"] not in FINISHED_STATES:
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)  # answered without waiting: busy

@@ -21,6 +21,8 @@ CATALOGUE: dict[str, int] = {
     "invalid_limit": 400,
     "invalid_ids": 400,
     "invalid_vector": 400,
+    "invalid_hash": 400,
+    "invalid_hash_quality": 400,
     "invalid_min_score": 400,
     "invalid_filter": 400,
     "invalid_json": 400,
@@ -61,6 +63,7 @@ CATALOGUE: dict[str, int] = {
     "upload_too_large": 413,
     "batch_too_large": 413,
     "too_many_vectors": 413,
+    "too_many_hashes": 413,
     "unsupported_media_type": 415,
     # Well-formed but unacceptable values (422).
     "image_too_many_pixels": 422,

@@ -1,7 +1,10 @@
 """Reading and writing Lookalike's records in Redis: images, vectors, uploads, tasks, workers.
 
 Key names come from :mod:`shared.keys`; this module owns how records are (de)serialised.
-Vectors are stored as raw little-endian float32 bytes (512 x 4 = 2 KiB per image).
+Vectors are stored as raw little-endian float32 bytes (512 x 4 = 2 KiB per image). A PDQ hash banked
+without an image (POST …/hashes) is an entry whose vector is empty (``NO_VECTOR``): the vectors hash stays
+the one list of a collection's entries (counted, listed, deleted, dropped as images are), and readers of
+vectors pass such entries over.
 """
 
 import contextlib
@@ -20,6 +23,7 @@ from shared.redis_client import is_cluster, redis_client
 from shared.schemas import DEFAULT_COLLECTION_SETTINGS, FINISHED_STATES, QUEUED
 
 VECTOR_DTYPE = np.dtype("<f4")
+NO_VECTOR = b""  # the stored vector of an entry that is a PDQ hash alone
 # Tries of a pipelined batch of scripts on a cluster: a node may not know a script yet, or be gone in a failover.
 CLUSTER_SCRIPT_ATTEMPTS = 4
 # Redis is away for now (restarting, loading its data, failing over): what waiting out an outage catches.
@@ -37,6 +41,10 @@ def utc_now() -> str:
 
 def encode_vector(vector: np.ndarray) -> bytes:
     return np.ascontiguousarray(vector, dtype=VECTOR_DTYPE).tobytes()
+
+
+def _vector(blob: bytes | None, dimension: int) -> np.ndarray | None:
+    return None if blob is None or blob == NO_VECTOR else np.frombuffer(blob, VECTOR_DTYPE).reshape(dimension)
 
 
 def decode_vectors(blobs: list[bytes], dimension: int) -> np.ndarray:
@@ -110,8 +118,9 @@ local seq = redis.call('INCR', KEYS[3])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'seq', seq, 'op', 'put', 'id', ARGV[1])
 return {'ok', replaced, seq}
 """
-# KEYS: the collection's descriptor and bucket count. ARGV: model, dimension, weights, the bucket count the caller
-# wrote with ('' before writing). Before a save: the descriptor is set (first write) or must match, and the
+# KEYS: the collection's descriptor and bucket count. ARGV: model, dimension, weights (model '': hashes alone,
+# no vectors: the descriptor is neither set nor checked), the bucket count the caller wrote with ('' before
+# writing). Before a save: the descriptor is set (first write) or must match, and the
 # bucket count is fixed (1 unless settings chose another). After a save into several buckets, again with their
 # count: a drop since has it set back (so the images written stay counted), another count since is a conflict.
 # Returns {'ok', buckets}, {'mismatch', model, dimension, weights} or {'conflict', buckets}.
@@ -122,6 +131,7 @@ if not buckets then
   buckets = ARGV[4] ~= '' and ARGV[4] or '1'
   redis.call('SET', KEYS[2], buckets)
 end
+if ARGV[1] == '' then return {'ok', buckets} end
 local stored = redis.call('HMGET', KEYS[1], 'model', 'dimension', 'weights')
 if stored[1] then
   if stored[1] ~= ARGV[1] or stored[2] ~= ARGV[2] or stored[3] ~= ARGV[3] then
@@ -672,32 +682,40 @@ class Store:
         return self.save_images(collection, [(image_id, vector, metadata, pdq, thumbnail)], descriptor,
                                 task_id=task_id, written=written) == 1
 
-    def save_images(self, collection: str, images: list[tuple[str, np.ndarray, dict, bytes | None, bytes | None]],
-                    descriptor: Descriptor, task_id: str | None = None, written: dict[int, int] | None = None) -> int:
+    def save_images(self, collection: str, images: list[tuple[str, np.ndarray | None, dict, bytes | None, bytes | None]],
+                    descriptor: Descriptor | None, task_id: str | None = None,
+                    written: dict[int, int] | None = None) -> int:
         """:meth:`save_image` for many ``(id, vector, metadata, pdq, thumbnail)`` in one round trip (each
         written atomically); returns how many replaced. ``written`` gets, for each bucket written, the change
-        number that includes these writes (what a write token carries: shared.schemas.write_token)."""
+        number that includes these writes (what a write token carries: shared.schemas.write_token).
+        ``descriptor`` None: PDQ hashes banked alone (every vector None), which neither set nor check the
+        collection's descriptor."""
         indexed_at = utc_now()
         for _, vector, *_ in images:
-            if vector.shape != (descriptor.dimension,):
-                raise ValueError(f"vector shape {vector.shape} does not match dimension {descriptor.dimension}")
+            if descriptor is None and vector is not None:
+                raise ValueError("a vector needs its descriptor")
+            if descriptor is not None and (vector is None or vector.shape != (descriptor.dimension,)):
+                raise ValueError(f"vector {None if vector is None else vector.shape} does not match dimension "
+                                 f"{descriptor.dimension}")
         if not images:
             return 0
-        buckets = self._claim_collection(collection, descriptor)
+        no_descriptor = Descriptor("", 0, "")
+        buckets = self._claim_collection(collection, descriptor or no_descriptor)
         calls, buckets_written = [], []
         written_by = {"task": task_id} if task_id else {}
         for image_id, vector, metadata, pdq, thumbnail in images:
             buckets_written.append(keys.bucket_of(image_id, buckets))
             change_keys = self._change_keys(keys.part(collection, buckets_written[-1], buckets))
-            if buckets == 1:  # the descriptor is checked again with the write (a drop may come between)
+            if buckets == 1 and descriptor is not None:  # checked again with the write (a drop may come between)
                 change_keys.append(keys.collection_descriptor(collection))
             record = {"metadata": metadata, "indexed_at": indexed_at, **written_by}
             first, replacement = (json.dumps(record | ({"replaced": replaced} if task_id else {}))
                                   for replaced in (False, True))
             calls.append((self._save_script, change_keys,
-                          [image_id, encode_vector(vector), first, self.change_stream_length, descriptor.model,
-                           descriptor.dimension, descriptor.weights, pdq or b"", thumbnail or b"", task_id or "",
-                           replacement]))
+                          [image_id, NO_VECTOR if vector is None else encode_vector(vector), first,
+                           self.change_stream_length, (descriptor or no_descriptor).model,
+                           (descriptor or no_descriptor).dimension, (descriptor or no_descriptor).weights, pdq or b"",
+                           thumbnail or b"", task_id or "", replacement]))
         # The registry is written after the scripts, apart from the collection's keys (another slot), after every
         # save -- one that found its task's write already done, or one that failed part-way, included: a drop
         # racing this save relies on it (drop_collection).
@@ -706,7 +724,7 @@ class Store:
             if buckets > 1:
                 # A drop between the claim and the writes removed the descriptor and bucket count: claimed again
                 # with the count written with, the images just written stay in buckets the collection counts.
-                self._claim_collection(collection, descriptor, buckets, written=images)
+                self._claim_collection(collection, descriptor or no_descriptor, buckets, written=images)
         except Exception:
             with contextlib.suppress(redis.exceptions.RedisError):
                 self.redis.sadd(keys.COLLECTIONS, collection)
@@ -856,6 +874,7 @@ class Store:
         cursor = 0
         while True:
             cursor, stored = self.redis.hscan(keys.collection_vectors(part), cursor, count=chunk)
+            stored = {image_id: blob for image_id, blob in stored.items() if blob != NO_VECTOR}
             if stored:
                 ids = [image_id.decode() for image_id in stored]
                 yield list(zip(ids, decode_vectors(list(stored.values()), dimension)))
@@ -871,23 +890,23 @@ class Store:
         ]
 
     def get_vectors(self, part: str, image_ids: list[str], dimension: int) -> list[np.ndarray | None]:
-        """The stored vector of each id of the part, or None where there is none (deleted since)."""
+        """The stored vector of each id of the part, or None where there is none (deleted since, or a hash alone)."""
         if not image_ids:
             return []
         blobs = self.redis.hmget(keys.collection_vectors(part), image_ids)
-        return [None if blob is None else np.frombuffer(blob, VECTOR_DTYPE).reshape(dimension) for blob in blobs]
+        return [_vector(blob, dimension) for blob in blobs]
 
     def get_vectors_and_hashes(self, part: str, image_ids: list[str],
                                dimension: int) -> list[tuple[np.ndarray | None, bytes | None]]:
-        """Each id's stored vector and PDQ hash (stored form) in the part, read together; None where absent."""
+        """Each id's stored vector and PDQ hash (stored form) in the part, read together; None where absent (a hash
+        banked alone has no vector)."""
         if not image_ids:
             return []
         pipe = self.redis.pipeline(transaction=True)
         pipe.hmget(keys.collection_vectors(part), image_ids)
         pipe.hmget(keys.collection_pdq(part), image_ids)
         blobs, hashes = pipe.execute()
-        return [(None if blob is None else np.frombuffer(blob, VECTOR_DTYPE).reshape(dimension), pdq)
-                for blob, pdq in zip(blobs, hashes)]
+        return [(_vector(blob, dimension), pdq) for blob, pdq in zip(blobs, hashes)]
 
     def sample_vectors(self, collection: str, count: int, dimension: int) -> np.ndarray:
         """Up to ``count`` of the collection's vectors, distinct and chosen at random (all when it holds fewer);
@@ -895,13 +914,13 @@ class Store:
         parts = self.parts(collection)
         if len(parts) == 1:
             stored = self.redis.hrandfield(keys.collection_vectors(collection), count, withvalues=True)
-            return decode_vectors(stored[1::2], dimension)
+            return decode_vectors([blob for blob in stored[1::2] if blob != NO_VECTOR], dimension)
         sizes = self._sizes(parts)
         total = sum(sizes) or 1
         pipe = self.redis.pipeline(transaction=False)
         for part, size in zip(parts, sizes):
             pipe.hrandfield(keys.collection_vectors(part), -(-count * size // total), withvalues=True)
-        blobs = [blob for stored in pipe.execute() for blob in stored[1::2]]
+        blobs = [blob for stored in pipe.execute() for blob in stored[1::2] if blob != NO_VECTOR]
         return decode_vectors(blobs[:count], dimension)
 
     def _sizes(self, parts: list[str]) -> list[int]:
@@ -1067,6 +1086,7 @@ class Store:
             "model": descriptor.get("model"),
             "weights": descriptor.get("weights"),
             "settings": DEFAULT_COLLECTION_SETTINGS | (json.loads(settings) if settings else {}) | {"buckets": buckets},
+            "configured": settings is not None,  # settings were PUT: its matches get verdicts
             # the whitening learned (what searches use while the setting is on), or None
             "whitening": None if whitening[0] is None else whitening_summary(*whitening),
         }

@@ -277,3 +277,39 @@ def test_a_search_process_lets_go_of_what_is_no_longer_its_groups(store, name):
     store.save_image(name, "x", unit_rows(rng, 1)[0], {}, DESCRIPTOR)
     keeper.tend(liveness_seconds=3)
     assert not any(part.startswith(f"{name}/") for part in replicas.held_parts())
+
+
+@pytest.mark.parametrize("buckets", [1, BUCKETS])
+def test_hashes_banked_alone_are_searched_by_pdq_and_never_by_the_cnn(store, name, buckets):
+    """Entries with a hash and no vector (POST …/hashes): counted and listed as images, loaded and followed by
+    the replicas' PDQ indexes only; an image replaced by a hash leaves the CNN index, and the other way round."""
+    sharded(store, name, buckets)
+    rng = np.random.default_rng(8)
+    rows = unit_rows(rng, 20)
+    hashes = {f"h/{n}": random_hash(rng) for n in range(30)}
+    store.save_images(name, [(image_id, None, {"banked": True}, stored, None) for image_id, stored in hashes.items()],
+                      None)
+    info = store.collection_info(name)
+    assert info["images"] == 30 and info["dimension"] is None and info["model"] is None  # no descriptor yet
+    store.save_images(name, [(f"img/{n}", row, {}, None, None) for n, row in enumerate(rows)], DESCRIPTOR)
+    assert store.collection_info(name)["model"] == DESCRIPTOR.model
+
+    loaded = Replicas(store, DIMENSION)  # loads what is stored now
+    assert loaded.search(name, rows[0], 100).searched == 20
+    probe = hashes["h/3"][:32]
+    assert loaded.search_hashes(name, probe, 0) == [("h/3", 0)]
+    assert loaded.scores(name, rows[0], ["h/3", "img/0"]) == [None, pytest.approx(1.0, abs=1e-6)]
+
+    # Followed live: an image replaced by a hash, a hash by an image, a hash deleted.
+    replacement = random_hash(rng)
+    store.save_images(name, [("img/0", None, {}, replacement, None)], None)
+    store.save_image(name, "h/4", rows[5], {}, DESCRIPTOR)
+    store.delete_image(name, "h/3")
+    for replicas in (loaded, Replicas(store, DIMENSION)):  # (the second loads the state as it is now)
+        found = replicas.search(name, rows[0], 100)
+        assert "img/0" not in dict(found.matches) and found.searched == 20  # 19 images and h/4
+        assert replicas.search_hashes(name, replacement[:32], 0) == [("img/0", 0)]
+        assert replicas.search_hashes(name, probe, 0) == []
+        assert replicas.search_hashes(name, hashes["h/4"][:32], 0) == []  # h/4 is an image now, without a hash
+        assert sorted(dict(replicas.search(name, rows[5], 2).matches)) == ["h/4", "img/5"]
+    assert store.sample_vectors(name, 100, DIMENSION).shape == (20, DIMENSION)

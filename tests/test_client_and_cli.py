@@ -106,6 +106,9 @@ def test_cli_indexes_a_tree_resumes_and_reports_failures(api, collection, tmp_pa
 def test_cli_queries_checks_and_lists(api, collection):
     client = Client(api.base_url)
     client.result(client.index(collection, DATA / "rocket.jpg", image_id="rocket").task_id)
+    unconfigured = lookalike(api, "check", str(DATA / "rocket.jpg"), "-c", collection)
+    assert unconfigured.returncode == 0, unconfigured.stderr  # no verdict: not a block list (yet)
+    assert "verdict: none given (collection not configured; near-duplicate: yes)" in unconfigured.stdout
     client.set_collection(collection, match_threshold=0.95, kind="block")
 
     table = lookalike(api, "query", str(DATA / "rocket.jpg"), "-c", collection, "-k", "3")

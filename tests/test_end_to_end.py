@@ -97,6 +97,7 @@ def test_image_and_collection_resources(api, indexed_collection):
         "dimension": 512,
         "model": DEFAULT_MODEL,
         "weights": "random(seed=0)",
+        "configured": False,
         "settings": {"match_threshold": 0.9, "pdq_max_distance": 31, "kind": "block", "whitening": False, "group": None,
                      "buckets": 1},
         "whitening": None,
@@ -111,9 +112,9 @@ def test_indexing_an_existing_id_replaces_it(api, collection):
     assert api.http.get(api.url(f"/v1/collections/{collection}")).json()["images"] == 1
     task = api.wait(api.query(collection, images["rocket"], k=10))
     assert task["result"]["matches"] == [
-        {"id": "same-id", "score": pytest.approx(1.0, abs=1e-5), "pdq_distance": None, "near_duplicate": True,
-         "matched_by": ["cnn"], "metadata": {"version": 2}}
-    ]
+        {"id": "same-id", "score": pytest.approx(1.0, abs=1e-5), "pdq_distance": 0, "near_duplicate": True,
+         "matched_by": ["cnn", "pdq"], "metadata": {"version": 2}}
+    ]  # (queries use both signals by default)
 
 
 def test_generated_id_and_default_k(api, collection):
@@ -163,7 +164,7 @@ def test_without_a_worker_the_api_stays_ready_and_the_service_is_not(redis_serve
     from shared.settings import Settings
 
     empty_database = redis_server.url.rsplit("/", 1)[0] + "/1"
-    client = create_app(Settings(redis_url=empty_database)).test_client()
+    client = create_app(Settings(redis_url=empty_database, auth=False)).test_client()
     response = client.get("/readyz")
     assert response.status_code == 200, response.json
     assert response.json["status"] == "degraded" and response.json["workers"] == []

@@ -142,9 +142,11 @@ def query(api, collection, image: bytes, **form) -> dict:
 
 @pytest.fixture
 def photos(api, collection):
+    """Five photographs in a collection configured as a block list (so that checks give verdicts)."""
     images = natural_images()
     for name in ("astronaut", "camera", "coffee", "horse", "rocket"):
         api.wait(api.index(collection, images[name], f"photo/{name}"))
+    assert api.http.put(api.url(f"/v1/collections/{collection}"), json={"kind": "block"}).status_code == 200
     return collection, images
 
 
@@ -192,7 +194,8 @@ def test_queries_rank_pdq_matches_first_and_say_which_signal_matched(api, photos
     first, *rest = result["matches"]
     assert first["id"] == "photo/camera" and first["matched_by"] == ["pdq"] and result["verdict"] == "block"
     assert len(rest) == 2 and all(match["matched_by"] == [] and match["pdq_distance"] > 31 for match in rest)
-    assert query(api, collection, images["camera"], k=3)["signals"] == ["cnn"]  # queries default to the CNN alone
+    assert query(api, collection, images["camera"], k=3)["signals"] == ["cnn", "pdq"]  # queries default to both
+    assert query(api, collection, images["camera"], k=3, signals="cnn")["signals"] == ["cnn"]  # the CNN alone, asked
 
 
 def test_low_quality_hashes_are_not_used(api, collection):

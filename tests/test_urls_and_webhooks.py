@@ -161,6 +161,7 @@ def wait_for_callback(api, task_id: str, states=("delivered", "failed"), timeout
 
 def test_a_finished_check_is_posted_signed_to_its_callback(api, collection, web_server):
     api.wait(api.index(collection, natural_images()["rocket"], "banned/rocket"))
+    assert api.http.put(api.url(f"/v1/collections/{collection}"), json={"kind": "block"}).status_code == 200
     path = unique_path("hook")
     callback_url = web_server.route(path, Answer(204))
     submitted = api.http.post(api.url(f"/v1/collections/{collection}/checks"), data={"callback_url": callback_url},

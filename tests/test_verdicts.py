@@ -66,8 +66,26 @@ def test_bad_settings_are_refused(api, banned, redis_client, body):
     assert store_snapshot(redis_client) == before
 
 
+def configured(api, collection: str, **settings) -> None:
+    """Say what the collection is for (its moderation settings): only then do its matches get verdicts."""
+    assert api.http.put(api.url(f"/v1/collections/{collection}"), json={"kind": "block", **settings}).status_code == 200
+
+
+def test_a_collection_nobody_configured_gives_no_verdict(api, banned):
+    collection, vectors = banned
+    assert api.http.get(api.url(f"/v1/collections/{collection}")).json()["configured"] is False
+    result = submit(api, collection, "queries", near(vectors[1], 0.95), k=3)["result"]
+    assert result["verdict"] is None and result["matches"][0]["near_duplicate"] is True  # still marked
+    checked = submit(api, collection, "checks", near(vectors[1], 0.95))["result"]
+    assert checked["verdict"] is None and checked["near_duplicate"] is True
+    configured(api, collection)
+    assert api.http.get(api.url(f"/v1/collections/{collection}")).json()["configured"] is True
+    assert submit(api, collection, "checks", near(vectors[1], 0.95))["result"]["verdict"] == "block"
+
+
 def test_query_marks_near_duplicates_and_gives_a_verdict(api, banned):
     collection, vectors = banned
+    configured(api, collection)
     result = submit(api, collection, "queries", near(vectors[1], 0.95), k=3)["result"]
     assert result["verdict"] == "block" and result["match_threshold"] == 0.9 and result["kind"] == "block"
     first, *rest = result["matches"]
@@ -78,6 +96,7 @@ def test_query_marks_near_duplicates_and_gives_a_verdict(api, banned):
 
 def test_checks_give_the_verdict_and_best_match(api, banned):
     collection, vectors = banned
+    configured(api, collection)
     task = submit(api, collection, "checks", near(vectors[2], 0.93))
     assert task["kind"] == "check"
     result = task["result"]
@@ -94,6 +113,9 @@ def test_checks_give_the_verdict_and_best_match(api, banned):
 
 def test_check_against_an_empty_collection_and_by_image(api, collection):
     result = submit(api, collection, "checks", unit_vectors(1, seed=3)[0])["result"]
+    assert result == result | {"verdict": None, "near_duplicate": False, "best_match": None}  # (not configured)
+    configured(api, collection)
+    result = submit(api, collection, "checks", unit_vectors(1, seed=3)[0])["result"]
     assert result == result | {"verdict": "none", "near_duplicate": False, "best_match": None}
     images = natural_images()
     api.wait(api.index(collection, images["moon"], "moon"))
@@ -108,6 +130,7 @@ def test_an_allow_list_match_overrides_the_block_verdict(api, banned):
     store_vectors(api, known_good, [{"id": "meme/1", "vector": near(vectors[0], 0.97, seed=5).tolist()}])
     api.http.put(api.url(f"/v1/collections/{known_good}"), json={"match_threshold": 0.9, "kind": "allow"})
     probe = near(vectors[0], 0.96, seed=6)  # about 0.93 from meme/1
+    configured(api, collection)
 
     assert submit(api, collection, "checks", probe)["result"]["verdict"] == "block"
     result = submit(api, collection, "checks", probe, allow_collections=[f"{collection}-empty", known_good])["result"]

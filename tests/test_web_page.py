@@ -67,6 +67,8 @@ def test_dropping_an_image_shows_ranked_thumbnails(api, collection, browser):
     for name in ("rocket", "coffee", "moon"):
         client.result(client.index(collection, DATA / f"{name}.jpg", image_id=f"photos/{name}.jpg").task_id)
 
+    client.set_collection(collection, kind="block")  # a block list: its answers carry a verdict
+
     browser.get(api.base_url + "/")
     wait = WebDriverWait(browser, 60)
     wait.until(lambda _: collection in [option.text for option in Select(browser.find_element(By.ID, "collection")).options])

@@ -7,35 +7,16 @@ with a quality (0-100); flat or featureless images give low quality and unreliab
 so hashes below the configured quality are kept in Redis but never matched.
 """
 
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
 import pdqhash
 
+from shared.perceptual_hashes import HASH_BYTES, PdqHash  # noqa: F401 - the stored form, shared with the API
 
-HASH_BYTES = 32
+
 # PDQ reduces every image to 64x64 internally; hashing a copy of at most this side gives
 # the same bits within a few and keeps a 12-megapixel photo from costing ~1 s.
 HASH_INPUT_MAX_SIDE = 512
-
-
-@dataclass(frozen=True)
-class PdqHash:
-    bits: bytes  # 32 bytes, the 256 bits in pdqhash's order
-    quality: int
-
-    def encode(self) -> bytes:
-        """Stored form: the 32 hash bytes, then one byte of quality."""
-        return self.bits + bytes([self.quality])
-
-    @classmethod
-    def decode(cls, stored: bytes) -> "PdqHash":
-        return cls(stored[:HASH_BYTES], stored[HASH_BYTES])
-
-    @property
-    def hex(self) -> str:
-        return self.bits.hex()
 
 
 def compute_pdq(pixels_bgr: np.ndarray) -> PdqHash:

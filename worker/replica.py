@@ -889,9 +889,12 @@ class Replicas:
         for image_id, (vector, stored_hash) in zip(changed, current):
             if vector is not None:
                 vector = next(searchable)
-            if vector is None:
+            if vector is None:  # deleted, or a hash banked alone
                 replica.index.delete(image_id)
-                replica.hashes.delete(image_id)
+                if stored_hash is None:
+                    replica.hashes.delete(image_id)
+                else:
+                    replica.hashes.put(image_id, PdqHash.decode(stored_hash))
             else:
                 replica.index.put(image_id, vector)
                 replica.hashes.put(image_id, None if stored_hash is None else PdqHash.decode(stored_hash))

@@ -46,6 +46,7 @@ from worker.celery_app import app
 from worker.descriptors import Whitening
 from worker.outbound import fetch_image
 from worker.pdq import PdqHash, compute_pdq
+from worker.ranking import ranked
 from worker.delivery import LEASES
 from worker.runtime import (
     RANDOM_WEIGHTS_WARNING,
@@ -97,11 +98,11 @@ def index_image(task_id: str, collection: str, image_id: str, metadata: dict, ur
 def query_image(task_id: str, collection: str, k: int, min_score: float | None = None,
                 filter: dict | None = None, by_vector: bool = False,  # noqa: A002 - the API's name
                 signals: tuple[str, ...] = (CNN,), url: str | None = None, expand: int = 0,
-                fresh: dict[str, int] | None = None, partial: bool = False) -> None:
+                fresh: dict[str, int] | None = None, partial: bool = False, by_hash: bool = False) -> None:
     def embed() -> dict | object:
         info, _ = _collection(collection)
         _learn_whitening_when_due(collection, info)
-        probe = _probe(task_id, url, info, by_vector, signals, expand)
+        probe = _probe(task_id, url, info, by_vector, signals, expand, by_hash)
         request = {"kind": "query", "collection": collection, "k": k, "min_score": min_score, "filter": filter or {},
                    "fresh": fresh or {}, "partial": partial}
         return _rank_or_pass_on(task_id, request, probe, _model_labels())
@@ -113,11 +114,12 @@ def query_image(task_id: str, collection: str, k: int, min_score: float | None =
 def check_image(task_id: str, collection: str, k: int = 1, min_score: float | None = None,
                 filter: dict | None = None, by_vector: bool = False,  # noqa: A002 - the API's name
                 signals: tuple[str, ...] = (CNN, PDQ), allow_collections: list[str] | None = None,
-                url: str | None = None, fresh: dict[str, int] | None = None, partial: bool = False) -> None:
+                url: str | None = None, fresh: dict[str, int] | None = None, partial: bool = False,
+                by_hash: bool = False) -> None:
     def embed() -> dict | object:
         info, _ = _collection(collection)
         _learn_whitening_when_due(collection, info)
-        probe = _probe(task_id, url, info, by_vector, signals)
+        probe = _probe(task_id, url, info, by_vector, signals, by_hash=by_hash)
         request = {"kind": "check", "collection": collection, "filter": filter or {},
                    "allow_collections": allow_collections or [], "fresh": fresh or {}, "partial": partial}
         return _rank_or_pass_on(task_id, request, probe, _model_labels())
@@ -342,16 +344,16 @@ def _rank(request: dict, probe: "Probe", labels: dict, state: dict | None) -> di
         else:
             found = _merged(state["answers"], request.get("partial", False), state.get("missing", {}))
         k = request["k"] if request["kind"] == "query" else 1
-        matches = _ranked_from(found, probe.signals, settings, k, request.get("min_score"))
+        matches = ranked(found, probe.signals, settings, k, request.get("min_score"))
         whitened = found["whitened"]
         partial = {"partial": found["partial"]} if found.get("partial") else {}
         if request["kind"] == "query":
             near_duplicate = bool(matches) and matches[0]["near_duplicate"]
-            return {"matches": matches, "verdict": verdict(settings["kind"], near_duplicate), **settings,
+            return {"matches": matches, "verdict": _verdict(info, settings, near_duplicate), **settings,
                     "whitened": whitened, "expand": probe.expand, **probe.report(), **partial} | labels
         best = next(iter(matches), None)
         near_duplicate = best is not None and best["near_duplicate"]
-        outcome = verdict(settings["kind"], near_duplicate)
+        outcome = _verdict(info, settings, near_duplicate)
         state = {"best_match": best, "near_duplicate": near_duplicate, "verdict": outcome, "settings": settings,
                  "whitened": whitened, "allow_left": request["allow_collections"] if outcome == "block" else [],
                  "allow_match": None, **partial}
@@ -438,7 +440,8 @@ class Probe:
 
     def report(self) -> dict:
         """What a result says about its own inputs."""
-        return {"signals": list(self.signals), "pdq_quality": None if self.pdq is None else self.pdq.quality}
+        return {"signals": list(self.signals), "pdq_hash": None if self.pdq is None else self.pdq.hex,
+                "pdq_quality": None if self.pdq is None else self.pdq.quality}
 
     def to_message(self) -> dict:
         """The probe as a task message carries it (JSON) to a search group."""
@@ -455,10 +458,12 @@ class Probe:
 
 
 def _probe(task_id: str, url: str | None, info: dict | None, by_vector: bool, signals: tuple[str, ...],
-           expand: int = 0) -> Probe:
+           expand: int = 0, by_hash: bool = False) -> Probe:
     """The query's unit vector (as sent, or extracted) and PDQ hash, computing only what the signals need."""
     if by_vector:  # the API refuses pdq-only queries by vector; "both" falls back to the CNN
         return Probe(np.frombuffer(_load_upload_bytes(task_id), dtype=VECTOR_DTYPE), None, signals, expand)
+    if by_hash:  # a hash a caller sent (its stored form): PDQ alone, the API refuses the CNN for it
+        return Probe(None, PdqHash.decode(_load_upload_bytes(task_id)), signals, expand)
     pixels = decode_image(_image_bytes(task_id, url), get_decode_budget())
     vector = None
     if CNN in signals:
@@ -477,7 +482,7 @@ def _ranked_matches(collection: str, info: dict | None, probe: Probe, settings: 
         get_replicas().forget(collection)
         return [], None
     found = _candidates(collection, probe, settings, k, min_score, wanted)
-    return _ranked_from(found, probe.signals, settings, k, min_score), found["whitened"]
+    return ranked(found, probe.signals, settings, k, min_score), found["whitened"]
 
 
 def _candidates(collection: str, probe: Probe, settings: dict, k: int, min_score: float | None, wanted: dict,
@@ -485,7 +490,7 @@ def _candidates(collection: str, probe: Probe, settings: dict, k: int, min_score
     """What this process's replicas (of ``parts`` of the collection, or all of it) offer a query or check:
     ``cnn``, the best ``k`` by CNN score, and ``pdq``, the ``k`` nearest PDQ hashes within the collection's
     distance -- each passing the filter, each scored by every signal in use (a PDQ candidate's CNN score
-    None: deleted since) -- and the ``whitened`` space the scores were taken in. :func:`_ranked_from` ranks
+    None: deleted since) -- and the ``whitened`` space the scores were taken in. :func:`worker.ranking.ranked` ranks
     them, alone or merged with other search groups' (a scattered search): both lists ordered with ties
     by id, so the merged top k is the top k of the whole collection. ``fresh``: the changes of each part
     the answer must include (a write token)."""
@@ -513,40 +518,6 @@ def _candidates(collection: str, probe: Probe, settings: dict, k: int, min_score
         if CNN in signals:
             _fill_cnn_scores(collection, probe, [match for match in pdq if match["id"] not in by_id], parts)
     return {"cnn": cnn, "pdq": pdq, "whitened": whitened}
-
-
-def _ranked_from(found: dict, signals: tuple[str, ...], settings: dict, k: int, min_score: float | None) -> list[dict]:
-    """The best ``k`` matches from :func:`_candidates`' answer (or several merged). Candidates are the CNN's
-    top k and the k nearest PDQ hashes within the collection's distance (less those the CNN scores under
-    ``min_score``, or that were deleted); near-duplicates rank first (by both signals, then by PDQ, then by the
-    CNN alone), then by CNN score (by PDQ distance when the CNN is not used), then by id."""
-    cnn = sorted(found["cnn"], key=lambda match: (-match["score"], match["id"]))[:k]
-    pdq = sorted(found["pdq"], key=lambda match: (match["pdq_distance"], match["id"]))[:k]
-    candidates = {match["id"]: match for match in cnn}
-    for match in pdq:
-        if CNN in signals and (match["score"] is None or (min_score is not None and match["score"] < min_score)):
-            continue
-        candidates.setdefault(match["id"], match)
-    matches = []
-    for match in candidates.values():
-        matched_by = [signal for signal, hit in (
-            (CNN, match["score"] is not None and match["score"] >= settings["match_threshold"]),
-            (PDQ, match["pdq_distance"] is not None and match["pdq_distance"] <= settings["pdq_max_distance"]),
-        ) if hit]
-        matches.append({"id": match["id"], "score": match["score"], "pdq_distance": match["pdq_distance"],
-                        "near_duplicate": bool(matched_by), "matched_by": matched_by, "metadata": match["metadata"]})
-    matches.sort(key=lambda match: (_trust(match["matched_by"]),
-                                    -match["score"] if CNN in signals else match["pdq_distance"], match["id"]))
-    for match in matches[:k]:  # shown to 6 decimals
-        if match["score"] is not None:
-            match["score"] = round(match["score"], 6)
-    return matches[:k]
-
-
-def _trust(matched_by: list[str]) -> int:
-    """Near-duplicates by both signals first, then by PDQ (a hash within distance is rarely wrong about
-    re-encodes), then by the CNN alone, then the rest (bench/quality.py measured this order)."""
-    return 0 if len(matched_by) == 2 else 1 if matched_by == [PDQ] else 2 if matched_by == [CNN] else 3
 
 
 def _cnn_candidates(collection: str, probe: Probe, k: int, min_score: float | None, wanted: dict,
@@ -620,8 +591,14 @@ def _allow_match(allow_collection: str, info: dict | None, settings: dict, probe
     if found is None:
         best = next(iter(_ranked_matches(allow_collection, info, probe, settings, 1, None, {})[0]), None)
     else:
-        best = next(iter(_ranked_from(found, probe.signals, settings, 1, None)), None)
+        best = next(iter(ranked(found, probe.signals, settings, 1, None)), None)
     return {"collection": allow_collection, **best} if best is not None and best["near_duplicate"] else None
+
+
+def _verdict(info: dict | None, settings: dict, near_duplicate: bool) -> str | None:
+    """What a match means by the collection's moderation settings; None (no verdict) for a collection nobody
+    configured -- a plain search index is neither a block list nor an allow list."""
+    return verdict(settings["kind"], near_duplicate) if info and info["configured"] else None
 
 
 def _collection(collection: str, count_images: bool = True) -> tuple[dict | None, dict]:

@@ -196,7 +196,7 @@ def query(client: Client, image: str, collection: str, k: int, signals: str | No
         _echo_json(result)
         return
     _print_matches(result["matches"])
-    click.echo(f"verdict: {result['verdict']}")
+    click.echo(_verdict_line(result))
 
 
 @main.command()
@@ -213,11 +213,23 @@ def check(client: Client, image: str, collection: str, allow_collections: tuple[
     if as_json:
         _echo_json(result)
     else:
-        click.echo(f"verdict: {result['verdict']}")
+        click.echo(_verdict_line(result))
         for label in ("best_match", "allow_match"):
             if result.get(label):
                 _print_matches([result[label]], title=label)
-    sys.exit({"none": 0, "block": EXIT_BLOCK, "allow": EXIT_ALLOW}[result["verdict"]])
+    sys.exit({"block": EXIT_BLOCK, "allow": EXIT_ALLOW}.get(result["verdict"], 0))
+
+
+def _verdict_line(result: dict) -> str:
+    """The verdict; a collection nobody configured (no moderation settings) gives none (null)."""
+    if result["verdict"] is None:
+        return f"verdict: none given (collection not configured; near-duplicate: {_near(result)})"
+    return f"verdict: {result['verdict']}"
+
+
+def _near(result: dict) -> str:
+    near = result.get("near_duplicate", bool(result.get("matches")) and result["matches"][0]["near_duplicate"])
+    return "yes" if near else "no"
 
 
 @main.command()

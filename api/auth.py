@@ -29,6 +29,7 @@ SCOPE_OF = {
     "api.index_image": "index",
     "api.index_batch": "index",
     "api.store_vectors": "index",
+    "api.store_hashes": "index",
     "api.delete_image": "index",
     "api.query_image": "query",
     "api.check_image": "query",

@@ -69,6 +69,9 @@ def test_scopes_and_collections(client, key_store):
     assert refused.status_code == 403 and refused.json["error"]["code"] == "forbidden"
     elsewhere = index(client, "banned", indexer)
     assert elsewhere.status_code == 403 and elsewhere.json["error"]["code"] == "forbidden"
+    hashes = {"items": [{"id": "h", "hash": "ab" * 32}]}  # banking hashes: the same scope, the same collections
+    assert client.post("/v1/collections/photos/hashes", json=hashes, headers=bearer(indexer)).status_code == 201
+    assert client.post("/v1/collections/banned/hashes", json=hashes, headers=bearer(indexer)).status_code == 403
     assert index(client, "banned", admin).status_code == 202
 
     queried = client.post("/v1/collections/photos/queries", data={"image": (io.BytesIO(natural_images()["moon"]), "q.jpg")},
@@ -207,6 +210,7 @@ ENDPOINTS = [
     ("POST", "/v1/collections/photos/images", lambda: {"data": _image_form()}, "index"),
     ("POST", "/v1/collections/photos/batches", lambda: {"data": _image_form()}, "index"),
     ("POST", "/v1/collections/photos/vectors", lambda: {"json": ONE_VECTOR}, "index"),
+    ("POST", "/v1/collections/photos/hashes", lambda: {"json": {"items": [{"id": "h", "hash": "ab" * 32}]}}, "index"),
     ("DELETE", "/v1/collections/photos/images/a", dict, "index"),
     ("POST", "/v1/collections/photos/queries", lambda: {"data": _image_form()}, "query"),
     ("POST", "/v1/collections/photos/checks", lambda: {"data": _image_form()}, "query"),

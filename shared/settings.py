@@ -17,7 +17,8 @@ from shared.webhooks import standard_key
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LOOKALIKE_", extra="ignore")
+    # hide_input_in_errors: a mistyped secret must not reach a startup log inside the error that refuses it.
+    model_config = SettingsConfigDict(env_prefix="LOOKALIKE_", extra="ignore", hide_input_in_errors=True)
 
     # --- Redis -----------------------------------------------------------------------
     redis_url: str = Field(

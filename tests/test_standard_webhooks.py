@@ -91,6 +91,7 @@ def test_a_malformed_signing_secret_is_refused_when_settings_load(monkeypatch, v
     message = str(error.value)
     assert "LOOKALIKE_WEBHOOK_SIGNING_SECRET is not a Standard Webhooks secret" in message and fault in message
     assert "token_bytes(32)" in message  # how to make a good one
+    assert value not in message  # a mistyped secret stays out of the startup log (hide_input_in_errors)
 
 
 def test_a_good_signing_secret_is_taken_and_a_blank_one_is_none(monkeypatch):

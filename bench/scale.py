@@ -48,7 +48,6 @@ A ``goals`` object says which goals hold. ``--only`` runs some of the parts.
 import argparse
 import itertools
 import logging
-import subprocess
 import uuid
 import json
 import multiprocessing
@@ -69,6 +68,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.search import COLLECTION, DESCRIPTOR, DIMENSION, WRITE_CHUNK, clustered_vectors, resident_bytes  # noqa: E402
 from shared.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
+from shared.processes import ChildProcess, stop_all, wait_for  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.store import Store  # noqa: E402
 from worker.pdq import HashIndex, PdqHash  # noqa: E402
@@ -406,13 +406,15 @@ def gather_figures(groups: int, queries: int, folder: Path) -> dict:
 
         import bench.gather_tasks as tasks
 
-        log = (folder / "gather-worker.log").open("wb")
-        worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "bench.gather_tasks", "worker", "--pool",
-                                   "threads", "-c", str(2 * groups), "--without-heartbeat", "--without-gossip",
-                                   "--without-mingle", "--loglevel", "WARNING"],
-                                  env=os.environ | {"PYTHONPATH": str(REPO)}, cwd=REPO, stdout=log, stderr=log)
-        try:
-            tasks.chord_answer.delay(0, 1).get(timeout=120)  # the worker is up
+        worker = ChildProcess("gather-worker", [sys.executable, "-m", "celery", "-A", "bench.gather_tasks", "worker",
+                                                "--pool", "threads", "-c", str(2 * groups), "--without-heartbeat",
+                                                "--without-gossip", "--without-mingle", "--loglevel", "WARNING"],
+                              env=os.environ | {"PYTHONPATH": str(REPO)}, cwd=REPO,
+                              log_path=folder / "gather-worker.log", stop_timeout=60)
+        with worker:
+            first = tasks.chord_answer.delay(0, 1)
+            worker.wait_until(first.ready, "its first task done", timeout=120)  # the worker is up
+            first.get(timeout=10)
             store = tasks.store
 
             def one(way: str) -> tuple[float, object]:
@@ -445,9 +447,6 @@ def gather_figures(groups: int, queries: int, folder: Path) -> dict:
                     commands[way] += redis_commands(store.redis) - before
                     timings[way].append(elapsed)
                     settle(pending)
-        finally:
-            worker.terminate()
-            worker.wait(60)
     return {"groups": groups, "answers_of": 10, **{
         way: latency_figures(timings[way]) | {"redis_commands_per_query": round(commands[way] / queries, 1)}
         for way in timings}}
@@ -539,9 +538,6 @@ def run_shards(redis_url: str, groups: tuple[str, ...], snapshots: Path, queries
         "TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     commands = [[sys.executable, "-m", "worker", "--role", "embed"]] + [
         [sys.executable, "-m", "worker", "--role", "search", "--groups", group] for group in groups]
-    logs = [(folder / f"process-{n}.log").open("wb") for n in range(len(commands))]
-    processes = [subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=log)
-                 for command, log in zip(commands, logs)]
     settings = Settings(redis_url=redis_url, auth=False, rate_limit="", search_groups=groups)
     client, store = create_app(settings).test_client(), Store.from_settings(settings)
     logging.getLogger("lookalike.access").setLevel(logging.WARNING)  # (a line per request otherwise)
@@ -551,14 +547,17 @@ def run_shards(redis_url: str, groups: tuple[str, ...], snapshots: Path, queries
                                                                            "k": "10"})
         return store.wait_for_task(response.json["task_id"], 120)
 
+    processes = [ChildProcess(f"process-{n}", command, env=env, cwd=REPO, log_path=folder / f"process-{n}.log",
+                              stop_timeout=60) for n, command in enumerate(commands)]
     try:
+        for process in processes:
+            process.start()
         deadline = time.monotonic() + 1800
-        while ask(queries[0])["state"] != "succeeded":  # loading (each try waits LOAD_WAIT)
-            assert time.monotonic() < deadline and all(p.poll() is None for p in processes), "workers did not load"
+        # Loading (each try waits LOAD_WAIT); then every bucket's HNSW graph built and saved.
+        wait_for(lambda: ask(queries[0])["state"] == "succeeded", "a first answer", processes, 1800, interval=0.1)
         graphs = [snapshots / f"{SHARDED}.bucket-{bucket}" for bucket in range(SHARD_BUCKETS)]
-        while not all(saved(graph) for graph in graphs):  # every bucket's HNSW graph built and saved
-            assert time.monotonic() < deadline, "HNSW graphs not built"
-            time.sleep(1)
+        wait_for(lambda: all(saved(graph) for graph in graphs), "every bucket's HNSW graph saved", processes,
+                 deadline - time.monotonic(), interval=1)
         for query in queries[:20]:
             ask(query)  # warm
         resident = [round(psutil.Process(p.pid).memory_info().rss / 2**20) for p in processes[1:]]
@@ -572,10 +571,7 @@ def run_shards(redis_url: str, groups: tuple[str, ...], snapshots: Path, queries
             found.append([int(match["id"].split("/")[1]) for match in record["result"]["matches"]])
         per_query = (redis_commands(store.redis) - before) / len(queries)
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(60)
+        stop_all(processes)
     return {"search_processes": len(groups), "resident_mb": resident, **latency_figures(timings),
             "recall_at_10": recall(truth, found), "redis_commands_per_query": round(per_query, 1)}
 

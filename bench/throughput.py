@@ -20,9 +20,7 @@ import argparse
 import json
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from shared.embedded_redis import free_port  # noqa: E402
 from shared.images import decode_image  # noqa: E402
+from shared.processes import ChildProcess  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.store import Store  # noqa: E402
 
@@ -114,26 +113,24 @@ class Stack:
         env.update(LOOKALIKE_PORT=str(self.port), LOOKALIKE_EMBEDDED_REDIS_PORT=str(self.redis_port),
                    LOOKALIKE_DATA_DIR=str(folder), LOOKALIKE_WEIGHTS=WEIGHTS, LOOKALIKE_SEED=str(SEED),
                    TF_CPP_MIN_LOG_LEVEL="2", **(extra_env or {}))
-        self.log = (folder / "stack.log").open("wb")
-        self.process = subprocess.Popen([sys.executable, "scripts/run_local.py"], cwd=REPO, env=env,
-                                        stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                self.ready = requests.get(f"{self.url}/readyz?workers=1", timeout=2)
-                if self.ready.status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the stack did not start; see {folder / 'stack.log'}")
-            time.sleep(0.5)
+        self.process = ChildProcess("make run", [sys.executable, "scripts/run_local.py"], env=env, cwd=REPO,
+                                    log_path=folder / "stack.log", stop_timeout=120).start()
+        try:
+            self.ready = self.process.wait_until(lambda: ready_answer(self.url), "ready stack", timeout=300, interval=0.5)
+        except BaseException:
+            self.process.stop()
+            raise
         self.store = Store.from_settings(Settings(redis_url=f"redis://127.0.0.1:{self.redis_port}/0"))
 
     def stop(self) -> None:
-        self.process.send_signal(signal.SIGINT)
-        self.process.wait(60)
-        self.log.close()
+        """SIGTERM: make run stops its parts in order (SIGKILL for all of them if it has not in two minutes)."""
+        self.process.stop()
+
+
+def ready_answer(url: str) -> requests.Response | None:
+    """The stack's answer to /readyz?workers=1 once it is 200, else None."""
+    ready = requests.get(f"{url}/readyz?workers=1", timeout=2)
+    return ready if ready.status_code == 200 else None
 
 
 def wait_all(http: requests.Session, url: str, task_ids: list[str]) -> None:

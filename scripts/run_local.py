@@ -13,13 +13,12 @@ part runs in a session of its own, so the terminal's Ctrl-C reaches only this su
 
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 
 from shared.embedded_redis import EmbeddedRedis
+from shared.processes import ChildProcess
 from shared.settings import get_settings
 from worker.weights import WeightsUnavailable, resolve_weights
 
@@ -47,22 +46,19 @@ def choose_weights(env: dict) -> None:
               file=sys.stderr)
 
 
-@dataclass
 class Part:
-    """One supervised process, restarted when it exits unasked."""
+    """One supervised process (a shared.processes.ChildProcess: a session of its own, its output to the
+    terminal), restarted when it exits unasked."""
 
-    name: str
-    command: list[str]
-    env: dict
-    process: subprocess.Popen | None = None
-    started_at: float = 0.0
-    restarts: int = 0  # in a row, each after a short life
-    restart_at: float | None = None  # when it is due to start again, while it is down
-    delay: float = FIRST_RESTART_DELAY_SECONDS
+    def __init__(self, name: str, command: list[str], env: dict):
+        self.name = name
+        self.child = ChildProcess(name, command, env=env, stop_timeout=STOP_TIMEOUT_SECONDS)
+        self.restarts = 0  # in a row, each after a short life
+        self.restart_at: float | None = None  # when it is due to start again, while it is down
+        self.delay = FIRST_RESTART_DELAY_SECONDS
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command, env=self.env, start_new_session=True)
-        self.started_at = time.monotonic()
+        self.child.start()
         self.restart_at = None
 
     def check(self) -> int | None:
@@ -73,13 +69,13 @@ class Part:
                 log(f"starting {self.name} again")
                 self.start()
             return None
-        status = self.process.poll()
+        status = self.child.poll()
         if status is None:
             return None
         if status == CANNOT_START:
             log(f"{self.name} cannot start (exit status {status}); stopping the rest")
             return status
-        if now - self.started_at >= STEADY_SECONDS:  # it ran a while: a new failure, not a crash loop
+        if now - self.child.started_at >= STEADY_SECONDS:  # it ran a while: a new failure, not a crash loop
             self.restarts, self.delay = 0, FIRST_RESTART_DELAY_SECONDS
         if self.restarts >= CRASH_LOOP_RESTARTS:
             log(f"{self.name} exited with status {status} {self.restarts + 1} times in a row; stopping the rest")
@@ -91,17 +87,13 @@ class Part:
         return None
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL after STOP_TIMEOUT_SECONDS -- at once if Ctrl-C comes again meanwhile."""
-        if self.process is None or self.process.poll() is not None:
+        """SIGTERM, then SIGKILL (its children too) after STOP_TIMEOUT_SECONDS -- at once if Ctrl-C comes again
+        meanwhile."""
+        if self.child.process is None:
             return
-        log(f"stopping {self.name}")
-        self.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-        while self.process.poll() is None and time.monotonic() < deadline and not HURRY.is_set():
-            time.sleep(0.1)
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        if not self.child.exited():
+            log(f"stopping {self.name}")
+        self.child.stop(hurry=HURRY)  # also reaps it, and what is left of its group, when it had exited
 
 
 # Set by a second Ctrl-C (or SIGTERM) while stopping: the parts still running are killed, not waited for.

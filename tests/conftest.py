@@ -5,7 +5,6 @@ import fnmatch
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 import uuid
@@ -20,6 +19,7 @@ import requests
 from lookalike_client import Client
 from shared import keys
 from shared.embedded_redis import EmbeddedCluster, EmbeddedRedis, free_port
+from shared.processes import ChildProcess, stop_all
 from shared.settings import Settings
 from shared.store import Store
 from tests.local_http import LocalHttpServer
@@ -125,47 +125,19 @@ def store(service_env) -> Store:
     return Store.from_settings(Settings(redis_url=service_env["LOOKALIKE_REDIS_URL"]))
 
 
-class ManagedProcess:
-    """A subprocess whose output goes to a log file that failures can show."""
+class ManagedProcess(ChildProcess):
+    """A child (shared/processes.py) started at once in the repository, its output in ``<log_dir>/<name>.log``
+    that failures show; its readiness waits take up to STARTUP_TIMEOUT_SECONDS."""
 
     def __init__(self, name: str, command: list[str], env: dict, log_dir: Path):
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self.log = self.log_path.open("wb")
-        self.process = subprocess.Popen(command, env=env, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
+        super().__init__(name, command, env=env, cwd=REPO, log_path=Path(log_dir) / f"{name}.log")
+        self.start()
 
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_until(self, ready, what: str) -> None:
-        """Poll ``ready()`` until it returns true. On a busy machine a check may fail or time out
-        (a refused or slow answer, a Redis error): any exception counts as "not yet" until the
-        deadline, whose error names the last one."""
-        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        last_error = None
-        while True:
-            try:
-                if ready():
-                    return
-                last_error = None
-            except Exception as exc:  # noqa: BLE001 - whatever it was, the process is not ready yet
-                last_error = exc
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode} before {what}:\n{self.output()[-5000:]}")
-            if time.monotonic() > deadline:
-                last = f" (last check: {last_error!r})" if last_error is not None else ""
-                raise RuntimeError(f"{self.name}: no {what} after {STARTUP_TIMEOUT_SECONDS} s{last}:\n{self.output()[-5000:]}")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
+    def wait_until(self, ready, what: str, timeout: float | None = None, interval: float = 0.2):
+        """Poll ``ready()`` until it answers truly. On a busy machine a check may fail or time out (a refused or
+        slow answer, a Redis error): any exception counts as "not yet" until the deadline, whose error names
+        the last one; the process exiting meanwhile fails the wait at once, with its log's tail."""
+        return super().wait_until(ready, what, STARTUP_TIMEOUT_SECONDS if timeout is None else timeout, interval)
 
 
 @pytest.fixture(scope="session")
@@ -212,8 +184,7 @@ def split_roles(env: dict, folder: Path, store: Store, groups: tuple[str, ...]) 
             process.wait_until(lambda: consumer_alive(store, process.process.pid), "heartbeat")
         yield processes, ports
     finally:
-        for process in processes.values():
-            process.stop()
+        stop_all(processes.values())  # together: one grace period for all of them
 
 
 @contextmanager

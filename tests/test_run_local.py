@@ -4,18 +4,19 @@ also when Ctrl-C comes twice, whether the test passes or fails."""
 
 import os
 import signal
-import subprocess
 import sys
-import time
 
 import psutil
 import redis
 import requests
 
 from shared.embedded_redis import free_port
+from shared.processes import ChildProcess
 from tests.conftest import REPO
 
 READY_TIMEOUT_SECONDS = 240
+# `make run` stops its parts one after another, each within 30 s, then Redis: more than that is a hang.
+STOP_SECONDS = 120
 
 
 def readiness(api_port: int) -> dict | None:
@@ -27,13 +28,11 @@ def readiness(api_port: int) -> dict | None:
         return None
 
 
-def wait_for(condition, what: str, log_path, supervisor: subprocess.Popen):
-    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    while (value := condition()) is None or value is False:
-        assert supervisor.poll() is None, f"make run exited before {what}:\n{log_path.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"no {what}:\n{log_path.read_text()[-3000:]}"
-        time.sleep(0.5)
-    return value
+def make_run(env: dict, log_path) -> ChildProcess:
+    """scripts/run_local.py in a process group of its own, as a shell runs a foreground job (Ctrl-C goes to the
+    whole group), its output in ``log_path``."""
+    return ChildProcess("make run", [sys.executable, "scripts/run_local.py"], env=env, cwd=REPO, log_path=log_path,
+                        stop_timeout=STOP_SECONDS)
 
 
 def test_run_local_restarts_a_dead_worker_and_ctrl_c_stops_everything(tmp_path):
@@ -43,10 +42,7 @@ def test_run_local_restarts_a_dead_worker_and_ctrl_c_stops_everything(tmp_path):
                LOOKALIKE_EMBEDDED_REDIS_PORT=str(redis_port), LOOKALIKE_WEIGHTS="random",
                LOOKALIKE_HEARTBEAT_SECONDS="1", LOOKALIKE_WORKER_METRICS_PORT="0", TF_CPP_MIN_LOG_LEVEL="2")
     log_path = tmp_path / "run.log"
-    log = log_path.open("wb")
-    # A process group of its own, as a shell gives a foreground job: Ctrl-C goes to the whole group.
-    supervisor = subprocess.Popen([sys.executable, "scripts/run_local.py"], cwd=REPO, env=env, stdout=log,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+    supervisor = make_run(env, log_path).start()
     seen: dict[int, psutil.Process] = {}  # every process the stack ran, to be sure none outlives the test
 
     def note_parts() -> list[psutil.Process]:
@@ -56,7 +52,7 @@ def test_run_local_restarts_a_dead_worker_and_ctrl_c_stops_everything(tmp_path):
         return parts
 
     try:
-        ready = wait_for(lambda: readiness(api_port), "ready API", log_path, supervisor)
+        ready = supervisor.wait_until(lambda: readiness(api_port), "ready API", READY_TIMEOUT_SECONDS, interval=0.5)
         assert ready["weights"] == ["random(seed=0)"]
         assert (tmp_path / "data" / "redis").is_dir()  # the embedded Redis keeps its files there
         parts = note_parts()
@@ -66,16 +62,14 @@ def test_run_local_restarts_a_dead_worker_and_ctrl_c_stops_everything(tmp_path):
 
         [worker_pid] = [worker["pid"] for worker in ready["workers"]]
         os.kill(worker_pid, signal.SIGKILL)  # the worker dies; make run starts another, the rest go on
-        wait_for(lambda: [w["pid"] for w in (readiness(api_port) or {"workers": []})["workers"]
-                          if w["pid"] != worker_pid] or None, "a new worker", log_path, supervisor)
+        supervisor.wait_until(lambda: [w["pid"] for w in (readiness(api_port) or {"workers": []})["workers"]
+                                       if w["pid"] != worker_pid], "a new worker", READY_TIMEOUT_SECONDS, interval=0.5)
         note_parts()
 
-        os.killpg(supervisor.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
-        deadline = time.monotonic() + 60
-        while "make run: stopping api" not in log_path.read_text():  # the stop has begun (it takes seconds)
-            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-            time.sleep(0.05)
-        os.killpg(supervisor.pid, signal.SIGINT)  # impatient: Ctrl-C again while it stops
+        supervisor.send_signal(signal.SIGINT, group=True)  # what Ctrl-C in the terminal sends
+        # The stop has begun (it takes seconds).
+        supervisor.wait_until(lambda: "make run: stopping api" in supervisor.output(), "its stop", 60, interval=0.05)
+        supervisor.send_signal(signal.SIGINT, group=True)  # impatient: Ctrl-C again while it stops
         assert supervisor.wait(90) == 0
         gone, alive = psutil.wait_procs(list(seen.values()), timeout=30)
         assert alive == []
@@ -84,16 +78,12 @@ def test_run_local_restarts_a_dead_worker_and_ctrl_c_stops_everything(tmp_path):
         assert "stopping the rest now" in output
         assert "Traceback" not in output, output[-5000:]
     finally:
-        for process in [psutil.Process(supervisor.pid)] if supervisor.poll() is None else []:
-            process.kill()
-        for process in seen.values():
+        supervisor.stop()  # SIGTERM (make run stops its parts), SIGKILL for them all if it has not in STOP_SECONDS
+        for process in seen.values():  # and, should a part have outlived make run, that part
             try:
-                for child in process.children(recursive=True):
-                    child.kill()
                 process.kill()
             except psutil.NoSuchProcess:
                 pass
-        log.close()
 
 
 def test_run_local_with_a_cluster_store_starts_a_redis_for_the_broker_only(redis_cluster, tmp_path):
@@ -103,23 +93,10 @@ def test_run_local_with_a_cluster_store_starts_a_redis_for_the_broker_only(redis
                LOOKALIKE_EMBEDDED_REDIS_PORT=str(broker_port), LOOKALIKE_WEIGHTS="random",
                LOOKALIKE_REDIS_MODE="cluster", LOOKALIKE_REDIS_URL=redis_cluster.url,
                LOOKALIKE_HEARTBEAT_SECONDS="1", LOOKALIKE_WORKER_METRICS_PORT="0", TF_CPP_MIN_LOG_LEVEL="2")
-    log_path = tmp_path / "run.log"
-    with log_path.open("wb") as log:
-        supervisor = subprocess.Popen([sys.executable, "scripts/run_local.py"], cwd=REPO, env=env, stdout=log,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            wait_for(lambda: readiness(api_port), "ready API", log_path, supervisor)
-            assert f"embedded Redis for the broker on redis://127.0.0.1:{broker_port}/0" in log_path.read_text()
-            assert not (tmp_path / "data" / "redis").exists()  # no embedded store: the cluster is the store
-            with redis.Redis(port=broker_port) as broker:
-                assert broker.exists("_kombu.binding.index")  # the broker's queues are there, the store's keys not
-                assert not any(key.startswith(b"lookalike:") for key in broker.scan_iter())
-        finally:
-            parts = psutil.Process(supervisor.pid).children(recursive=True) if supervisor.poll() is None else []
-            if supervisor.poll() is None:
-                os.killpg(supervisor.pid, signal.SIGINT)
-                supervisor.wait(90)
-            psutil.wait_procs(parts, timeout=30)
-            for part in parts:
-                if part.is_running():
-                    part.kill()
+    with make_run(env, tmp_path / "run.log") as supervisor:
+        supervisor.wait_until(lambda: readiness(api_port), "ready API", READY_TIMEOUT_SECONDS, interval=0.5)
+        assert f"embedded Redis for the broker on redis://127.0.0.1:{broker_port}/0" in supervisor.output()
+        assert not (tmp_path / "data" / "redis").exists()  # no embedded store: the cluster is the store
+        with redis.Redis(port=broker_port) as broker:
+            assert broker.exists("_kombu.binding.index")  # the broker's queues are there, the store's keys not
+            assert not any(key.startswith(b"lookalike:") for key in broker.scan_iter())

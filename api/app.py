@@ -12,7 +12,8 @@ from api.idempotency import register_idempotency
 from api.observability import register_observability
 from api.openapi import register_openapi
 from api.limits import register_rate_limits
-from api.routes import apply_request_limits, blueprint
+from api.routes import register_routes
+from api.routes.common import apply_request_limits
 from api.waits import WaitSlots
 from shared.logs import configure_logging
 from shared.queue import make_celery
@@ -39,7 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         # Behind N proxies: the client address (for rate limits and the failed-authentication count) is
         # the one the Nth proxy from here saw; what a client writes in X-Forwarded-For itself is ignored.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies)
-    app.register_blueprint(blueprint)
+    register_routes(app)
     register_openapi(app)
     register_observability(app)  # first: every answer, refusals included, is counted and logged
     register_auth(app)  # before the rate limits: a request without a valid key never counts

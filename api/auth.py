@@ -23,24 +23,24 @@ from shared.errors import LookalikeError
 from shared.redis_client import limits_storage_uri
 
 # The web page itself is open; what it shows comes from API calls made with the key typed into it.
-OPEN = {"api.healthz", "api.readyz", "api.home", "openapi_json", "openapi_docs", "openapi_assets"}
+OPEN = {"health.healthz", "health.readyz", "web.home", "openapi_json", "openapi_docs", "openapi_assets"}
 OWNER = "owner"  # tasks and batches: any valid key may ask; the view answers only their submitter (or admin)
 SCOPE_OF = {
-    "api.index_image": "index",
-    "api.index_batch": "index",
-    "api.store_vectors": "index",
-    "api.store_hashes": "index",
-    "api.delete_image": "index",
-    "api.query_image": "query",
-    "api.check_image": "query",
-    "api.get_task": OWNER,
-    "api.get_batch": OWNER,
-    "api.get_image": "read",
-    "api.get_thumbnail": "read",
-    "api.get_collection": "read",
-    "api.list_collections": "read",
-    "api.list_images": "read",
-    "api.metrics": "metrics",
+    "images.index_image": "index",
+    "images.index_batch": "index",
+    "images.store_vectors": "index",
+    "images.store_hashes": "index",
+    "images.delete_image": "index",
+    "queries.query_image": "query",
+    "queries.check_image": "query",
+    "tasks.get_task": OWNER,
+    "tasks.get_batch": OWNER,
+    "images.get_image": "read",
+    "images.get_thumbnail": "read",
+    "collections.get_collection": "read",
+    "collections.list_collections": "read",
+    "collections.list_images": "read",
+    "health.metrics": "metrics",
 }
 AUTH_FAILURES = "lookalike-auth-failures"  # the limits package's namespace for failed authentications
 

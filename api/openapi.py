@@ -1,6 +1,6 @@
 """The OpenAPI 3 description of the API, generated from the routes with spectree.
 
-Each route in api/routes.py is decorated with ``spec.validate(...)`` naming its request
+Each route in api/routes/ is decorated with ``spec.validate(...)`` naming its request
 form or JSON body and its responses, with ``skip_validation=True``: the routes validate
 with their own rules and error codes (shared/schemas.py), and these models describe them.
 tests/test_openapi.py checks that every route is documented, that the examples here
@@ -583,10 +583,10 @@ def main() -> None:
 
     # As the routes see this module (run as __main__, it would be a second copy with a spec of no routes).
     from api.openapi import document, register_openapi
-    from api.routes import blueprint
+    from api.routes import register_routes
 
     app = Flask(__name__)
-    app.register_blueprint(blueprint)
+    register_routes(app)
     register_openapi(app)
     path = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/openapi.json")
     with app.app_context():

@@ -335,7 +335,7 @@ def test_health_checks_ask_what_each_service_serves():
     api = SERVICES["api"]
     port, path = url_in(api["healthcheck"]["test"])
     assert port == int(api["environment"]["LOOKALIKE_PORT"])
-    assert f'@blueprint.get("{path}")' in (REPO / "api" / "routes.py").read_text()
+    assert f'@blueprint.get("{path}")' in (REPO / "api" / "routes" / "health.py").read_text()
     port, path = url_in(SERVICES["proxy"]["healthcheck"]["test"])
     assert [str(port)] == nginx_directives()["listen"]
     assert re.search(r"location = %s \{[^}]*return 200" % re.escape(path), proxy_config().read_text())

@@ -19,7 +19,7 @@ from flask import Flask, Response, current_app, g, request
 
 from shared import keys
 from shared.errors import LookalikeError
-from shared.schemas import MAX_JSON_DEPTH, parse_json
+from shared.inputs import MAX_JSON_DEPTH, parse_json
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"

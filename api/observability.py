@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily
 
 from shared import logs
-from shared.schemas import INDEX_QUEUE, QUERY_QUEUE, WEBHOOK_QUEUE
+from shared.queue import INDEX_QUEUE, QUERY_QUEUE, WEBHOOK_QUEUE
 
 log = logging.getLogger("lookalike.access")
 

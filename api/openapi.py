@@ -2,7 +2,8 @@
 
 Each route in api/routes/ is decorated with ``spec.validate(...)`` naming its request
 form or JSON body and its responses, with ``skip_validation=True``: the routes validate
-with their own rules and error codes (shared/schemas.py), and these models describe them.
+with their own rules and error codes (shared/inputs.py and the modules beside it), and
+these models describe them.
 tests/test_openapi.py checks that every route is documented, that the examples here
 validate against their schemas, and fuzzes the API with schemathesis against the
 document (no 500s; each status, content type and body as documented).

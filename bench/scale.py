@@ -462,7 +462,7 @@ def measure_shards(count: int, queries_count: int, process_counts: tuple[int, ..
     import hnswlib
 
     from api.app import create_app
-    from shared.schemas import DEFAULT_COLLECTION_SETTINGS
+    from shared.collection_settings import DEFAULT_COLLECTION_SETTINGS
     from worker.replica import HnswConfig
 
     vectors = clustered_vectors(count, seed=7)

@@ -145,7 +145,7 @@ def replica_child(redis_url: str, kind: str, snapshot_dir: str, queries: np.ndar
 
 def measure_whitening(store: Store, replicas, queries: np.ndarray, k: int) -> dict:
     """What a collection's whitening costs, done as the worker's whitening task does it; turned off again after."""
-    from shared.schemas import DEFAULT_COLLECTION_SETTINGS
+    from shared.collection_settings import DEFAULT_COLLECTION_SETTINGS
     from shared.store import StoredWhitening, utc_now
     from worker.descriptors import Whitening
 

@@ -21,8 +21,8 @@ import redis
 
 from shared import keys
 from shared.errors import LookalikeError
+from shared.inputs import COLLECTION_NAME
 from shared.redis_client import redis_client
-from shared.schemas import COLLECTION_NAME
 from shared.store import utc_now
 
 # index: add, bulk-add, store vectors, delete; query: queries and checks; read: stored content

@@ -44,7 +44,7 @@ default), else ``<c>/<bucket>`` for each of its buckets, an image's bucket fixed
 (:func:`bucket_of`). Each part is a hash tag of its own, with its own change stream: a sharded
 collection's buckets spread over a cluster's nodes. The collection-level keys stay under ``{<c>}``.
 
-Collection names never hold braces or "/" (shared.schemas.COLLECTION_NAME), nor do task ids (uuid4 hex).
+Collection names never hold braces or "/" (shared.inputs.COLLECTION_NAME), nor do task ids (uuid4 hex).
 """
 
 import zlib

@@ -1,10 +1,32 @@
 """The Celery application both sides share: the API sends tasks by name through it, the
-worker registers the task functions on it. Importing it never imports TensorFlow."""
+worker registers the task functions on it; the task names, and the queue each goes to.
+Importing it never imports TensorFlow."""
 
 from celery import Celery
 
-from shared.schemas import INDEX_QUEUE, TASK_QUEUES
 from shared.settings import Settings
+
+# --- Celery task names and the queues they go to -------------------------------------------------
+INDEX_TASK = "lookalike.index_image"
+QUERY_TASK = "lookalike.query_image"
+CHECK_TASK = "lookalike.check_image"
+WEBHOOK_TASK = "lookalike.deliver_webhook"
+INDEX_QUEUE = "index"
+QUERY_QUEUE = "query"
+WEBHOOK_QUEUE = "webhooks"
+WHITEN_TASK = "lookalike.whiten"  # learns a collection's whitening; started by workers, not by callers
+# The ranking half of a query or check, passed by the worker that computed its vector to the search group
+# holding the collection (queue search.<group>).
+SEARCH_TASK = "lookalike.search"
+SEARCH_QUEUE_PREFIX = "search."
+TASK_QUEUES = {INDEX_TASK: INDEX_QUEUE, QUERY_TASK: QUERY_QUEUE, CHECK_TASK: QUERY_QUEUE, WEBHOOK_TASK: WEBHOOK_QUEUE,
+               WHITEN_TASK: INDEX_QUEUE}
+# The tasks callers submit, by the kind their task records show.
+TASK_KINDS = {INDEX_TASK: "index", QUERY_TASK: "query", CHECK_TASK: "check"}
+
+
+def search_queue(group: str) -> str:
+    return f"{SEARCH_QUEUE_PREFIX}{group}"
 
 
 def make_celery(settings: Settings) -> Celery:

@@ -12,7 +12,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.outbound import Allowlist
-from shared.schemas import GROUP_NAME
+from shared.search_groups import GROUP_NAME
 from shared.webhooks import standard_key
 
 

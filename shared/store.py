@@ -18,9 +18,10 @@ import numpy as np
 import redis
 
 from shared import keys
+from shared.collection_settings import DEFAULT_COLLECTION_SETTINGS
 from shared.errors import LookalikeError
 from shared.redis_client import is_cluster, redis_client
-from shared.schemas import DEFAULT_COLLECTION_SETTINGS, FINISHED_STATES, QUEUED
+from shared.task_records import FINISHED_STATES, QUEUED
 
 VECTOR_DTYPE = np.dtype("<f4")
 NO_VECTOR = b""  # the stored vector of an entry that is a PDQ hash alone
@@ -687,7 +688,7 @@ class Store:
                     written: dict[int, int] | None = None) -> int:
         """:meth:`save_image` for many ``(id, vector, metadata, pdq, thumbnail)`` in one round trip (each
         written atomically); returns how many replaced. ``written`` gets, for each bucket written, the change
-        number that includes these writes (what a write token carries: shared.schemas.write_token).
+        number that includes these writes (what a write token carries: shared.write_tokens.write_token).
         ``descriptor`` None: PDQ hashes banked alone (every vector None), which neither set nor check the
         collection's descriptor."""
         indexed_at = utc_now()

@@ -1,4 +1,5 @@
-"""Vectors supplied by callers (queries by vector, precomputed vectors): parsing and validation.
+"""Vectors: the dimension of the workers' own (VGG16's), and those supplied by callers (queries by vector,
+precomputed vectors): parsing and validation.
 
 Accepted forms: a JSON array of numbers, or a base64 string of little-endian float32
 values. Every accepted vector is L2-normalised, as the worker's own are, so scores stay
@@ -12,8 +13,10 @@ from typing import Any
 import numpy as np
 
 from shared.errors import LookalikeError
-from shared.schemas import parse_json
+from shared.inputs import parse_json
 from shared.store import VECTOR_DTYPE
+
+VECTOR_DIMENSION = 512  # VGG16's last convolutional block has 512 channels
 
 
 def parse_vector(value: Any, dimension: int) -> np.ndarray:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from shared import keys
-from shared.schemas import INDEX_QUEUE, QUERY_QUEUE
+from shared.queue import INDEX_QUEUE, QUERY_QUEUE
 from tests.conftest import TEST_MAX_UPLOAD_BYTES, natural_images, store_snapshot
 
 

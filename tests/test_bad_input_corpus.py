@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from shared.schemas import INDEX_QUEUE, QUERY_QUEUE
+from shared.queue import INDEX_QUEUE, QUERY_QUEUE
 from tests.conftest import TEST_MAX_UPLOAD_BYTES, natural_images, store_snapshot
 from tests.test_bad_input import png_claiming, png_with_corrupt_pixels
 from tests.test_end_to_end import ready

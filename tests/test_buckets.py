@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from shared import keys
+from shared.collection_settings import DEFAULT_COLLECTION_SETTINGS
 from shared.errors import LookalikeError
-from shared.schemas import DEFAULT_COLLECTION_SETTINGS
 from shared.store import Descriptor, Store
 from worker.pdq import PdqHash
 from worker.replica import Replicas
@@ -252,7 +252,7 @@ def test_thousands_of_identical_images_are_settled_in_the_index_and_rank_by_id(s
 
 
 def test_a_search_process_lets_go_of_what_is_no_longer_its_groups(store, name):
-    from shared.schemas import bucket_groups
+    from shared.search_groups import bucket_groups
     from worker.placement import PlacementKeeper
 
     groups = ("g1", "g2")

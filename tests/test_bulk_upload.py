@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from shared.schemas import INDEX_QUEUE
+from shared.queue import INDEX_QUEUE
 from tests.conftest import natural_images, store_snapshot
 
 IMAGES = natural_images()

@@ -10,7 +10,7 @@ import requests
 from shared import keys
 from shared.embedded_redis import EmbeddedRedis, free_port
 from shared.queue import make_celery
-from shared.schemas import INDEX_QUEUE, INDEX_TASK
+from shared.queue import INDEX_QUEUE, INDEX_TASK
 from shared.settings import Settings
 from shared.store import Store
 from tests.conftest import API_COMMAND, WORKER_COMMAND, ApiClient, ManagedProcess, natural_images

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.app import create_app
 from shared import keys
 from shared.embedded_redis import EmbeddedRedis, free_port
-from shared.schemas import bucket_groups
+from shared.search_groups import bucket_groups
 from shared.settings import Settings
 from shared.store import Store
 from tests.conftest import consumer_alive, finished_task, search_process, split_roles

@@ -17,7 +17,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from shared.apikeys import KeyStore, new_webhook_secret
 from shared.queue import make_celery
-from shared.schemas import WEBHOOK_QUEUE, WEBHOOK_TASK
+from shared.queue import WEBHOOK_QUEUE, WEBHOOK_TASK
 from shared.settings import Settings
 from shared.store import Store
 from shared.webhooks import (message_id, standard_headers, standard_key, standard_secret_of_key, standard_sign,

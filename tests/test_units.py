@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from shared.errors import CATALOGUE, LookalikeError
-from shared.schemas import parse_bounded_int, parse_metadata, validate_collection_name, validate_image_id
+from shared.inputs import parse_bounded_int, parse_metadata, validate_collection_name, validate_image_id
 from shared.store import decode_vectors, encode_vector
 from tests.conftest import REPO
 from worker.search import top_k

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from shared import keys
-from shared.schemas import INDEX_QUEUE, QUERY_QUEUE
+from shared.queue import INDEX_QUEUE, QUERY_QUEUE
 from tests.conftest import DEFAULT_MODEL, natural_images, store_snapshot
 
 

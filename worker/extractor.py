@@ -14,8 +14,8 @@ import logging
 import cv2
 import numpy as np
 
-from shared.schemas import VECTOR_DIMENSION
 from shared.store import Descriptor
+from shared.vectors import VECTOR_DIMENSION
 from worker import descriptors
 from worker.batcher import INDEX_PRIORITY, DynamicBatcher
 from worker.weights import WeightsSource

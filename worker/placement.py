@@ -15,7 +15,7 @@ import logging
 import time
 
 from shared import keys
-from shared.schemas import bucket_groups
+from shared.search_groups import bucket_groups
 from shared.store import Store
 from worker.replica import Replicas
 

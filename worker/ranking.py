@@ -18,7 +18,7 @@ then PDQ alone, then CNN alone, each by CNN score), which put a distractor the C
 above the original PDQ found nearest (text overlay: 0.90 against PDQ's 1.00).
 """
 
-from shared.schemas import CNN, PDQ
+from shared.matching import CNN, PDQ
 
 
 def ranked(found: dict, signals: tuple[str, ...], settings: dict, k: int, min_score: float | None) -> list[dict]:

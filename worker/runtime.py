@@ -7,7 +7,7 @@ import threading
 import time
 
 from shared.images import PixelBudget
-from shared.schemas import INDEX_QUEUE, QUERY_QUEUE, WEBHOOK_QUEUE, search_queue
+from shared.queue import INDEX_QUEUE, QUERY_QUEUE, WEBHOOK_QUEUE, search_queue
 from shared.settings import get_settings
 from shared.store import Store, utc_now
 from worker.delivery import HELD, LEASES, restore_orphans, return_stranded

@@ -17,29 +17,17 @@ import redis
 from celery.exceptions import Reject
 
 from shared import keys, logs
+from shared.collection_settings import DEFAULT_COLLECTION_SETTINGS
 from shared.errors import LookalikeError
 from shared.images import decode_image, inspect_image, make_thumbnail
+from shared.matching import CNN, PDQ, matches_filter, verdict
 from shared.outbound import Allowlist
-from shared.schemas import (
-    CALLBACK_PENDING,
-    CHECK_TASK,
-    CNN,
-    PDQ,
-    DEFAULT_COLLECTION_SETTINGS,
-    FAILED,
-    INDEX_TASK,
-    QUERY_TASK,
-    SEARCH_TASK,
-    SUCCEEDED,
-    WHITEN_TASK,
-    bucket_groups,
-    write_token,
-    search_queue,
-    matches_filter,
-    verdict,
-)
+from shared.queue import CHECK_TASK, INDEX_TASK, QUERY_TASK, SEARCH_TASK, WHITEN_TASK, search_queue
+from shared.search_groups import bucket_groups
 from shared.settings import get_settings
 from shared.store import REDIS_UNAVAILABLE, VECTOR_DTYPE, Descriptor, StoredWhitening, encode_vector, utc_now
+from shared.task_records import CALLBACK_PENDING, FAILED, SUCCEEDED
+from shared.write_tokens import write_token
 from worker.batcher import QUERY_PRIORITY
 from worker import metrics
 from worker.celery_app import app

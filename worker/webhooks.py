@@ -24,11 +24,20 @@ from shared import logs
 from shared.apikeys import KeyStore
 from shared.errors import LookalikeError
 from shared.outbound import Allowlist, check_url
-from shared.schemas import CALLBACK_DELIVERED, CALLBACK_FAILED, CALLBACK_RETRYING, WEBHOOK_QUEUE, WEBHOOK_TASK, task_resource
+from shared.queue import WEBHOOK_QUEUE, WEBHOOK_TASK
 from shared.settings import get_settings
 from shared.store import utc_now
-from shared.webhooks import (ATTEMPT_HEADER, SIGNATURE_HEADER, TASK_HEADER, TIMESTAMP_HEADER, message_id, sign,
-                             standard_headers, standard_secret_of_key)
+from shared.task_records import CALLBACK_DELIVERED, CALLBACK_FAILED, CALLBACK_RETRYING, task_resource
+from shared.webhooks import (
+    ATTEMPT_HEADER,
+    SIGNATURE_HEADER,
+    TASK_HEADER,
+    TIMESTAMP_HEADER,
+    message_id,
+    sign,
+    standard_headers,
+    standard_secret_of_key,
+)
 from worker import metrics
 from worker.celery_app import app
 from worker.outbound import Delivery, post_webhook

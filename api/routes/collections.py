@@ -18,8 +18,10 @@ from api.openapi import (
     spec,
 )
 from api.routes.common import _context, _json_body
+from shared.collection_settings import validate_collection_settings
 from shared.errors import LookalikeError
-from shared.schemas import bucket_groups, parse_bounded_int, validate_collection_name, validate_collection_settings
+from shared.inputs import parse_bounded_int, validate_collection_name
+from shared.search_groups import bucket_groups
 
 blueprint = Blueprint("collections", __name__)
 

@@ -10,8 +10,10 @@ from api.auth import submitter
 from shared import logs
 from shared.errors import LookalikeError
 from shared.images import inspect_image
+from shared.inputs import parse_json
 from shared.outbound import Allowlist, check_url
-from shared.schemas import CALLBACK_PENDING, TASK_KINDS, TASK_QUEUES, parse_json
+from shared.queue import TASK_KINDS, TASK_QUEUES
+from shared.task_records import CALLBACK_PENDING
 
 FORM_OVERHEAD_BYTES = 256 * 1024
 # A 512-d vector as a JSON array of floats, with its id and metadata, stays well under this.
@@ -40,7 +42,7 @@ def apply_request_limits() -> None:
 
 
 def _json_body(code: str, **options):
-    """The request's JSON body through the one JSON parser (shared.schemas.parse_json); None when the request
+    """The request's JSON body through the one JSON parser (shared.inputs.parse_json); None when the request
     is not JSON. Refused with ``code``: malformed, too deep, or (unless allowed) NaN or Infinity."""
     if not request.is_json:
         return None

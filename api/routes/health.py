@@ -9,7 +9,7 @@ from api.observability import metrics_response
 from api.openapi import Error, Health, Ready, ReadyQuery, responses, spec
 from api.routes.common import _context
 from shared.errors import LookalikeError
-from shared.schemas import parse_flag
+from shared.inputs import parse_flag
 
 blueprint = Blueprint("health", __name__)
 

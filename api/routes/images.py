@@ -31,20 +31,19 @@ from api.routes.common import (
     _read_image,
 )
 from shared.errors import LookalikeError
-from shared.perceptual_hashes import parse_pdq_hash
-from shared.schemas import (
-    INDEX_TASK,
+from shared.inputs import (
     MAX_JSON_DEPTH,
-    VECTOR_DIMENSION,
     parse_aligned_array,
     parse_metadata,
     validate_collection_name,
     validate_image_id,
     validate_metadata,
-    write_token,
 )
+from shared.perceptual_hashes import parse_pdq_hash
+from shared.queue import INDEX_TASK
 from shared.store import Descriptor, utc_now
-from shared.vectors import parse_vector
+from shared.vectors import VECTOR_DIMENSION, parse_vector
+from shared.write_tokens import write_token
 
 blueprint = Blueprint("images", __name__)
 

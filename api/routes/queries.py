@@ -9,28 +9,22 @@ from api.auth import may_see_collection
 from api.openapi import Accepted, CheckForm, QueryForm, Task, responses, spec
 from api.routes.common import _accepted, _callback_from_form, _context, _enqueue, _image_or_url, _wait_for
 from shared.errors import LookalikeError
-from shared.perceptual_hashes import parse_pdq_hash
-from shared.schemas import (
-    CHECK_TASK,
-    CNN,
-    FINISHED_STATES,
+from shared.inputs import (
     MAX_EXPAND,
     MAX_K,
-    PDQ,
-    QUERY_TASK,
-    VECTOR_DIMENSION,
     parse_bounded_int,
     parse_collection_list,
-    parse_filter,
     parse_min_score,
     parse_partial,
-    parse_signals,
-    parse_write_token,
-    task_resource,
     validate_collection_name,
 )
+from shared.matching import CNN, PDQ, parse_filter, parse_signals
+from shared.perceptual_hashes import parse_pdq_hash
+from shared.queue import CHECK_TASK, QUERY_TASK
 from shared.store import encode_vector
-from shared.vectors import parse_vector_field
+from shared.task_records import FINISHED_STATES, task_resource
+from shared.vectors import VECTOR_DIMENSION, parse_vector_field
+from shared.write_tokens import parse_write_token
 
 blueprint = Blueprint("queries", __name__)
 

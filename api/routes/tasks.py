@@ -10,7 +10,8 @@ from api.openapi import Batch, Task, WaitQuery, responses, spec
 from api.routes.common import _context, _wait_for
 from api.waits import RETRY_AFTER_SECONDS
 from shared.errors import LookalikeError
-from shared.schemas import FINISHED_STATES, QUEUED, RUNNING, parse_bounded_int, task_resource
+from shared.inputs import parse_bounded_int
+from shared.task_records import FINISHED_STATES, QUEUED, RUNNING, task_resource
 
 blueprint = Blueprint("tasks", __name__)
 

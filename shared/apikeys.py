@@ -3,7 +3,7 @@ webhook signing secret of their own.
 
 Here, not in api/, because the worker reads a key too: it signs the webhooks of a task with
 the secret of the key that submitted it (worker/webhooks.py), and the worker never imports
-api/. ``python -m api.keys`` manages keys on the command line.
+api/. ``python -m api.manage_keys`` manages keys on the command line.
 
 Only a SHA-256 of each API secret is stored (secrets are 256 random bits, so a slow hash
 adds nothing); the comparison is constant-time. A key's webhook secret is stored as it is:
@@ -42,7 +42,7 @@ class ApiKey:
     created_at: str
     revoked_at: str | None = None
     # Signs the webhooks of this key's tasks. None: a key made before keys had their own
-    # (its callbacks are refused until `python -m api.keys webhook-secret <key id>`).
+    # (its callbacks are refused until `python -m api.manage_keys webhook-secret <key id>`).
     webhook_secret: str | None = None
 
     @classmethod

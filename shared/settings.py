@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     embedded_redis_port: int = Field(6380, description="Port of the embedded Redis started by `make run`.")
 
     # --- HTTP API ----------------------------------------------------------------------
-    auth: bool = Field(True, description="Require API keys (`python -m api.keys`); `false` only for local use.")
+    auth: bool = Field(True, description="Require API keys (`python -m api.manage_keys`); `false` only for local use.")
     rate_limit: str = Field("6000/minute", description="Requests allowed per API key (per client address with keys "
                             "off), in Flask-Limiter's notation, e.g. `100/second`; empty for no limit.")
     host: str = Field("127.0.0.1", description="Address the API listens on (0.0.0.0 in containers).")
@@ -202,7 +202,7 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = Field(None, description="Key of the HMAC-SHA256 `X-Lookalike-Signature` "
                                              "on webhooks of tasks submitted without an API key (`LOOKALIKE_AUTH=false`); "
                                              "their callbacks are refused while it is unset. With keys, each key signs "
-                                             "with its own secret (`python -m api.keys`).")
+                                             "with its own secret (`python -m api.manage_keys`).")
     webhook_signing_secret: SecretStr | None = Field(None, description="Standard Webhooks secret (`whsec_` and the "
                                                      "standard base64 of 24 to 64 random bytes) of the `webhook-id`, "
                                                      "`webhook-timestamp` and `webhook-signature` headers sent beside "

@@ -77,7 +77,7 @@ def standard_key(secret: str) -> bytes:
 def standard_secret_of_key(secret: str) -> str | None:
     """The Standard Webhooks secret of an API key's webhook secret: the same bytes in standard base64.
 
-    ``python -m api.keys`` prints a key's secret as ``whsec_`` and URL-safe base64 (``-`` and ``_``), which
+    ``python -m api.manage_keys`` prints a key's secret as ``whsec_`` and URL-safe base64 (``-`` and ``_``), which
     Standard Webhooks libraries do not read; this form they do. A secret already in standard base64 is its
     own form. None when the secret holds no base64 of 24 to 64 bytes (then only today's headers are sent)."""
     if not secret.startswith(STANDARD_SECRET_PREFIX):

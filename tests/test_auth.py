@@ -99,7 +99,7 @@ def test_keys_are_stored_hashed(key_store):
 def test_command_line_creates_lists_and_revokes(auth_db, client):
     def cli(*args: str) -> subprocess.CompletedProcess:
         env = {"LOOKALIKE_REDIS_URL": auth_db, "PATH": "/usr/bin:/bin"}
-        return subprocess.run([sys.executable, "-m", "api.keys", *args], cwd=REPO, env=env, capture_output=True, text=True)
+        return subprocess.run([sys.executable, "-m", "api.manage_keys", *args], cwd=REPO, env=env, capture_output=True, text=True)
 
     created = cli("create", "--name", "pipeline", "--scopes", "index,query", "--collections", "photos")
     assert created.returncode == 0, created.stderr
@@ -120,7 +120,7 @@ def test_command_line_creates_lists_and_revokes(auth_db, client):
 def test_command_line_refuses_blank_or_invalid_collection_lists(auth_db, key_store):
     def cli(*args: str) -> subprocess.CompletedProcess:
         env = {"LOOKALIKE_REDIS_URL": auth_db, "PATH": "/usr/bin:/bin"}
-        return subprocess.run([sys.executable, "-m", "api.keys", *args], cwd=REPO, env=env, capture_output=True, text=True)
+        return subprocess.run([sys.executable, "-m", "api.manage_keys", *args], cwd=REPO, env=env, capture_output=True, text=True)
 
     for collections in ("", " ", " , ", "photos,Bad_Name", "../x"):
         refused = cli("create", "--name", "x", "--scopes", "query", "--collections", collections)
@@ -135,7 +135,7 @@ def test_command_line_refuses_blank_or_invalid_collection_lists(auth_db, key_sto
 def test_each_key_has_its_own_webhook_secret_shown_once_and_rotated_by_command(auth_db, key_store):
     def cli(*args: str) -> subprocess.CompletedProcess:
         env = {"LOOKALIKE_REDIS_URL": auth_db, "PATH": "/usr/bin:/bin"}
-        return subprocess.run([sys.executable, "-m", "api.keys", *args], cwd=REPO, env=env, capture_output=True, text=True)
+        return subprocess.run([sys.executable, "-m", "api.manage_keys", *args], cwd=REPO, env=env, capture_output=True, text=True)
 
     first = json.loads(cli("create", "--name", "a", "--scopes", "index").stdout)
     second = json.loads(cli("create", "--name", "b", "--scopes", "index").stdout)
@@ -395,7 +395,7 @@ def test_a_key_without_a_webhook_secret_is_told_how_to_get_one(client, key_store
     refused = app.post("/v1/collections/photos/images", headers=bearer(token),
                        data=_image_form(callback_url="http://127.0.0.1/hook"))
     assert refused.status_code == 422 and refused.json["error"]["code"] == "callback_not_allowed"
-    assert f"python -m api.keys webhook-secret {record.key_id}" in refused.json["error"]["message"]
+    assert f"python -m api.manage_keys webhook-secret {record.key_id}" in refused.json["error"]["message"]
     key_store.rotate_webhook_secret(record.key_id)
     accepted = app.post("/v1/collections/photos/images", headers=bearer(token),
                         data=_image_form(callback_url="http://127.0.0.1/hook"))

@@ -101,7 +101,8 @@ def _callback_from_form() -> dict | None:
     key = g.get("api_key")
     if key is not None and key.webhook_secret is None:  # signed with the key's own secret (worker/webhooks.py)
         raise LookalikeError("callback_not_allowed", "This API key has no webhook secret (it predates per-key "
-                             f"secrets): an operator gives it one with `python -m api.keys webhook-secret {key.key_id}`.",
+                             "secrets): an operator gives it one with "
+                             f"`python -m api.manage_keys webhook-secret {key.key_id}`.",
                              {"key_id": key.key_id})
     if key is None and settings.webhook_secret is None:
         raise LookalikeError("callback_not_allowed", "Webhooks are off on this service (no LOOKALIKE_WEBHOOK_SECRET).")

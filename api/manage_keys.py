@@ -1,9 +1,9 @@
 """Manage API keys on the command line (the key store itself is shared/apikeys.py, which the worker reads too):
 
-    python -m api.keys create --name pipeline --scopes index,query [--collections photos,banned]
-    python -m api.keys list
-    python -m api.keys revoke <key id>
-    python -m api.keys webhook-secret <key id>     # a new webhook signing secret, printed once
+    python -m api.manage_keys create --name pipeline --scopes index,query [--collections photos,banned]
+    python -m api.manage_keys list
+    python -m api.manage_keys revoke <key id>
+    python -m api.manage_keys webhook-secret <key id>     # a new webhook signing secret, printed once
 
 ``create`` prints the key and its webhook secret once; neither can be shown again (a lost
 webhook secret is replaced with ``webhook-secret``, which also gives keys made before
@@ -23,7 +23,7 @@ HIDDEN_FIELDS = ("secret_sha256", "webhook_secret")
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m api.keys", description="Manage Lookalike API keys.")
+    parser = argparse.ArgumentParser(prog="python -m api.manage_keys", description="Manage Lookalike API keys.")
     commands = parser.add_subparsers(dest="command", required=True)
     create = commands.add_parser("create", help="create a key and print it with its webhook secret (shown once)")
     create.add_argument("--name", required=True)

@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run test bench clean browser nginx spec
+.PHONY: install run test bench clean browser nginx spec lint
 
 install: $(INSTALLED)
 
@@ -47,6 +47,11 @@ browser:
 		      "*** tests/test_web_page.py will FAIL. Install chromium and chromium-driver, or run" \
 		      "*** LOOKALIKE_TEST_WITHOUT_BROWSER=1 make test to skip the web page's test knowingly." "" >&2; \
 		  fi; }
+
+# What CI runs before the tests: ruff over the code, mypy over shared/ (pyproject.toml configures both).
+lint: $(INSTALLED)
+	$(BIN)/ruff check api shared worker scripts tests bench client deploy
+	$(BIN)/mypy
 
 # The committed OpenAPI document (docs/openapi.json), written from the routes; tests/test_openapi.py fails
 # when it drifts. Client generators read it: openapi-python-client generate --path docs/openapi.json

@@ -39,7 +39,8 @@ def replay_or_reserve() -> Response | None:
     if request.method != "POST" or key is None or request.endpoint is None:
         return None
     if not 1 <= len(key) <= MAX_KEY_CHARS or not key.isascii() or not key.isprintable():
-        raise LookalikeError("invalid_idempotency_key", f"'{HEADER}' must be 1-{MAX_KEY_CHARS} printable ASCII characters.")
+        raise LookalikeError("invalid_idempotency_key",
+                             f"'{HEADER}' must be 1-{MAX_KEY_CHARS} printable ASCII characters.")
     redis_client = current_app.extensions["lookalike"]["store"].redis
     api_key = g.get("api_key")
     record_key = keys.idempotency(api_key.key_id if api_key else "anonymous", hashlib.sha256(key.encode()).hexdigest())
@@ -77,7 +78,8 @@ def remember_response(response: Response) -> Response:
     if 200 <= response.status_code < 300:
         record = {"fingerprint": fingerprint, "state": "done", "status": response.status_code,
                   "body": response.get_data(as_text=True), "location": response.headers.get("Location")}
-        redis_client.set(record_key, json.dumps(record), ex=current_app.extensions["lookalike"]["settings"].idempotency_ttl_seconds)
+        ttl = current_app.extensions["lookalike"]["settings"].idempotency_ttl_seconds
+        redis_client.set(record_key, json.dumps(record), ex=ttl)
     else:
         redis_client.delete(record_key)
     return response

@@ -39,7 +39,8 @@ def main(argv: list[str]) -> int:
     store = KeyStore.from_settings(get_settings())
     if args.command == "create":
         # Given but blank (--collections "" or " , "): refused by the store, never "every collection".
-        collections = None if args.collections is None else [c.strip() for c in args.collections.split(",") if c.strip()]
+        collections = (None if args.collections is None
+                       else [name.strip() for name in args.collections.split(",") if name.strip()])
         try:
             token, record = store.create(args.name, [s.strip() for s in args.scopes.split(",")], collections)
         except ValueError as exc:

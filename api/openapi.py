@@ -120,7 +120,8 @@ class QueryForm(BaseModel):
     min_score: float | None = Field(None, description="Only CNN scores of at least this, -1 to 1.",
                                     json_schema_extra={"example": -1})
     filter: str | None = Field(None, description="A JSON object of metadata fields that must be equal.")
-    signals: Signals | None = Field(None, description="What finds and ranks matches (default both; by `vector`, the CNN alone).")
+    signals: Signals | None = Field(None, description="What finds and ranks matches (default both; by `vector`, "
+                                    "the CNN alone).")
     expand: int | None = Field(None, description="Query expansion: average the query with this many of its best "
                                "CNN matches and search again, 0-10 (default 0).", json_schema_extra={"example": 0})
     callback_url: str | None = None

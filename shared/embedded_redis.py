@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 import redis
@@ -83,7 +84,8 @@ class EmbeddedRedis:
             except redis.exceptions.RedisError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"redis-server did not start on port {self.port}; see {self.data_dir / 'redis.log'}")
+                    raise RuntimeError(f"redis-server did not start on port {self.port}; "
+                                       f"see {self.data_dir / 'redis.log'}") from None
                 time.sleep(0.05)
             finally:
                 client.close()
@@ -110,7 +112,7 @@ CLUSTER_BUS_OFFSET = 10_000
 CLUSTER_SLOTS = 16_384
 
 
-def free_cluster_port(taken: set[int] = frozenset(), low: int = 20_000, high: int = 55_000) -> int:
+def free_cluster_port(taken: AbstractSet[int] = frozenset(), low: int = 20_000, high: int = 55_000) -> int:
     """A loopback port free now, whose cluster bus port (+10,000) is free too, and not in ``taken``."""
     for _ in range(1000):
         port = random.randrange(low, high)
@@ -176,7 +178,7 @@ class EmbeddedCluster:
         return self
 
     def _start_nodes(self) -> None:
-        self.nodes, taken = [], set()
+        self.nodes, taken = [], set[int]()
         for _ in range(self.masters * (1 + self.replicas)):
             port = free_cluster_port(taken)
             taken.update((port, port + CLUSTER_BUS_OFFSET))
@@ -195,7 +197,7 @@ class EmbeddedCluster:
         try:
             done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
-            raise RuntimeError(f"redis-cli --cluster create did not finish in {timeout} s: {exc.stdout}") from None
+            raise RuntimeError(f"redis-cli --cluster create did not finish in {timeout} s: {exc.stdout!r}") from None
         if done.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
 
@@ -213,7 +215,7 @@ class EmbeddedCluster:
                     waiting_for = repr(exc)
                 if waiting_for is None:
                     return
-                dead = [node.port for node in self.nodes if node.process.poll() is not None]
+                dead = [node.port for node in self.nodes if node.process is None or node.process.poll() is not None]
                 if dead or time.monotonic() > deadline:
                     raise RuntimeError(f"Redis Cluster on ports {self.ports} not ready after {timeout} s"
                                        f"{f' (nodes {dead} exited)' if dead else ''}: {waiting_for}")
@@ -230,7 +232,8 @@ class EmbeddedCluster:
                 info = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
             port = client.connection_pool.connection_kwargs["port"]
             if info.get("cluster_state") != "ok" or int(info.get("cluster_slots_ok", 0)) != CLUSTER_SLOTS:
-                return f"node {port}: cluster_state {info.get('cluster_state')}, slots ok {info.get('cluster_slots_ok')}"
+                return (f"node {port}: cluster_state {info.get('cluster_state')}, "
+                        f"slots ok {info.get('cluster_slots_ok')}")
             if int(info.get("cluster_known_nodes", 0)) != len(self.nodes):
                 return f"node {port} knows {info.get('cluster_known_nodes')} of {len(self.nodes)} nodes"
             replication = client.info("replication")
@@ -313,7 +316,8 @@ class EmbeddedSentinels:
         port = free_port()
         config = folder / "sentinel.conf"  # a Sentinel rewrites its own configuration: a file of its own
         config.write_text("\n".join([
-            f"port {port}", "bind 127.0.0.1", f"dir {folder.resolve()}", f"logfile {(folder / 'sentinel.log').resolve()}",
+            f"port {port}", "bind 127.0.0.1", f"dir {folder.resolve()}",
+            f"logfile {(folder / 'sentinel.log').resolve()}",
             f"sentinel monitor {self.master_name} 127.0.0.1 {master_port} {self.sentinel_count // 2 + 1}",
             f"sentinel down-after-milliseconds {self.master_name} {self.down_after_ms}",
             f"sentinel failover-timeout {self.master_name} {self.failover_timeout_ms}",
@@ -343,8 +347,9 @@ class EmbeddedSentinels:
             with redis.Redis(port=port, socket_connect_timeout=1, socket_timeout=5, decode_responses=True) as sentinel:
                 master = sentinel.execute_command("SENTINEL", "master", self.master_name)
                 state = dict(zip(master[::2], master[1::2])) if isinstance(master, list) else master
-                if int(state.get("num-slaves", 0)) < 1 or int(state.get("num-other-sentinels", 0)) < self.sentinel_count - 1:
-                    return f"Sentinel {port}: {state.get('num-slaves')} replicas, {state.get('num-other-sentinels')} others"
+                replicas, others = int(state.get("num-slaves", 0)), int(state.get("num-other-sentinels", 0))
+                if replicas < 1 or others < self.sentinel_count - 1:
+                    return f"Sentinel {port}: {replicas} replicas, {others} others"
         return None
 
     def stop(self, timeout: float = 10.0) -> None:

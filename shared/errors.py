@@ -54,9 +54,9 @@ CATALOGUE: dict[str, int] = {
     "method_not_allowed": 405,
     # Conflicts with stored state (409).
     "descriptor_mismatch": 409,
-    "buckets_fixed": 409,
+    "buckets_fixed": 409,  # another bucket count for a collection that has one
     "collection_changed": 409,  # a save into buckets of a collection dropped and made again with another count
-    "collection_not_sharded": 409,  # a bucket move asked of a collection of one bucket  # another bucket count for a collection that has one
+    "collection_not_sharded": 409,  # a bucket move asked of a collection of one bucket
     "descriptor_unknown": 409,
     "idempotency_key_in_progress": 409,
     # Size limits (413) and media type (415).
@@ -89,8 +89,8 @@ CATALOGUE: dict[str, int] = {
     "store_unavailable": 503,
     "store_full": 503,
     "not_ready": 503,
-    "collection_loading": 503,
-    "search_unavailable": 503,  # a task's: a search group holding some of the collection's buckets did not answer  # a task's: the worker is loading the collection's replica; submit again shortly
+    "collection_loading": 503,  # a task's: the worker is loading the collection's replica; submit again shortly
+    "search_unavailable": 503,  # a task's: a search group holding some of the collection's buckets did not answer
     # A bug: never expected in normal operation.
     "internal_error": 500,
 }

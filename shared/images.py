@@ -23,7 +23,8 @@ from PIL import Image, UnidentifiedImageError
 from shared.errors import LookalikeError
 
 # Formats both the header reader (Pillow) and the decoder (OpenCV) handle.
-ACCEPTED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "BMP": "image/bmp", "TIFF": "image/tiff"}
+ACCEPTED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "BMP": "image/bmp",
+                    "TIFF": "image/tiff"}
 # Longest side of a decoded image as the worker keeps it: VGG16 sees at most 224 px, PDQ hashes a
 # 512 px copy (worker.pdq) and thumbnails are at most 512 px (LOOKALIKE_THUMBNAIL_SIZE).
 DECODED_MAX_SIDE = 512
@@ -56,12 +57,14 @@ def inspect_image(data: bytes, max_pixels: int) -> ImageHeader:
                 frames = getattr(image, "n_frames", 1) if fmt in ACCEPTED_FORMATS else 1
     except Image.DecompressionBombError:
         raise LookalikeError(
-            "image_too_many_pixels", "The image header claims more pixels than are accepted.", {"max_pixels": max_pixels}
+            "image_too_many_pixels", "The image header claims more pixels than are accepted.",
+            {"max_pixels": max_pixels}
         ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
         claimed = _format_of_unreadable(data)
         if claimed is not None:  # an accepted format by its magic bytes, but not readable: damaged, not foreign
-            raise LookalikeError("image_undecodable", "The image is truncated or corrupt.", {"format": claimed}) from None
+            raise LookalikeError("image_undecodable", "The image is truncated or corrupt.",
+                                 {"format": claimed}) from None
         fmt, width, height, frames = None, 0, 0, 1
     if fmt not in ACCEPTED_FORMATS:
         raise LookalikeError(
@@ -146,7 +149,8 @@ def decode_image(data: bytes, budget: PixelBudget | None = None, max_side: int =
             scalable = fmt == "JPEG" and not header.info.get("progressive")
     except Exception:  # noqa: BLE001 - OpenCV below gives the verdict on what Pillow cannot read
         fmt, width, height, scalable = None, 0, 0, False
-    reduction = next((factor for factor in _JPEG_REDUCED if fmt == "JPEG" and max(width, height) >= factor * max_side), 1)
+    reduction = next((factor for factor in _JPEG_REDUCED
+                      if fmt == "JPEG" and max(width, height) >= factor * max_side), 1)
     budgeted = reduction if scalable else 1
     # Size unknown (no header Pillow reads): the whole budget, so it decodes alone.
     decoded_pixels = -(-width // budgeted) * -(-height // budgeted) if fmt else sys.maxsize

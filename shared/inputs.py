@@ -10,6 +10,7 @@ beside it: signals and filters (shared/matching.py), collection settings
 import json
 import math
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from shared.errors import LookalikeError
@@ -65,7 +66,8 @@ def parse_metadata(raw: str | None, max_bytes: int) -> dict[str, Any]:
     if raw is None or raw == "":
         return {}
     if len(raw.encode("utf-8", "surrogatepass")) > max_bytes:
-        raise LookalikeError("invalid_metadata", f"Metadata is larger than {max_bytes} bytes.", {"max_bytes": max_bytes})
+        raise LookalikeError("invalid_metadata", f"Metadata is larger than {max_bytes} bytes.",
+                             {"max_bytes": max_bytes})
     if REPLACEMENT_CHARACTER in raw:
         raise LookalikeError("invalid_metadata", "Metadata must be valid UTF-8.")
     return validate_metadata(parse_json(raw, "invalid_metadata", "metadata"), max_bytes)
@@ -78,7 +80,8 @@ def validate_metadata(value: Any, max_bytes: int) -> dict[str, Any]:
         raise LookalikeError("invalid_metadata", "Metadata must be a JSON object.")
     check_json_value(value, "invalid_metadata", "metadata")
     if len(json.dumps(value).encode()) > max_bytes:
-        raise LookalikeError("invalid_metadata", f"Metadata is larger than {max_bytes} bytes.", {"max_bytes": max_bytes})
+        raise LookalikeError("invalid_metadata", f"Metadata is larger than {max_bytes} bytes.",
+                             {"max_bytes": max_bytes})
     return value
 
 
@@ -89,7 +92,8 @@ def parse_aligned_array(raw: str | None, length: int, *, code: str, name: str) -
     value = parse_json(raw, code, name, max_depth=MAX_JSON_DEPTH + 1)  # the array, then each item's own levels
     if not isinstance(value, list) or len(value) != length:
         raise LookalikeError(code, f"'{name}' must be a JSON array with one entry per image ({length}).",
-                             {"expected_length": length, "received_length": len(value) if isinstance(value, list) else None})
+                             {"expected_length": length,
+                              "received_length": len(value) if isinstance(value, list) else None})
     return value
 
 
@@ -172,6 +176,7 @@ def check_json_value(value: Any, code: str, name: str, *, max_depth: int = MAX_J
     pending = [(value, 0)]
     while pending:
         node, depth = pending.pop()
+        children: Iterable[Any]
         if isinstance(node, dict):
             children = node.values()
         elif isinstance(node, list):

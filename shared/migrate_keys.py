@@ -113,7 +113,8 @@ def migrate(client, dry_run: bool = False) -> Report:
         if ("task", task_id) in seen:
             return
         seen.add(("task", task_id))
-        count = moved([(Legacy.task(task_id), keys.task(task_id)), (Legacy.task_lease(task_id), keys.task_lease(task_id)),
+        count = moved([(Legacy.task(task_id), keys.task(task_id)),
+                       (Legacy.task_lease(task_id), keys.task_lease(task_id)),
                        (Legacy.upload(task_id), keys.upload(task_id))])
         if count:
             report.tasks.add(task_id)

@@ -183,7 +183,8 @@ def check_url(raw: object, allowlist: Allowlist, *, invalid_code: str, refused_c
     Needs no DNS: whether the name's addresses may be reached is :func:`resolve_addresses`'s question.
     """
     if not isinstance(raw, str) or not raw or len(raw) > MAX_URL_CHARS:
-        raise LookalikeError(invalid_code, f"The {what} must be an http or https URL of at most {MAX_URL_CHARS} characters.")
+        raise LookalikeError(invalid_code,
+                             f"The {what} must be an http or https URL of at most {MAX_URL_CHARS} characters.")
     try:
         scheme, host, port, request_target = _parse(raw)
     except _Invalid as exc:
@@ -338,7 +339,8 @@ def resolve_addresses(target: Target, refused_code: str, *, timeout: float) -> l
             raise
         except (OSError, UnicodeError):
             raise LookalikeError(refused_code, "The host name does not resolve.", {"host": target.host}) from None
-        addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
+        # (sockaddr[0] is the address, a str for AF_INET and AF_INET6; a scope id may follow a "%")
+        addresses = list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
         if not addresses:
             raise LookalikeError(refused_code, "The host name does not resolve.", {"host": target.host})
     for address in addresses:

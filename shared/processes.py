@@ -190,7 +190,7 @@ class ChildProcess:
 
     def _kill(self) -> None:
         """SIGKILL for the child, its group, and its descendants that are in sessions of their own."""
-        strays = descendants(self.process.pid)  # before the kill: then they are orphans, no longer found
+        strays = descendants(self._started().pid)  # before the kill: then they are orphans, no longer found
         self._signal_group(signal.SIGKILL)
         for pid in strays:
             try:
@@ -245,7 +245,7 @@ def stop_all(children: Iterable[ChildProcess], grace: float | None = None,
         deadlines[id(child)] = now + (child.stop_timeout if grace is None else grace)
         if not child.exited():
             try:
-                os.kill(child.process.pid, child.stop_signal)  # not Popen.send_signal: that would reap it
+                os.kill(child._started().pid, child.stop_signal)  # not Popen.send_signal: that would reap it
             except ProcessLookupError:
                 pass
     try:
@@ -260,7 +260,7 @@ def stop_all(children: Iterable[ChildProcess], grace: float | None = None,
             if not child.exited():
                 child._kill()
             child._signal_group(signal.SIGKILL)  # what is left of its group (the unreaped child holds its id)
-            child.process.wait()
+            child._started().wait()
 
 
 def descendants(pid: int) -> list[int]:

@@ -54,7 +54,8 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the API listens on (0.0.0.0 in containers).")
     port: int = Field(8000, description="Port of the API.")
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Largest accepted image upload.")
-    max_pixels: int = Field(50_000_000, gt=0, description="Largest accepted width × height, read from the image header.")
+    max_pixels: int = Field(50_000_000, gt=0,
+                            description="Largest accepted width × height, read from the image header.")
     max_metadata_bytes: int = Field(16 * 1024, gt=0, description="Largest accepted `metadata` JSON document.")
     default_k: int = Field(10, ge=1, le=1000, description="Matches returned by a query that gives no `k`.")
     max_wait_seconds: int = Field(30, ge=0, description="Largest `?wait=` accepted by GET /v1/tasks/{id}.")
@@ -70,7 +71,8 @@ class Settings(BaseSettings):
                                     "in Flask-Limiter's notation; past it, `429 rate_limited` for that address until "
                                     "the window ends. Empty: no limit.")
     trusted_proxies: int = Field(0, ge=0, description="Reverse proxies in front of the API whose `X-Forwarded-For` "
-                                 "and `X-Forwarded-Proto` are believed (werkzeug's ProxyFix), so rate limits see client "
+                                 "and `X-Forwarded-Proto` are believed (werkzeug's ProxyFix), so rate limits see "
+                                 "client "
                                  "addresses; 0 when clients reach gunicorn directly (Compose's nginx: 1).")
 
     # --- Storage lifetimes ---------------------------------------------------------------------
@@ -104,7 +106,8 @@ class Settings(BaseSettings):
     )
     seed: int = Field(0, description="Seed of the `random` weights.")
     worker_threads: int = Field(
-        32, ge=1, description="Tasks one worker process holds at once; at least `LOOKALIKE_MAX_BATCH` lets a full batch gather."
+        32, ge=1,
+        description="Tasks one worker process holds at once; at least `LOOKALIKE_MAX_BATCH` lets a full batch gather."
     )
     max_batch: int = Field(32, ge=1, le=256, description="Most images in one forward pass.")
     batch_wait_ms: float = Field(
@@ -148,7 +151,8 @@ class Settings(BaseSettings):
 
     # --- Search ----------------------------------------------------------------------------
     load_wait_seconds: float = Field(30, gt=0, description="How long a query or check waits for its worker to load "
-                                     "a collection it does not hold yet (loads run in the background); past it the task "
+                                     "a collection it does not hold yet (loads run in the background); past it the "
+                                     "task "
                                      "fails with `collection_loading`, to submit again. Keep it well under "
                                      "`LOOKALIKE_VISIBILITY_TIMEOUT_SECONDS`.")
     staleness_seconds: float = Field(1.0, ge=0, description="How stale a query or check of a collection of several "
@@ -164,11 +168,15 @@ class Settings(BaseSettings):
     exact_max: int = Field(200_000, ge=0, description="Collections up to this many vectors are searched exactly; "
                            "larger ones through an HNSW index.")
     hnsw_m: int = Field(16, ge=2, description="HNSW graph degree (hnswlib's M): higher is more accurate and larger.")
-    hnsw_ef_construction: int = Field(100, ge=10, description="HNSW build-time candidate list (hnswlib's ef_construction).")
-    hnsw_ef_search: int = Field(512, ge=1, description="HNSW query-time candidate list (hnswlib's ef; at least k is used).")
+    hnsw_ef_construction: int = Field(100, ge=10,
+                                      description="HNSW build-time candidate list (hnswlib's ef_construction).")
+    hnsw_ef_search: int = Field(512, ge=1,
+                                description="HNSW query-time candidate list (hnswlib's ef; at least k is used).")
     snapshot_dir: Path | None = Field(None, description="Where query workers save HNSW replicas, so a restarted "
-                                      "worker catches up instead of rebuilding; default `LOOKALIKE_DATA_DIR`/snapshots.")
-    snapshot_every_changes: int = Field(10_000, ge=1, description="Changes applied to an HNSW replica between snapshots.")
+                                      "worker catches up instead of rebuilding; default "
+                                      "`LOOKALIKE_DATA_DIR`/snapshots.")
+    snapshot_every_changes: int = Field(10_000, ge=1,
+                                        description="Changes applied to an HNSW replica between snapshots.")
     whitening_min_images: int = Field(100, ge=2, description="A collection with `whitening` on learns it once it "
                                       "holds this many images; until then it is searched unwhitened.")
     whitening_relearn_growth: float = Field(2.0, gt=1, description="Whitening is learned again when the collection "
@@ -180,7 +188,8 @@ class Settings(BaseSettings):
     pdq_min_quality: int = Field(50, ge=0, le=100, description="PDQ hashes of lower quality (flat, featureless "
                                  "images) are stored but never matched, on either side of a comparison.")
     thumbnail_size: int = Field(96, ge=0, le=512, description="Longest side of the JPEG thumbnail kept per image "
-                                "for the web page and `GET .../thumbnails/{id}` (about 2.3 KB in Redis at 96); 0: none.")
+                                "for the web page and `GET .../thumbnails/{id}` (about 2.3 KB in Redis at 96); 0: "
+                                "none.")
     idempotency_ttl_seconds: int = Field(24 * 3600, gt=0, description="How long a POST's response is kept for "
                                          "replay under its `Idempotency-Key` header.")
 
@@ -200,13 +209,15 @@ class Settings(BaseSettings):
                                     "(and with the address rule) of `LOOKALIKE_FETCH_ALLOWLIST`; empty: callbacks are "
                                     "refused.")
     webhook_secret: SecretStr | None = Field(None, description="Key of the HMAC-SHA256 `X-Lookalike-Signature` "
-                                             "on webhooks of tasks submitted without an API key (`LOOKALIKE_AUTH=false`); "
+                                             "on webhooks of tasks submitted without an API key "
+                                             "(`LOOKALIKE_AUTH=false`); "
                                              "their callbacks are refused while it is unset. With keys, each key signs "
                                              "with its own secret (`python -m api.manage_keys`).")
     webhook_signing_secret: SecretStr | None = Field(None, description="Standard Webhooks secret (`whsec_` and the "
                                                      "standard base64 of 24 to 64 random bytes) of the `webhook-id`, "
                                                      "`webhook-timestamp` and `webhook-signature` headers sent beside "
-                                                     "`X-Lookalike-Signature` on webhooks of tasks submitted without an "
+                                                     "`X-Lookalike-Signature` on webhooks of tasks submitted without "
+                                                     "an "
                                                      "API key; unset: those headers are not sent (a key's tasks carry "
                                                      "them signed with the key's own secret). Refused at start when "
                                                      "malformed.")

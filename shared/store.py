@@ -568,7 +568,8 @@ class Store:
 
     def live_processes_of(self, group: str, max_age_seconds: float) -> set[str]:
         """The search processes serving ``group`` that announced themselves within ``max_age_seconds``."""
-        live = [name.decode() for name in self.redis.zrangebyscore(keys.CONSUMERS, self.now() - max_age_seconds, "+inf")]
+        live = [name.decode()
+                for name in self.redis.zrangebyscore(keys.CONSUMERS, self.now() - max_age_seconds, "+inf")]
         served = self.redis.hmget(keys.CONSUMER_GROUPS, live) if live else []
         return {name for name, groups in zip(live, served) if groups and group in groups.decode().split(",")}
 
@@ -683,7 +684,8 @@ class Store:
         return self.save_images(collection, [(image_id, vector, metadata, pdq, thumbnail)], descriptor,
                                 task_id=task_id, written=written) == 1
 
-    def save_images(self, collection: str, images: list[tuple[str, np.ndarray | None, dict, bytes | None, bytes | None]],
+    def save_images(self, collection: str,
+                    images: list[tuple[str, np.ndarray | None, dict, bytes | None, bytes | None]],
                     descriptor: Descriptor | None, task_id: str | None = None,
                     written: dict[int, int] | None = None) -> int:
         """:meth:`save_image` for many ``(id, vector, metadata, pdq, thumbnail)`` in one round trip (each
@@ -733,7 +735,7 @@ class Store:
         self.redis.sadd(keys.COLLECTIONS, collection)
         mismatch = next((outcome for outcome in outcomes if outcome[0] == b"mismatch"), None)
         if mismatch is not None:  # the descriptor is checked by the first write, so nothing was written
-            self._refuse_descriptor(mismatch, descriptor)
+            self._refuse_descriptor(mismatch, descriptor or no_descriptor)
         if written is not None:
             for bucket, outcome in zip(buckets_written, outcomes):
                 written[bucket] = max(written.get(bucket, 0), int(outcome[2]))
@@ -751,7 +753,7 @@ class Store:
             self._refuse_descriptor(outcome, descriptor)
         if outcome[0] == b"conflict":
             for image_id, *_ in written or []:
-                self._delete_script(keys=self._change_keys(keys.part_of(collection, image_id, buckets)),
+                self._delete_script(keys=self._change_keys(keys.part_of(collection, image_id, buckets or 1)),
                                     args=[image_id, self.change_stream_length])
             raise LookalikeError("collection_changed", "The collection was dropped and made again with another "
                                  "number of buckets while these images were written; write them again.",
@@ -836,7 +838,8 @@ class Store:
                  keys.collection_placement(collection), keys.collection_moves(collection)]
         parts = self.parts(collection)
         if len(parts) == 1:
-            images = int(self._drop_script(keys=[*self._change_keys(collection), *whole], args=[self.change_stream_length]))
+            images = int(self._drop_script(keys=[*self._change_keys(collection), *whole],
+                                           args=[self.change_stream_length]))
         else:  # each bucket emptied with its "drop" event, then the collection's own keys
             images = sum(self._run_scripts([(self._drop_script, self._change_keys(part), [self.change_stream_length])
                                             for part in parts]))

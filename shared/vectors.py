@@ -25,14 +25,16 @@ def parse_vector(value: Any, dimension: int) -> np.ndarray:
         try:
             raw = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
-            raise LookalikeError("invalid_vector", "A vector string must be base64 of little-endian float32 values.") from None
+            raise LookalikeError("invalid_vector",
+                                 "A vector string must be base64 of little-endian float32 values.") from None
         if len(raw) % VECTOR_DTYPE.itemsize:
             raise LookalikeError("invalid_vector", "The base64 vector is not a whole number of float32 values.")
         vector = np.frombuffer(raw, dtype=VECTOR_DTYPE).astype(np.float32)
     elif isinstance(value, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
         vector = np.asarray(value, dtype=np.float64)  # float64 first: huge values fail the finite check, not overflow
     else:
-        raise LookalikeError("invalid_vector", "A vector must be a JSON array of numbers or a base64 string of float32.")
+        raise LookalikeError("invalid_vector",
+                             "A vector must be a JSON array of numbers or a base64 string of float32.")
     if vector.shape != (dimension,):
         raise LookalikeError("vector_dimension_mismatch", f"Vectors here have {dimension} dimensions.",
                              {"expected": dimension, "received": int(vector.shape[0])})

@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
         except WeightsUnavailable as exc:
             print(f"lookalike worker: cannot start: {exc}", file=sys.stderr)
             return 2
-        except Exception as exc:  # a file that is not VGG16 weights, a corrupt HDF5 file, ...
+        except Exception as exc:  # noqa: BLE001 - not VGG16 weights, a corrupt HDF5 file...: exit 2, said plainly
             print(f"lookalike worker: cannot load weights {settings.weights!r}: {exc}", file=sys.stderr)
             return 2
     metrics.serve(settings.worker_metrics_port)

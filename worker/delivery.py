@@ -60,7 +60,8 @@ class HeldMessages:
         holds (and settles on a fresh connection), the others are forgotten here, so they are restored."""
         with self._lock:
             given_up = [tag for tag, request in self._requests.items()
-                        if not _channel_is_open(request.message.channel) and request not in worker_state.active_requests]
+                        if not _channel_is_open(request.message.channel)
+                        and request not in worker_state.active_requests]
             for tag in given_up:
                 del self._requests[tag]
             return set(self._requests)

@@ -102,7 +102,8 @@ class FeatureExtractor:
         keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
         try:
             # No pooling layer: the feature maps come out, pooled by worker.descriptors.
-            self.model = keras.applications.VGG16(include_top=False, weights=None, input_shape=(INPUT_SIZE, INPUT_SIZE, 3))
+            self.model = keras.applications.VGG16(include_top=False, weights=None,
+                                                  input_shape=(INPUT_SIZE, INPUT_SIZE, 3))
         finally:
             keras.mixed_precision.set_global_policy(previous_policy)
         if weights.path is not None:
@@ -115,7 +116,8 @@ class FeatureExtractor:
             input_signature=[tf.TensorSpec((None, INPUT_SIZE, INPUT_SIZE, 3), tf.float32)],
         )
         self.batcher = DynamicBatcher(self.feature_maps, max_batch, batch_wait_seconds)
-        self.descriptor = Descriptor(model=model_name(pooling, input_mode, self.scales), dimension=DIMENSION, weights=weights.label)
+        self.descriptor = Descriptor(model=model_name(pooling, input_mode, self.scales), dimension=DIMENSION,
+                                     weights=weights.label)
 
     def prepare(self, pixels_bgr: np.ndarray, scale: int = INPUT_SIZE) -> tuple[np.ndarray, tuple[int, int]]:
         """Decoded BGR uint8 pixels -> the float32 input Keras' VGG16 expects (BGR, ImageNet means

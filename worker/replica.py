@@ -218,7 +218,9 @@ class HnswIndex:
     def load(cls, folder: Path, dimension: int, whitening: str | None = None) -> tuple["HnswIndex", dict] | None:
         """The newest complete snapshot in ``folder`` and the stream position it includes, if any holds vectors
         of ``dimension`` through the same whitening (learned at ``whitening``; None: none)."""
-        complete = sorted(p for p in folder.glob("*") if p.is_dir() and not p.name.endswith(".tmp")) if folder.is_dir() else []
+        if not folder.is_dir():
+            return None
+        complete = sorted(path for path in folder.glob("*") if path.is_dir() and not path.name.endswith(".tmp"))
         if not complete:
             return None
         newest = complete[-1]
@@ -469,7 +471,8 @@ class Replicas:
             if label != current:
                 self._start_background("whiten", part, self._reload_whitened)
         with self._locks_lock:
-            running = [thread for (kind, part), thread in self._background.items() if kind == "whiten" and part in labels]
+            running = [thread for (kind, part), thread in self._background.items()
+                       if kind == "whiten" and part in labels]
         for thread in running:
             thread.join(max(0.0, deadline - time.monotonic()))
         if time.monotonic() >= deadline:
@@ -513,7 +516,8 @@ class Replicas:
                     try:
                         with self._lock(part):
                             replica = self._replicas.get(part)
-                            if replica is not None and time.monotonic() - replica.refreshed_at >= self.staleness_seconds / 2:
+                            due = self.staleness_seconds / 2
+                            if replica is not None and time.monotonic() - replica.refreshed_at >= due:
                                 self.refresh(part)
                     except Exception:  # Redis away for a moment: queries refresh themselves meanwhile
                         log.warning("tailing the stream of %s failed; trying again", part, exc_info=True)
@@ -526,7 +530,8 @@ class Replicas:
             loaded = self._loading(collection)
             if not loaded.wait(max(0.0, deadline - time.monotonic())):
                 done, total = self._load_progress.get(collection, (0, 0))
-                raise LookalikeError("collection_loading", "This worker is still loading the collection; retry shortly.",
+                raise LookalikeError("collection_loading",
+                                     "This worker is still loading the collection; retry shortly.",
                                      {"collection": collection, "vectors_loaded": done, "vectors": total,
                                       "waited_seconds": self.load_wait_seconds})
 
@@ -577,7 +582,7 @@ class Replicas:
                 self._replicas[collection] = replica
                 self.refresh(collection)
             log.info("collection %s: replica of %d vectors loaded", collection, len(replica.index))
-        except BaseException as failure:
+        except BaseException as failure:  # noqa: BLE001 - kept for the next search to report, not lost in a thread
             log.warning("loading the replica of %s failed (%s); the next search tries again", collection, failure)
             with self._locks_lock:
                 self._load_failures[collection] = failure

@@ -250,7 +250,8 @@ def give_up_late_gathers() -> None:
             continue
         error = LookalikeError("search_unavailable", "Some of the collection's search groups did not answer in "
                                "time; retry shortly.", {"groups_missing": sorted(missing),
-                                                        "buckets_missing": sorted(b for bs in missing.values() for b in bs),
+                                                        "buckets_missing": sorted(bucket for buckets in missing.values()
+                                                                                  for bucket in buckets),
                                                         "waited_seconds": get_settings().gather_timeout_seconds})
         # Unless the last answer came meanwhile and its merge runs or ran (it holds the lease, or finished).
         if store.finish_task(task_id, FAILED, error=error.to_dict(), unless_running=True):
@@ -597,7 +598,8 @@ def _collection(collection: str, count_images: bool = True) -> tuple[dict | None
 
 
 def _check_descriptor(info: dict | None, descriptor) -> None:
-    if info and info["model"] is not None and (info["model"], info["weights"]) != (descriptor.model, descriptor.weights):
+    stored = None if info is None else (info["model"], info["weights"])
+    if stored is not None and stored[0] is not None and stored != (descriptor.model, descriptor.weights):
         raise LookalikeError(
             "descriptor_mismatch",
             "This collection was indexed with another descriptor (model, pooling, input or weights) than this "

@@ -96,7 +96,8 @@ def _attempt(record: dict, attempt: int) -> Delivery:
         return Delivery(None, _REFUSED, 0.0)
     try:  # checked again: the allow list may have changed since the task was submitted
         target = check_url(record["callback"]["url"], Allowlist(settings.callback_allowlist),
-                           invalid_code="callback_not_allowed", refused_code="callback_not_allowed", what="callback URL")
+                           invalid_code="callback_not_allowed", refused_code="callback_not_allowed",
+                           what="callback URL")
     except LookalikeError:
         return Delivery(None, _REFUSED, 0.0)
     body = json.dumps(task_resource(record, with_callback=False)).encode()

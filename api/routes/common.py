@@ -127,7 +127,8 @@ def _enqueue(task_name: str, submissions: list[tuple[dict, dict, bytes]]) -> lis
     sent = 0
     try:
         for task_id, (_, kwargs, _) in zip(task_ids, submissions):
-            celery.send_task(task_name, kwargs={"task_id": task_id, **kwargs}, task_id=task_id, queue=TASK_QUEUES[task_name])
+            celery.send_task(task_name, kwargs={"task_id": task_id, **kwargs}, task_id=task_id,
+                             queue=TASK_QUEUES[task_name])
             sent += 1
     except Exception:
         store.discard_submissions(task_ids[sent:])

@@ -48,5 +48,6 @@ def readyz():
     if not workers:
         body["warning"] = "No worker with a loaded model has reported in: submitted tasks wait in the queue."
     elif any(worker["random_weights"] for worker in workers):
-        body["warning"] = "RANDOM weights in use: similarity scores do not reflect image content. Tests and smoke runs only."
+        body["warning"] = ("RANDOM weights in use: similarity scores do not reflect image content. "
+                           "Tests and smoke runs only.")
     return jsonify(body)

@@ -121,7 +121,8 @@ def store_hashes(collection: str):
     collection = validate_collection_name(collection)
     body = _json_body("invalid_json", max_depth=MAX_JSON_DEPTH + 3)
     if not isinstance(body, dict) or not isinstance(body.get("items"), list) or not body["items"]:
-        raise LookalikeError("invalid_json", 'Send a JSON object {"items": [{"id", "hash", "quality", "metadata"}, ...]}.')
+        raise LookalikeError("invalid_json",
+                             'Send a JSON object {"items": [{"id", "hash", "quality", "metadata"}, ...]}.')
     items = body["items"]
     if len(items) > settings.max_vectors_per_request:
         raise LookalikeError("too_many_hashes", f"At most {settings.max_vectors_per_request} hashes per request.",

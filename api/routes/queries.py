@@ -40,7 +40,8 @@ def query_image(collection: str):
     best CNN matches and searched again.
     """
     settings = _context()["settings"]
-    k = parse_bounded_int(request.form.get("k"), default=settings.default_k, low=1, high=MAX_K, code="invalid_k", name="k")
+    k = parse_bounded_int(request.form.get("k"), default=settings.default_k, low=1, high=MAX_K, code="invalid_k",
+                          name="k")
     expand = parse_bounded_int(request.form.get("expand"), default=0, low=0, high=MAX_EXPAND, code="invalid_expand",
                                name="expand")
     return _submit_query(QUERY_TASK, collection, k=k, min_score=parse_min_score(request.form.get("min_score")),
@@ -69,7 +70,8 @@ def _submit_query(task_name: str, collection: str, *, k: int, min_score: float |
                   extra: dict | None = None):
     collection = validate_collection_name(collection)
     signals = parse_signals(request.form.get("signals"), default_signals)
-    fields = {"collection": collection, "k": k, "min_score": min_score, "filter": parse_filter(request.form.get("filter")),
+    fields = {"collection": collection, "k": k, "min_score": min_score,
+              "filter": parse_filter(request.form.get("filter")),
               "signals": list(signals), **(extra or {})}
     fresh = parse_write_token(request.form.get("write_token"))
     if fresh:  # (JSON keys are strings)

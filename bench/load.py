@@ -5,9 +5,9 @@
 Starts its own stack (scripts/run_local.py on private ports: embedded Redis, one worker,
 gunicorn) and sends traffic to 127.0.0.1 only. Each client loops: pick index, query or
 poll by weight, send it, think 0.2-0.8 s; clients join over the first 2 s (a burst of 32
-first requests at one instant queues behind two cores whatever the service). Reports API latency per kind of request (the
-202 of an enqueue, the 200 of a poll without waiting), errors, and how long the backlog
-takes to drain once the clients stop.
+first requests at one instant queues behind two cores whatever the service). Reports API
+latency per kind of request (the 202 of an enqueue, the 200 of a poll without waiting),
+errors, and how long the backlog takes to drain once the clients stop.
 """
 
 import argparse

@@ -93,13 +93,15 @@ def dataset() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, n
         if min(height, width) >= QUADRANT_MIN_SIDE:
             half_h, half_w = height // 2, width // 2
             for row, col in ((0, 0), (0, 1), (1, 0), (1, 1)):
-                bases[f"{name}-q{2 * row + col}"] = pixels[row * half_h:(row + 1) * half_h, col * half_w:(col + 1) * half_w]
+                bases[f"{name}-q{2 * row + col}"] = pixels[row * half_h:(row + 1) * half_h,
+                                                           col * half_w:(col + 1) * half_w]
         else:
             bases[name] = pixels
     faces = [cv2.resize(_bgr(face), (100, 100), interpolation=cv2.INTER_CUBIC) for face in data.lfw_subset()]
     distractors = {f"face-{n}": face for n, face in enumerate(faces[:FACES_INDEXED])}
     distractors.update({"colorwheel": _bgr(data.colorwheel()), "logo": _bgr(data.logo()),
-                        "phantom": _bgr(data.shepp_logan_phantom()), "horse": _bgr(data.horse().astype(np.uint8) * 255)})
+                        "phantom": _bgr(data.shepp_logan_phantom()),
+                        "horse": _bgr(data.horse().astype(np.uint8) * 255)})
     negatives = {f"face-{n}": face for n, face in enumerate(faces[FACES_INDEXED:], FACES_INDEXED)}
     return bases, distractors, negatives
 
@@ -247,7 +249,8 @@ def measure_costs(weights: str, images: list[np.ndarray], repeats: int = 3) -> d
     for scales in ((224,), (224, 160)):
         extractor = FeatureExtractor(source, seed=SEED, pooling=pooling, input_mode=input_mode, scales=scales)
         extractor.extract(images)  # warm-up
-        rates["+".join(map(str, scales))] = len(images) / median_seconds(lambda: extractor.extract(images), repeats)
+        seconds = median_seconds(lambda extractor=extractor: extractor.extract(images), repeats)
+        rates["+".join(map(str, scales))] = len(images) / seconds
     sample = descriptors.l2_normalise(np.random.default_rng(SEED).standard_normal((50_000, 512)).astype(np.float32))
     learn_seconds = median_seconds(lambda: descriptors.Whitening.learn(sample), repeats)
     whitening = descriptors.Whitening.learn(sample)

@@ -116,10 +116,11 @@ def replica_child(redis_url: str, kind: str, snapshot_dir: str, queries: np.ndar
         started = time.perf_counter()
         result = replicas.search(COLLECTION, query, k)  # what a worker does: refresh, then search
         latencies.append(time.perf_counter() - started)
-        search_latencies.append(timed(lambda: index.search(query, k)))  # the index alone
+        search_latencies.append(timed(lambda query=query: index.search(query, k)))  # the index alone
         found.append([image_id for image_id, _ in result.matches])
     recall = float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth)]))
-    figures = {"cold_load_s": round(queryable_seconds, 2), "index_ready_s": round(ready_seconds, 2), "bytes_per_vector": round((rss_after - rss_before) / len(index)),
+    figures = {"cold_load_s": round(queryable_seconds, 2), "index_ready_s": round(ready_seconds, 2),
+               "bytes_per_vector": round((rss_after - rss_before) / len(index)),
                "recall_at_10": round(recall, 4), **percentiles_ms(latencies),
                "index_only": percentiles_ms(search_latencies)}
     if kind == "hnsw":  # recall against latency for other ef_search values, on the same graph
@@ -132,8 +133,8 @@ def replica_child(redis_url: str, kind: str, snapshot_dir: str, queries: np.ndar
                 ids, _ = index.search(query, k)
                 timings.append(time.perf_counter() - started)
                 found.append(ids)
-            figures["ef_sweep"][ef] = {"recall_at_10": round(float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth)])), 4),
-                                       **percentiles_ms(timings)}
+            sweep_recall = float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth)]))
+            figures["ef_sweep"][ef] = {"recall_at_10": round(sweep_recall, 4), **percentiles_ms(timings)}
     if kind == "exact":
         figures["whitening"] = measure_whitening(store, replicas, queries, k)
     if kind == "hnsw":  # a restarted worker: newest snapshot, then catch up from the stream
@@ -168,7 +169,7 @@ def measure_whitening(store: Store, replicas, queries: np.ndarray, k: int) -> di
     replicas.wait_for_builds()
     reload_seconds = time.perf_counter() - started
     assert replicas.search(COLLECTION, queries[0], k).whitening is not None
-    latencies = [timed(lambda: replicas.search(COLLECTION, query, k)) for query in queries]
+    latencies = [timed(lambda query=query: replicas.search(COLLECTION, query, k)) for query in queries]
     store.put_collection_settings(COLLECTION, DEFAULT_COLLECTION_SETTINGS)  # forgotten: the next child sees it plain
     return {"sample": len(sample), "sample_read_s": round(read_seconds, 2), "learn_s": round(learn_seconds, 2),
             "replica_reload_s": round(reload_seconds, 2), "dimensions": whitening.dimension,
@@ -231,15 +232,17 @@ def measure_size(size: int, args, folder: Path) -> dict:
         write_seconds = 0.0
         for start in range(0, size, WRITE_CHUNK):
             chunk = [(f"v/{n}", vectors[n], {}, None, None) for n in range(start, min(size, start + WRITE_CHUNK))]
-            write_seconds += timed(lambda: store.save_images(COLLECTION, chunk, DESCRIPTOR))
+            write_seconds += timed(lambda chunk=chunk: store.save_images(COLLECTION, chunk, DESCRIPTOR))
         used_after = store.redis.info("memory")["used_memory"]
         vectors_hash = store.redis.memory_usage(keys.collection_vectors(COLLECTION), samples=0)
         images_hash = store.redis.memory_usage(keys.collection_images(COLLECTION), samples=0)
 
         reference, faiss_rows = faiss_flat(vectors, queries, args.k)
         truth = [[f"v/{row}" for row in rows] for rows in faiss_rows]
-        exact = measure_replica(redis_server.url, "exact", folder / f"snap-exact-{size}", queries, truth, args.k, args.ef_search)
-        hnsw = measure_replica(redis_server.url, "hnsw", folder / f"snap-hnsw-{size}", queries, truth, args.k, args.ef_search)
+        exact = measure_replica(redis_server.url, "exact", folder / f"snap-exact-{size}", queries, truth, args.k,
+                                args.ef_search)
+        hnsw = measure_replica(redis_server.url, "hnsw", folder / f"snap-hnsw-{size}", queries, truth, args.k,
+                               args.ef_search)
 
     figures = {
         "vectors": size,
@@ -267,7 +270,8 @@ def main() -> None:
     args = parser.parse_args()
 
     results = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
-                          f"{round(psutil.virtual_memory().total / 2**30)} GiB", "ef_search": args.ef_search, "sizes": []}
+                          f"{round(psutil.virtual_memory().total / 2**30)} GiB",
+               "ef_search": args.ef_search, "sizes": []}
     with tempfile.TemporaryDirectory() as folder:
         for size in args.sizes:
             results["sizes"].append(measure_size(size, args, Path(folder)))

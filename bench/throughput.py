@@ -67,7 +67,7 @@ def measure_limit(repeats: int, batch_sizes: list[int]) -> dict:
     for size in batch_sizes:
         batch = np.repeat(one[None], size, axis=0)
         extractor.forward(batch)  # warm-up: graph tracing and kernel selection
-        seconds = median_seconds(lambda: extractor.forward(batch), repeats)
+        seconds = median_seconds(lambda batch=batch: extractor.forward(batch), repeats)
         rates[size] = size / seconds
         if size == 1:
             single_forward = seconds
@@ -116,7 +116,8 @@ class Stack:
         self.process = ChildProcess("make run", [sys.executable, "scripts/run_local.py"], env=env, cwd=REPO,
                                     log_path=folder / "stack.log", stop_timeout=120).start()
         try:
-            self.ready = self.process.wait_until(lambda: ready_answer(self.url), "ready stack", timeout=300, interval=0.5)
+            self.ready = self.process.wait_until(lambda: ready_answer(self.url), "ready stack", timeout=300,
+                                                 interval=0.5)
         except BaseException:
             self.process.stop()
             raise
@@ -158,7 +159,8 @@ def index_through_api(url: str, count: int, mode: str, clients: int, bulk_size: 
         http = sessions[position % clients]
         files = [("image", (f"{n}.jpg", images[n % len(images)])) for n in numbers]
         if mode == "bulk":
-            response = http.post(f"{endpoint}/batches", files=files, data={"ids": json.dumps([f"img/{n}" for n in numbers])})
+            response = http.post(f"{endpoint}/batches", files=files,
+                                 data={"ids": json.dumps([f"img/{n}" for n in numbers])})
             response.raise_for_status()
             return [item["task_id"] for item in response.json()["tasks"]]
         response = http.post(f"{endpoint}/images", files=files, data={"id": f"img/{numbers[0]}"})
@@ -220,7 +222,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         stack = Stack(Path(folder))
         try:
-            settings = {key: stack.ready.json()["workers"][0][key] for key in ("weights", "max_batch", "mixed_precision")}
+            settings = {key: stack.ready.json()["workers"][0][key]
+                        for key in ("weights", "max_batch", "mixed_precision")}
             end_to_end = {
                 mode: statistics.median(index_through_api(stack.url, args.images, mode, args.clients, args.bulk_size)
                                         for _ in range(args.repeats))

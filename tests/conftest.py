@@ -181,14 +181,15 @@ def split_roles(env: dict, folder: Path, store: Store, groups: tuple[str, ...]) 
         processes[group] = search_process(f"search-{group}", group, env, folder, ports[group])
     try:
         for process in processes.values():
-            process.wait_until(lambda: consumer_alive(store, process.process.pid), "heartbeat")
+            process.wait_until(lambda process=process: consumer_alive(store, process.process.pid), "heartbeat")
         yield processes, ports
     finally:
         stop_all(processes.values())  # together: one grace period for all of them
 
 
 @contextmanager
-def worker_and_api(name: str, env: dict, folder: Path, store: Store, port: int) -> Iterator[tuple["ApiClient", ManagedProcess]]:
+def worker_and_api(name: str, env: dict, folder: Path, store: Store,
+                   port: int) -> Iterator[tuple["ApiClient", ManagedProcess]]:
     """A worker (``--role all``) and the API under gunicorn on ``port`` (set in ``env``), the worker announced
     and the API ready: yields a client of the API and the worker; stops both afterwards."""
     worker = ManagedProcess(f"{name}-worker", WORKER_COMMAND, env, folder)
@@ -196,7 +197,8 @@ def worker_and_api(name: str, env: dict, folder: Path, store: Store, port: int) 
     try:
         worker.wait_until(lambda: consumer_alive(store, worker.process.pid), "heartbeat")
         client = ApiClient(f"http://127.0.0.1:{port}")
-        api.wait_until(lambda: client.http.get(client.url("/readyz?workers=1"), timeout=10).status_code == 200, "readiness")
+        api.wait_until(lambda: client.http.get(client.url("/readyz?workers=1"), timeout=10).status_code == 200,
+                       "readiness")
         yield client, worker
     finally:
         api.stop()
@@ -267,11 +269,13 @@ class ApiClient:
             form["id"] = image_id
         if metadata is not None:
             form["metadata"] = json.dumps(metadata)
-        return self.http.post(self.url(f"/v1/collections/{collection}/images"), files={"image": ("image.jpg", image)}, data=form)
+        return self.http.post(self.url(f"/v1/collections/{collection}/images"), files={"image": ("image.jpg", image)},
+                              data=form)
 
     def query(self, collection: str, image: bytes, k: int | None = None):
         form = {} if k is None else {"k": str(k)}
-        return self.http.post(self.url(f"/v1/collections/{collection}/queries"), files={"image": ("query.jpg", image)}, data=form)
+        return self.http.post(self.url(f"/v1/collections/{collection}/queries"), files={"image": ("query.jpg", image)},
+                              data=form)
 
     def wait(self, submitted: requests.Response, timeout: float = 60) -> dict:
         """The task a submission answered, once it has finished (through the Python client)."""
@@ -300,7 +304,8 @@ def store_snapshot(client: redis.Redis) -> dict[bytes, object]:
     members did not change."""
     heartbeats = {key.encode() for key in (keys.WORKERS, keys.WORKERS_INFO, keys.CONSUMERS, keys.REAPER)}
     running = (keys.consumer_held("*"), keys.task_lease("*"))  # what processes hold while they run
-    read = {b"string": client.get, b"hash": client.hgetall, b"set": client.smembers, b"list": lambda key: client.lrange(key, 0, -1),
+    read = {b"string": client.get, b"hash": client.hgetall, b"set": client.smembers,
+            b"list": lambda key: client.lrange(key, 0, -1),
             b"zset": lambda key: client.zrange(key, 0, -1, withscores=True), b"stream": client.xrange}
     return {key: read[client.type(key)](key) for key in client.scan_iter(keys.ALL_KEYS_PATTERN)
             if key not in heartbeats and not any(fnmatch.fnmatchcase(key.decode(), pattern) for pattern in running)}

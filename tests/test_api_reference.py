@@ -31,13 +31,15 @@ def browser():
 
 def test_the_reference_renders_and_try_it_out_indexes_an_image(api, collection, browser):
     document = requests.get(api.url("/openapi.json"), timeout=30).json()
-    operation_ids = {operation["operationId"] for methods in document["paths"].values() for operation in methods.values()}
+    operation_ids = {operation["operationId"] for methods in document["paths"].values()
+                     for operation in methods.values()}
 
     browser.get(api.url("/docs"))
     wait = WebDriverWait(browser, 60)
     wait.until(lambda _: browser.find_elements(By.CSS_SELECTOR, ".opblock"))
     assert "Unable to render" not in browser.page_source
-    shown = {element.get_attribute("id").rsplit("-", 1)[-1] for element in browser.find_elements(By.CSS_SELECTOR, ".opblock")}
+    shown = {element.get_attribute("id").rsplit("-", 1)[-1]
+             for element in browser.find_elements(By.CSS_SELECTOR, ".opblock")}
     assert shown == operation_ids, (shown ^ operation_ids)
 
     operation = browser.find_element(By.ID, "operations-images-index_image")

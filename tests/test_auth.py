@@ -74,8 +74,8 @@ def test_scopes_and_collections(client, key_store):
     assert client.post("/v1/collections/banned/hashes", json=hashes, headers=bearer(indexer)).status_code == 403
     assert index(client, "banned", admin).status_code == 202
 
-    queried = client.post("/v1/collections/photos/queries", data={"image": (io.BytesIO(natural_images()["moon"]), "q.jpg")},
-                          headers=bearer(query_only))
+    queried = client.post("/v1/collections/photos/queries",
+                          data={"image": (io.BytesIO(natural_images()["moon"]), "q.jpg")}, headers=bearer(query_only))
     assert queried.status_code == 202
     task_url = queried.json["status_url"]
     assert client.get(task_url, headers=bearer(query_only)).status_code == 200  # results: any valid key
@@ -99,7 +99,8 @@ def test_keys_are_stored_hashed(key_store):
 def test_command_line_creates_lists_and_revokes(auth_db, client):
     def cli(*args: str) -> subprocess.CompletedProcess:
         env = {"LOOKALIKE_REDIS_URL": auth_db, "PATH": "/usr/bin:/bin"}
-        return subprocess.run([sys.executable, "-m", "api.manage_keys", *args], cwd=REPO, env=env, capture_output=True, text=True)
+        return subprocess.run([sys.executable, "-m", "api.manage_keys", *args], cwd=REPO, env=env, capture_output=True,
+                              text=True)
 
     created = cli("create", "--name", "pipeline", "--scopes", "index,query", "--collections", "photos")
     assert created.returncode == 0, created.stderr
@@ -108,7 +109,8 @@ def test_command_line_creates_lists_and_revokes(auth_db, client):
     assert index(client, "photos", key["key"]).status_code == 202
 
     listed = [json.loads(line) for line in cli("list").stdout.splitlines()]
-    assert [(entry["key_id"], entry["name"], entry["revoked_at"]) for entry in listed] == [(key["key_id"], "pipeline", None)]
+    assert ([(entry["key_id"], entry["name"], entry["revoked_at"]) for entry in listed]
+            == [(key["key_id"], "pipeline", None)])
     assert "secret" not in cli("list").stdout and key["key"] not in cli("list").stdout
 
     assert cli("revoke", key["key_id"]).returncode == 0
@@ -120,7 +122,8 @@ def test_command_line_creates_lists_and_revokes(auth_db, client):
 def test_command_line_refuses_blank_or_invalid_collection_lists(auth_db, key_store):
     def cli(*args: str) -> subprocess.CompletedProcess:
         env = {"LOOKALIKE_REDIS_URL": auth_db, "PATH": "/usr/bin:/bin"}
-        return subprocess.run([sys.executable, "-m", "api.manage_keys", *args], cwd=REPO, env=env, capture_output=True, text=True)
+        return subprocess.run([sys.executable, "-m", "api.manage_keys", *args], cwd=REPO, env=env, capture_output=True,
+                              text=True)
 
     for collections in ("", " ", " , ", "photos,Bad_Name", "../x"):
         refused = cli("create", "--name", "x", "--scopes", "query", "--collections", collections)
@@ -135,7 +138,8 @@ def test_command_line_refuses_blank_or_invalid_collection_lists(auth_db, key_sto
 def test_each_key_has_its_own_webhook_secret_shown_once_and_rotated_by_command(auth_db, key_store):
     def cli(*args: str) -> subprocess.CompletedProcess:
         env = {"LOOKALIKE_REDIS_URL": auth_db, "PATH": "/usr/bin:/bin"}
-        return subprocess.run([sys.executable, "-m", "api.manage_keys", *args], cwd=REPO, env=env, capture_output=True, text=True)
+        return subprocess.run([sys.executable, "-m", "api.manage_keys", *args], cwd=REPO, env=env, capture_output=True,
+                              text=True)
 
     first = json.loads(cli("create", "--name", "a", "--scopes", "index").stdout)
     second = json.loads(cli("create", "--name", "b", "--scopes", "index").stdout)
@@ -174,7 +178,8 @@ def test_idempotency_keys_belong_to_their_api_key(client, key_store):
     second, _ = key_store.create("pipeline-b", ["index"], None)
 
     def post(token):
-        return client.post("/v1/collections/photos/images", data={"image": (io.BytesIO(natural_images()["moon"]), "a.jpg")},
+        return client.post("/v1/collections/photos/images",
+                           data={"image": (io.BytesIO(natural_images()["moon"]), "a.jpg")},
                            headers=bearer(token) | {"Idempotency-Key": "upload-1"})
 
     a, a_again, b = post(first), post(first), post(second)
@@ -234,7 +239,8 @@ def test_each_scope_reaches_only_its_endpoints(client, key_store):
             if scope in (needs, "admin"):
                 assert response.status_code not in (401, 403), (scope, method, path, response.json)
             else:
-                assert response.status_code == 403 and response.json["error"]["code"] == "forbidden", (scope, method, path)
+                assert response.status_code == 403, (scope, method, path)
+                assert response.json["error"]["code"] == "forbidden", (scope, method, path)
                 assert needs in response.json["error"]["message"]
 
 
@@ -264,7 +270,8 @@ def test_tasks_and_batches_belong_to_the_key_that_submitted_them(client, key_sto
     neighbour, _ = key_store.create("other-pipeline", ["index", "query", "read"], ["photos"])
     admin, _ = key_store.create("ops", ["admin"], None)
     task_url = index(client, "photos", submitter).json["status_url"]
-    batch_url = client.post("/v1/collections/photos/batches", data=_image_form(), headers=bearer(submitter)).json["status_url"]
+    batch_url = client.post("/v1/collections/photos/batches", data=_image_form(),
+                            headers=bearer(submitter)).json["status_url"]
 
     for url, code in ((task_url, "task_not_found"), (batch_url, "batch_not_found")):
         mine = client.get(url, headers=bearer(submitter))
@@ -374,7 +381,7 @@ def test_each_keys_webhooks_are_signed_with_its_own_secret(api, service_env, web
         while not all(delivered(task_id) for task_id in task_ids) and time.monotonic() < deadline:
             time.sleep(0.1)
         deliveries = {key_id: web_server.requests_to(path)[0] for key_id, path in paths.items()}
-        for token, record in tenants:
+        for _, record in tenants:
             for key_id, delivery in deliveries.items():
                 signed = (delivery.headers["X-Lookalike-Timestamp"], delivery.headers["X-Lookalike-Signature"],
                           delivery.body)

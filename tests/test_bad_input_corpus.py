@@ -98,7 +98,8 @@ def test_the_bad_input_corpus(api, collection, redis_client):
         if got != (status, code):
             failures.append(f"{what}: expected {(status, code)}, got {got}")
     for what, method, path, status, code in LOOKUPS:
-        response = api.http.request(method, api.url(path), files={"image": ("a.jpg", JPEG)} if method == "POST" else None)
+        response = api.http.request(method, api.url(path),
+                                    files={"image": ("a.jpg", JPEG)} if method == "POST" else None)
         got = (response.status_code, response.json().get("error", {}).get("code"))
         if got != (status, code):
             failures.append(f"{what}: expected {(status, code)}, got {got}")

@@ -21,8 +21,8 @@ def wait_for_batch(api, status_url: str) -> dict:
         batch = api.http.get(api.url(status_url)).json()
         if batch["finished"]:
             return batch
-        api.http.get(api.url(f"/v1/tasks/{next(i['task_id'] for i in batch['items'] if i['state'] in ('queued', 'running'))}"),
-                     params={"wait": 5})
+        pending = next(item["task_id"] for item in batch["items"] if item["state"] in ("queued", "running"))
+        api.http.get(api.url(f"/v1/tasks/{pending}"), params={"wait": 5})
     raise AssertionError(f"batch did not finish: {batch}")
 
 
@@ -57,7 +57,8 @@ def test_bad_items_are_reported_and_the_rest_indexed(api, collection):
     batch = wait_for_batch(api, response.json()["status_url"])
     assert batch["counts"]["succeeded"] == 2 and batch["counts"]["rejected"] == 4
     assert api.http.get(api.url(f"/v1/collections/{collection}")).json()["images"] == 2
-    assert [item["state"] for item in batch["items"]] == ["succeeded", "rejected", "rejected", "succeeded", "rejected", "rejected"]
+    assert [item["state"] for item in batch["items"]] == ["succeeded", "rejected", "rejected",
+                                                          "succeeded", "rejected", "rejected"]
 
 
 def test_an_undecodable_item_fails_only_its_own_task(api, collection):

@@ -1,4 +1,5 @@
-"""The Python client and the `lookalike` command (client/lookalike_client: client.py, cli.py), against the real stack."""
+"""The Python client and the `lookalike` command (client/lookalike_client: client.py, cli.py), against the real
+stack."""
 
 import json
 import re
@@ -70,7 +71,8 @@ def test_the_client_retries_busy_answers_with_one_idempotency_key(web_server):
         Client(web_server.base_url, retries=2, backoff_seconds=0.01).index("down", b"x")
     assert error.value.status == 503 and len(web_server.requests_to("/v1/collections/down/images")) == 3
 
-    web_server.route("/v1/collections/elsewhere", Answer(200, b"<html>a proxy's page</html>", {"Content-Type": "text/html"}))
+    web_server.route("/v1/collections/elsewhere",
+                     Answer(200, b"<html>a proxy's page</html>", {"Content-Type": "text/html"}))
     with pytest.raises(ApiError) as error:
         Client(web_server.base_url).collection("elsewhere")
     assert (error.value.status, error.value.code) == (200, "not_json")
@@ -100,7 +102,8 @@ def test_cli_indexes_a_tree_resumes_and_reports_failures(api, collection, tmp_pa
     shutil.copy(DATA / "coins.jpg", tree / "broken.png")  # fixed (a JPEG named .png is fine: magic bytes decide)
     again = lookalike(api, "index", str(tree), "--collection", collection)
     assert again.returncode == 0, again.stderr
-    assert "4 images found, 3 already indexed, 1 to index" in again.stderr and "indexed 1, skipped 3, failed 0" in again.stderr
+    assert "4 images found, 3 already indexed, 1 to index" in again.stderr
+    assert "indexed 1, skipped 3, failed 0" in again.stderr
 
 
 def test_cli_queries_checks_and_lists(api, collection):

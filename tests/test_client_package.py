@@ -24,7 +24,8 @@ def wheel(tmp_path_factory) -> Path:
     """The client's wheel, built from a copy of client/ (the build writes nothing into the checkout)."""
     folder = tmp_path_factory.mktemp("client-wheel")
     source = folder / "source"
-    shutil.copytree(REPO / "client", source, ignore=shutil.ignore_patterns("*.egg-info", "build", "dist", "__pycache__"))
+    shutil.copytree(REPO / "client", source,
+                    ignore=shutil.ignore_patterns("*.egg-info", "build", "dist", "__pycache__"))
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
                             "-w", str(folder / "dist"), str(source)], capture_output=True, text=True, timeout=120)
     assert built.returncode == 0, built.stderr

@@ -34,7 +34,8 @@ def cluster_service(redis_cluster, service_env, tmp_path_factory):
         worker.wait_until(lambda: consumer_alive(store, worker.process.pid), "heartbeat")
         webhooks.wait_until(lambda: consumer_alive(store, webhooks.process.pid), "heartbeat")
         client = ApiClient(f"http://127.0.0.1:{port}")
-        api.wait_until(lambda: client.http.get(client.url("/readyz?workers=1"), timeout=10).status_code == 200, "readiness")
+        api.wait_until(lambda: client.http.get(client.url("/readyz?workers=1"), timeout=10).status_code == 200,
+                       "readiness")
         yield client, store, broker
     finally:
         for process in processes:

@@ -96,8 +96,8 @@ def test_the_keys_a_script_or_transaction_takes_together_share_a_slot():
 
 
 # What each argument of a key function is called in docs/operations.md's table.
-PLACEHOLDERS = {"collection": "<c>", "part_name": "<p>", "task_id": "<task>", "batch_id": "<batch>", "principal": "<key id>",
-                "key_digest": "<sha256>", "name": "<name>", "bucket": "<bucket>"}
+PLACEHOLDERS = {"collection": "<c>", "part_name": "<p>", "task_id": "<task>", "batch_id": "<batch>",
+                "principal": "<key id>", "key_digest": "<sha256>", "name": "<name>", "bucket": "<bucket>"}
 
 
 def key_patterns() -> set[str]:
@@ -645,7 +645,8 @@ def test_a_store_written_by_the_old_layout_is_migrated_and_read_back(old_server)
     assert store.list_collections() == ["photos", "settings-only"]
     info = store.collection_info("photos")
     assert info["images"] == 2 and info["model"] == DESCRIPTOR.model and info["settings"]["kind"] == "block"
-    assert info["whitening"]["learned_from"] == 2 and store.collection_info("settings-only")["settings"]["kind"] == "allow"
+    assert info["whitening"]["learned_from"] == 2
+    assert store.collection_info("settings-only")["settings"]["kind"] == "allow"
     assert store.get_image("photos", "cats/1")["pdq"]["hash"] == pdq_of(1)[:32].hex()
     assert store.get_image("photos", "cats/2")["metadata"] == {"n": 2}
     assert store.get_thumbnail("photos", "cats/1") == b"jpeg"

@@ -30,7 +30,8 @@ GPU_FILE = REPO / "docker-compose.gpu.yml"
 def merged(base: dict, override: dict) -> dict:
     result = dict(base)
     for key, value in override.items():
-        result[key] = merged(result[key], value) if isinstance(value, dict) and isinstance(result.get(key), dict) else value
+        both_mappings = isinstance(value, dict) and isinstance(result.get(key), dict)
+        result[key] = merged(result[key], value) if both_mappings else value
     return result
 
 
@@ -41,7 +42,8 @@ def compose_config(*names: str) -> dict:
     return config
 
 
-CONFIGS = {"cpu": compose_config("docker-compose.yml"), "gpu": compose_config("docker-compose.yml", "docker-compose.gpu.yml")}
+CONFIGS = {"cpu": compose_config("docker-compose.yml"),
+           "gpu": compose_config("docker-compose.yml", "docker-compose.gpu.yml")}
 COMPOSE = CONFIGS["cpu"]
 SERVICES = COMPOSE["services"]
 GPU_SERVICES = CONFIGS["gpu"]["services"]
@@ -107,7 +109,8 @@ def test_service_builds_from_a_dockerfile_whose_cmd_matches(config, name):
 
 @pytest.mark.parametrize("config,name", EVERY_APP_SERVICE)
 def test_service_sets_only_real_settings(config, name):
-    variables = {key for key in CONFIGS[config]["services"][name].get("environment", {}) if key.startswith("LOOKALIKE_")}
+    variables = {key for key in CONFIGS[config]["services"][name].get("environment", {})
+                 if key.startswith("LOOKALIKE_")}
     assert variables, f"{name} sets no LOOKALIKE_ variable"
     assert variables <= SETTING_NAMES, f"{name}: unknown settings {sorted(variables - SETTING_NAMES)}"
 
@@ -164,7 +167,8 @@ def test_the_roles_profile_runs_an_embed_worker_per_gpu_and_search_workers_witho
     for services in (SERVICES, GPU_SERVICES):
         embed, search = services["embed"], services["search"]
         assert embed["profiles"] == search["profiles"] == ["roles"]
-        assert embed["command"] == [*WORKER_COMMAND, "--role", "embed"] and search["command"] == [*WORKER_COMMAND, "--role", "search"]
+        assert embed["command"] == [*WORKER_COMMAND, "--role", "embed"]
+        assert search["command"] == [*WORKER_COMMAND, "--role", "search"]
         assert "deploy" not in search  # no GPU: search processes never load the model
         assert search["build"]["args"]["WORKER_EXTRA"] == "worker-cpu"
         groups = {spec["environment"]["LOOKALIKE_SEARCH_GROUPS"] for name, spec in services.items()
@@ -211,7 +215,8 @@ def test_flower_watches_the_workers_broker():
 
 def flower_entrypoint() -> Path:
     flower = SERVICES["flower"]
-    [mount] = [volume for volume in flower["volumes"] if volume.endswith(":ro") and volume.split(":")[1] == flower["entrypoint"][-1]]
+    [mount] = [volume for volume in flower["volumes"]
+               if volume.endswith(":ro") and volume.split(":")[1] == flower["entrypoint"][-1]]
     return REPO / mount.split(":")[0]
 
 
@@ -230,7 +235,8 @@ def run_flower_entrypoint(auth: str | None) -> subprocess.CompletedProcess:
     if auth is not None:
         env["FLOWER_BASIC_AUTH"] = auth
     show = [sys.executable, "-c", "import os; print('ran with', os.environ['FLOWER_BASIC_AUTH'])"]
-    return subprocess.run([sys.executable, str(flower_entrypoint()), *show], env=env, capture_output=True, text=True, timeout=30)
+    return subprocess.run([sys.executable, str(flower_entrypoint()), *show], env=env, capture_output=True, text=True,
+                          timeout=30)
 
 
 def test_flower_never_starts_without_a_password():
@@ -278,7 +284,8 @@ def test_webhook_deliveries_run_in_a_service_of_their_own(config):
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_worker_metrics_are_served_inside_the_network_only(config):
     services = CONFIGS[config]["services"]
-    workers = {name: spec for name, spec in services.items() if "build" in spec and spec["command"][:3] == WORKER_COMMAND}
+    workers = {name: spec for name, spec in services.items()
+               if "build" in spec and spec["command"][:3] == WORKER_COMMAND}
     assert {"worker", "worker-gpu1", "webhooks"} <= set(workers)
     for name, spec in workers.items():
         assert spec["environment"]["LOOKALIKE_WORKER_METRICS_HOST"] == "0.0.0.0", name
@@ -472,7 +479,8 @@ def test_images_install_with_the_constraints_file():
         copied = next(index for index, (instruction, arguments) in enumerate(instructions)
                       if instruction == "COPY" and "constraints.txt" in arguments.split()[:-1])
         for index in installs:
-            assert copied < index and re.search(r"pip install [^&]*-c constraints\.txt", instructions[index][1]), dockerfile
+            assert copied < index, dockerfile
+            assert re.search(r"pip install [^&]*-c constraints\.txt", instructions[index][1]), dockerfile
 
 
 def test_constraints_pin_every_dependency_of_the_images_within_pyproject_bounds():
@@ -486,8 +494,10 @@ def test_constraints_pin_every_dependency_of_the_images_within_pyproject_bounds(
         requirements += [Requirement(text) for text in project["optional-dependencies"][extra]]
     for requirement in requirements:
         name = canonical(requirement.name)
-        assert name in pins, f"{requirement.name} is not pinned: .venv/bin/python deploy/constraints.py > constraints.txt"
-        assert requirement.specifier.contains(pins[name], prereleases=True), f"{requirement.name}=={pins[name]} is not {requirement}"
+        assert name in pins, (f"{requirement.name} is not pinned: "
+                              ".venv/bin/python deploy/constraints.py > constraints.txt")
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"{requirement.name}=={pins[name]} is not {requirement}")
     assert pins["tensorflow"] == pins["tensorflow-cpu"]  # the GPU build: the version the CPU build was tested at
     # Transitive dependencies too (a sample that every build needs).
     assert {"kombu", "werkzeug", "keras", "pydantic-core"} <= set(pins)
@@ -497,7 +507,8 @@ def test_constraints_pin_every_dependency_of_the_images_within_pyproject_bounds(
 
 def proxy_config() -> Path:
     """The nginx config file the proxy service mounts over nginx's default server."""
-    [mount] = [volume for volume in SERVICES["proxy"]["volumes"] if volume.endswith(":/etc/nginx/conf.d/default.conf:ro")]
+    [mount] = [volume for volume in SERVICES["proxy"]["volumes"]
+               if volume.endswith(":/etc/nginx/conf.d/default.conf:ro")]
     return REPO / mount.split(":")[0]
 
 

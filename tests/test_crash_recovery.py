@@ -35,7 +35,7 @@ def test_tasks_of_a_killed_worker_are_resumed_by_another_soon_and_once(redis_ser
     survivor = ManagedProcess("worker-2", [sys.executable, "-m", "worker"], env, tmp_path)
     try:
         for process in (doomed, survivor):
-            process.wait_until(lambda: consumer_alive(store, process.process.pid), "heartbeat")
+            process.wait_until(lambda process=process: consumer_alive(store, process.process.pid), "heartbeat")
         images = list(natural_images().values())
         task_ids = []
         for number in range(TASKS):
@@ -60,7 +60,8 @@ def test_tasks_of_a_killed_worker_are_resumed_by_another_soon_and_once(redis_ser
         last_beat = store.redis.zscore(keys.CONSUMERS, doomed_name)
         heartbeat_expired_at = last_beat + 3 * HEARTBEAT_SECONDS
         # Nobody else runs a task whose lease the killed worker held: these were running at the kill.
-        interrupted = [task["task_id"] for task in tasks() if task["state"] == "running" and task["worker"] == doomed_name]
+        interrupted = [task["task_id"] for task in tasks()
+                       if task["state"] == "running" and task["worker"] == doomed_name]
         assert interrupted
 
         def resumed() -> bool:

@@ -9,7 +9,8 @@ from tests.conftest import REPO
 def test_configuration_table_matches_the_settings_object():
     text = (REPO / "docs" / "configuration.md").read_text()
     rows = dict(re.findall(r"^\| `(LOOKALIKE_[A-Z_]+)` \| `([^`]*)` \|", text, re.MULTILINE))
-    expected = {f"LOOKALIKE_{name.upper()}": as_environment_value(field.default) for name, field in Settings.model_fields.items()}
+    expected = {f"LOOKALIKE_{name.upper()}": as_environment_value(field.default)
+                for name, field in Settings.model_fields.items()}
     assert rows == expected
 
 

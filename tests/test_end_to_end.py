@@ -40,7 +40,8 @@ def indexed_collection(api, collection):
     """A collection holding every test photograph under a path-like id, with metadata."""
     images = natural_images()
     assert len(images) >= 10
-    submitted = {name: api.index(collection, data, f"photos/{name}.jpg", {"name": name}) for name, data in images.items()}
+    submitted = {name: api.index(collection, data, f"photos/{name}.jpg", {"name": name})
+                 for name, data in images.items()}
     for name, response in submitted.items():
         body = response.json()
         assert response.status_code == 202, body
@@ -123,7 +124,8 @@ def test_generated_id_and_default_k(api, collection):
     image_id = response.json()["image_id"]
     assert len(image_id) == 32
     assert api.wait(response)["state"] == "succeeded"
-    for name in ("moon", "rocket", "page", "horse", "brick", "camera", "coins", "gravel", "retina", "astronaut", "chelsea"):
+    for name in ("moon", "rocket", "page", "horse", "brick", "camera", "coins", "gravel", "retina", "astronaut",
+                 "chelsea"):
         api.wait(api.index(collection, images[name], name))
     task = api.wait(api.query(collection, images["coffee"]))
     assert len(task["result"]["matches"]) == 10  # LOOKALIKE_DEFAULT_K

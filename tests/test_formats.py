@@ -95,7 +95,8 @@ def test_thumbnails_are_small_jpegs_of_the_indexed_image(api, formats_collection
         assert thumbnail.shape[:2] == (round(height * scale), round(width * scale))  # longest side 96, same aspect
         assert max(thumbnail.shape[:2]) == THUMBNAIL_SIZE
 
-        def distance(name: str) -> float:  # mean absolute difference from the photograph scaled down alike
+        # The mean absolute difference from the photograph scaled down alike.
+        def distance(name: str, thumbnail=thumbnail) -> float:
             expected = cv2.resize(PIXELS[name], thumbnail.shape[1::-1], interpolation=cv2.INTER_AREA)
             return float(np.abs(expected.astype(np.float32) - thumbnail.astype(np.float32)).mean())
 

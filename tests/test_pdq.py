@@ -106,7 +106,7 @@ def test_the_hash_index_answers_as_a_scan_through_puts_replacements_and_deletes(
     for number in range(1500):  # clusters of near hashes: many within 31 bits of each other
         put(f"h/{number}", flipped(centres[number % 20], int(rng.integers(0, 48)), rng))
     index.build()
-    for round_number in range(6):  # changes after the build: fresh slots, reused slots, rebuilds
+    for _ in range(6):  # changes after the build: fresh slots, reused slots, rebuilds
         for number in rng.choice(1500, 400, replace=False):  # 2,400 writes in all: the tables get rebuilt
             image_id = f"h/{number}"
             if rng.random() < 0.3:

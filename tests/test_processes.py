@@ -75,7 +75,8 @@ def test_checks_that_fail_count_as_not_yet_until_the_whole_deadline(tmp_path):
 
     with python("sleeper", "import time; time.sleep(120)", tmp_path) as child:
         started = time.monotonic()
-        with pytest.raises(NotReady, match=r"^sleeper: no an answer after 0.5 s \(last check: ConnectionError\('refused'\)\)"):
+        with pytest.raises(NotReady, match=r"^sleeper: no an answer after 0.5 s "
+                                           r"\(last check: ConnectionError\('refused'\)\)"):
             child.wait_until(ready, "an answer", timeout=0.5, interval=0.1)
         assert 0.5 <= time.monotonic() - started < 5
         assert len(calls) >= 3
@@ -132,7 +133,8 @@ def test_stopping_a_child_already_reaped_by_its_caller_and_hurrying_several(tmp_
     reaped.process.wait()  # as tests that kill a worker do, before the fixture stops it
     assert reaped.stop() == -signal.SIGKILL
 
-    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(120)"
+    code = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); "
+            "time.sleep(120)")
     stubborn = [python(f"stubborn-{n}", code, tmp_path).start() for n in range(2)]
     for child in stubborn:
         child.wait_until(lambda child=child: "up" in child.output(), "up", timeout=60, interval=0.05)

@@ -29,7 +29,8 @@ def isolated(service_env, tmp_path_factory):
     folder = tmp_path_factory.mktemp("faults")
     server = EmbeddedRedis(folder / "redis", free_port(), extra_args=("--maxmemory", str(MAXMEMORY))).start()
     port = free_port()
-    env = service_env | {"LOOKALIKE_WORKER_METRICS_PORT": "0", "LOOKALIKE_REDIS_URL": server.url, "LOOKALIKE_PORT": str(port), "WEB_CONCURRENCY": "1",
+    env = service_env | {"LOOKALIKE_WORKER_METRICS_PORT": "0", "LOOKALIKE_REDIS_URL": server.url,
+                         "LOOKALIKE_PORT": str(port), "WEB_CONCURRENCY": "1",
                          "LOOKALIKE_DATA_DIR": str(folder / "data")}
     store = Store.from_settings(Settings(redis_url=server.url))
     worker = ManagedProcess("faults-worker", WORKER_COMMAND, env, folder)

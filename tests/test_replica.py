@@ -253,7 +253,8 @@ def test_hnsw_and_exact_agree_on_small_data(store, name):
     assert np.mean(recalls) >= 0.95
     for q in queries[:5]:  # scores are cosine similarities in both
         (best, score), = replicas.search(name, q, 1).matches
-        assert (best, score) == (exact_ranking(store, name, q)[0][0], pytest.approx(exact_ranking(store, name, q)[0][1], abs=1e-5))
+        assert (best, score) == (exact_ranking(store, name, q)[0][0],
+                                 pytest.approx(exact_ranking(store, name, q)[0][1], abs=1e-5))
 
 
 def test_hnsw_replica_follows_puts_replacements_and_deletes(store, name):
@@ -301,7 +302,8 @@ def test_a_snapshot_ahead_of_the_store_is_ignored(store, name, tmp_path, caplog)
     (tmp_path / name).rename(tmp_path / other)  # a snapshot at change 120 for a collection at change 60
     fill(store, other, clustered(60, seed=11))
     with caplog.at_level(logging.INFO, logger="worker.replica"):
-        found = Replicas(store, DIMENSION, exact_max=50, snapshot_dir=tmp_path).search(other, clustered(1, seed=1)[0], 100)
+        found = Replicas(store, DIMENSION, exact_max=50, snapshot_dir=tmp_path).search(
+            other, clustered(1, seed=1)[0], 100)
     assert "snapshot at change" not in caplog.text
     assert found.searched == 60
 

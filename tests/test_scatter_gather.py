@@ -116,7 +116,8 @@ def test_a_collection_over_four_groups_answers_as_one_exact_search(sharded, coll
         assert_same_ranking(filtered["matches"], expected(vectors, query, 15,
                                                           keep=lambda image_id: int(image_id[4:]) % 2 == 0))
     check = ask(client, store, collection, "checks", rows[123])["result"]
-    assert check["verdict"] == "block" and check["best_match"]["id"] == "img/123" and check["best_match"]["score"] == 1.0
+    assert check["verdict"] == "block"
+    assert check["best_match"]["id"] == "img/123" and check["best_match"]["score"] == 1.0
 
     # Each search process holds its group's two buckets, no others.
     placement = bucket_groups(collection, {"group": None}, BUCKETS, GROUPS)

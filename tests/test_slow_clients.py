@@ -156,7 +156,8 @@ http {{
 
 
 def test_half_sent_requests_through_the_proxy_leave_healthz_answering(proxy):
-    """40 requests without a key that stop halfway -- in their headers, or in their bodies -- hold no gunicorn thread."""
+    """40 requests without a key that stop halfway -- in their headers, or in their bodies -- hold no gunicorn
+    thread."""
     host, port = proxy.removeprefix("http://").split(":")
     stalled = []
     try:

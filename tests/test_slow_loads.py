@@ -40,8 +40,9 @@ def test_a_load_longer_than_the_visibility_timeout_delivers_no_query_twice(redis
 
         env = service_env | {"LOOKALIKE_REDIS_URL": f"redis://127.0.0.1:{link.port}/9", "LOOKALIKE_BROKER_URL": url,
                              "LOOKALIKE_VISIBILITY_TIMEOUT_SECONDS": str(VISIBILITY_TIMEOUT_SECONDS),
-                             "LOOKALIKE_LOAD_WAIT_SECONDS": str(LOAD_WAIT_SECONDS), "LOOKALIKE_REDIS_OUTAGE_SECONDS": "2",
-                             "LOOKALIKE_WORKER_METRICS_PORT": "0", "LOOKALIKE_LOG_FORMAT": "text"}
+                             "LOOKALIKE_LOAD_WAIT_SECONDS": str(LOAD_WAIT_SECONDS),
+                             "LOOKALIKE_REDIS_OUTAGE_SECONDS": "2", "LOOKALIKE_WORKER_METRICS_PORT": "0",
+                             "LOOKALIKE_LOG_FORMAT": "text"}
         worker = ManagedProcess("worker", [sys.executable, "-m", "worker"], env, tmp_path)
         try:
             worker.wait_until(lambda: consumer_alive(store, worker.process.pid), "heartbeat")

@@ -66,7 +66,8 @@ class StubResolver:
         self.lookups: list[str] = []
         self._real = socket.getaddrinfo
 
-    def __call__(self, host, port, family=0, type=0, proto=0, flags=0):
+    # socket.getaddrinfo's own signature: callers pass type= by keyword (shared/outbound.py does).
+    def __call__(self, host, port, family=0, type=0, proto=0, flags=0):  # noqa: A002
         host = host.decode() if isinstance(host, bytes) else host
         try:
             ipaddress.ip_address(host)

@@ -58,7 +58,8 @@ def test_secrets_are_read_as_standard_webhooks_libraries_read_them():
     key = secrets.token_bytes(32)
     padded = "whsec_" + base64.b64encode(key).decode()
     assert padded.endswith("=") and standard_key(padded) == standard_key(padded.rstrip("=")) == key
-    assert standard_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw") == base64.b64decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    assert (standard_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+            == base64.b64decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"))
     # An API key's secret (python -m api.manage_keys prints URL-safe base64): the same bytes in standard base64, which
     # the package reads to the same key.
     key_secret = "whsec_" + base64.urlsafe_b64encode(b"\xfb\xff" + key[2:]).decode().rstrip("=")

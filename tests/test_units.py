@@ -12,12 +12,14 @@ from tests.conftest import REPO
 from worker.search import top_k
 
 
-@pytest.mark.parametrize("image_id", ["a", "uploads/2026/11/cat.jpg", "ID with spaces", "ünïcødé/写真.png", "x" * 256, "a.b/c..d/...", "50%?#&="])
+@pytest.mark.parametrize("image_id", ["a", "uploads/2026/11/cat.jpg", "ID with spaces", "ünïcødé/写真.png", "x" * 256,
+                                      "a.b/c..d/...", "50%?#&="])
 def test_valid_image_ids(image_id):
     assert validate_image_id(image_id) == image_id
 
 
-@pytest.mark.parametrize("image_id", ["", "x" * 257, "tab\tin", "new\nline", " lead", "trail ", "/abs", "end/", "a//b", "./a", "a/../b", "..", "\x00"])
+@pytest.mark.parametrize("image_id", ["", "x" * 257, "tab\tin", "new\nline", " lead", "trail ", "/abs", "end/", "a//b",
+                                      "./a", "a/../b", "..", "\x00"])
 def test_invalid_image_ids(image_id):
     with pytest.raises(LookalikeError) as failure:
         validate_image_id(image_id)
@@ -25,7 +27,8 @@ def test_invalid_image_ids(image_id):
 
 
 @pytest.mark.parametrize("name, ok", [("a", True), ("photos_2026-11", True), ("9lives", True), ("x" * 64, True),
-                                      ("", False), ("_a", False), ("-a", False), ("A", False), ("a.b", False), ("x" * 65, False)])
+                                      ("", False), ("_a", False), ("-a", False), ("A", False), ("a.b", False),
+                                      ("x" * 65, False)])
 def test_collection_names(name, ok):
     if ok:
         assert validate_collection_name(name) == name
@@ -127,8 +130,9 @@ def test_pooled_descriptors():
     gem = descriptors.gem(maps)[0]
     assert descriptors.spoc(maps)[0][0] < gem[0] < descriptors.mac(maps)[0][0]  # between average and max
     regions = descriptors.rmac_regions(7, 7)
-    assert (0, 0, 7, 7) in [(t, l, s, s2) for t, l, s, s2 in regions] or regions[0][2] == 4
-    assert all(0 <= t and 0 <= l and t + s <= 7 and l + s2 <= 7 for t, l, s, s2 in regions) and len(regions) > 3
+    assert (0, 0, 7, 7) in [(top, left, s, s2) for top, left, s, s2 in regions] or regions[0][2] == 4
+    assert all(0 <= top and 0 <= left and top + s <= 7 and left + s2 <= 7 for top, left, s, s2 in regions)
+    assert len(regions) > 3
     for pooled in (descriptors.rmac(maps), descriptors.gem(maps)):
         assert np.isclose(np.linalg.norm(pooled), 1.0)
 

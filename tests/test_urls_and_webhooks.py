@@ -33,9 +33,12 @@ def index_by_url(api, collection, url, **form):
 
 def test_allowlist_patterns():
     allowlist = Allowlist("images.example.com, *.cdn.example.com ,media.local:8080")
-    assert check_url("https://images.example.com/a.jpg", allowlist, invalid_code="invalid_url", refused_code="url_not_allowed", what="URL")
-    assert check_url("http://eu.cdn.example.com/b.png", allowlist, invalid_code="invalid_url", refused_code="url_not_allowed", what="URL")
-    assert check_url("http://media.local:8080/c", allowlist, invalid_code="invalid_url", refused_code="url_not_allowed", what="URL")
+    assert check_url("https://images.example.com/a.jpg", allowlist, invalid_code="invalid_url",
+                     refused_code="url_not_allowed", what="URL")
+    assert check_url("http://eu.cdn.example.com/b.png", allowlist, invalid_code="invalid_url",
+                     refused_code="url_not_allowed", what="URL")
+    assert check_url("http://media.local:8080/c", allowlist, invalid_code="invalid_url",
+                     refused_code="url_not_allowed", what="URL")
     for refused in ("http://cdn.example.com/", "http://media.local/c", "http://images.example.com.evil.net/",
                     "http://evilimages.example.com/",
                     # without a port, an entry admits only the scheme's default port
@@ -50,7 +53,8 @@ def test_allowlist_patterns():
             check_url(invalid, allowlist, invalid_code="invalid_url", refused_code="url_not_allowed", what="URL")
         assert error.value.code == "invalid_url", invalid
     with pytest.raises(LookalikeError):
-        check_url("http://images.example.com/", Allowlist(""), invalid_code="invalid_url", refused_code="url_not_allowed", what="URL")
+        check_url("http://images.example.com/", Allowlist(""), invalid_code="invalid_url",
+                  refused_code="url_not_allowed", what="URL")
 
 
 def test_names_reach_private_addresses_only_where_the_address_is_listed(monkeypatch):
@@ -63,7 +67,8 @@ def test_names_reach_private_addresses_only_where_the_address_is_listed(monkeypa
 
     monkeypatch.setattr("socket.getaddrinfo", resolve)
     allowlist = Allowlist("*.cdn.example.com,intranet,media.internal:8080,10.20.0.0/16:8080")
-    target = lambda url: check_url(url, allowlist, invalid_code="invalid_url", refused_code="url_not_allowed", what="URL")  # noqa: E731
+    target = lambda url: check_url(url, allowlist, invalid_code="invalid_url",  # noqa: E731
+                                   refused_code="url_not_allowed", what="URL")
     addresses = lambda url: [str(a) for a in resolve_addresses(target(url), "url_not_allowed", timeout=5)]  # noqa: E731
     assert addresses("http://public.cdn.example.com/a.jpg") == ["93.184.216.34"]
     assert addresses("http://media.internal:8080/a.jpg") == ["10.20.3.4"]  # its network is listed too

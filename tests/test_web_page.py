@@ -71,7 +71,8 @@ def test_dropping_an_image_shows_ranked_thumbnails(api, collection, browser):
 
     browser.get(api.base_url + "/")
     wait = WebDriverWait(browser, 60)
-    wait.until(lambda _: collection in [option.text for option in Select(browser.find_element(By.ID, "collection")).options])
+    wait.until(lambda _: collection in [option.text
+                                        for option in Select(browser.find_element(By.ID, "collection")).options])
     Select(browser.find_element(By.ID, "collection")).select_by_visible_text(collection)
     file_input = browser.find_element(By.ID, "file")
     browser.execute_script("arguments[0].hidden = false", file_input)  # what clicking the drop zone opens
@@ -93,7 +94,8 @@ def test_dropping_an_image_shows_ranked_thumbnails(api, collection, browser):
 
 def test_errors_show_on_the_page(api, browser):
     browser.get(api.base_url + "/")
-    WebDriverWait(browser, 30).until(lambda _: browser.find_element(By.ID, "collection").find_elements(By.TAG_NAME, "option"))
+    WebDriverWait(browser, 30).until(
+        lambda _: browser.find_element(By.ID, "collection").find_elements(By.TAG_NAME, "option"))
     file_input = browser.find_element(By.ID, "file")
     browser.execute_script("arguments[0].hidden = false", file_input)
     file_input.send_keys(str(DATA / "make_images.py"))  # not an image

@@ -93,6 +93,7 @@ def test_worker_stops_at_start_with_a_message(tmp_path, service_env, weights, ex
         weights = str(tmp_path / "not-really.weights.h5")
         (tmp_path / "not-really.weights.h5").write_bytes(b"this is not an HDF5 file")
     env = service_env | {"LOOKALIKE_WEIGHTS": weights, "LOOKALIKE_WORKER_METRICS_PORT": "0"}
-    finished = subprocess.run([sys.executable, "-m", "worker"], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    finished = subprocess.run([sys.executable, "-m", "worker"], env=env, cwd=REPO, capture_output=True, text=True,
+                              timeout=120)
     assert finished.returncode == 2
     assert expected in finished.stderr

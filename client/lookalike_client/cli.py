@@ -237,7 +237,8 @@ def _near(result: dict) -> str:
 @click.option("--precision", default=0.99, show_default=True, help="The precision the threshold must reach.")
 @click.option("--collection", "-c", default=None, help="Set the proposed threshold on this collection (--apply).")
 @click.option("--apply", is_flag=True, help="PUT the proposed match_threshold on --collection.")
-@click.option("--json", "as_json", is_flag=True, help="The proposal is always printed as JSON (accepted for uniformity).")
+@click.option("--json", "as_json", is_flag=True,
+              help="The proposal is always printed as JSON (accepted for uniformity).")
 @click.pass_obj
 def calibrate(client: Client, pairs, precision: float, collection: str | None, apply: bool, as_json: bool) -> None:
     """Propose a match_threshold from labelled pairs: JSON lines of {"score": s, "same": true|false}.
@@ -257,8 +258,8 @@ def calibrate(client: Client, pairs, precision: float, collection: str | None, a
     if apply:
         current = client.collection(collection)["settings"]
         updated = client.set_collection(collection, **{**current, "match_threshold": proposal["threshold"]})
-        click.echo(f"{collection}: match_threshold {current['match_threshold']} -> {updated['settings']['match_threshold']}",
-                   err=True)
+        click.echo(f"{collection}: match_threshold {current['match_threshold']} "
+                   f"-> {updated['settings']['match_threshold']}", err=True)
 
 
 def _pair(line: str) -> dict | None:

@@ -24,6 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel
 from spectree import Response, SecurityScheme, SecuritySchemeData, SpecTree
 from spectree.model_adapter.pydantic_adapter import BaseFile
 
+from shared.collection_settings import CollectionSettings  # validates PUT bodies and is documented here
+from shared.inputs import MAX_EXPAND, MAX_K  # the bounds the routes check, documented from the same constants
+
 def _example(example: dict) -> ConfigDict:
     return ConfigDict(json_schema_extra={"examples": [example]})
 
@@ -116,14 +119,16 @@ class QueryForm(BaseModel):
     hash: str | None = Field(None, description="A PDQ hash (64 hex digits, Meta's format) to search by PDQ alone.")
     hash_quality: int | None = Field(None, description="The hash's quality, 0-100 (default 100).",
                                      json_schema_extra={"example": 100})
-    k: int | None = Field(None, description="Matches wanted, 1-1000 (default 10).", json_schema_extra={"example": 10})
+    k: int | None = Field(None, ge=1, le=MAX_K, description=f"Matches wanted, 1-{MAX_K} (default 10).",
+                          json_schema_extra={"example": 10})
     min_score: float | None = Field(None, description="Only CNN scores of at least this, -1 to 1.",
                                     json_schema_extra={"example": -1})
     filter: str | None = Field(None, description="A JSON object of metadata fields that must be equal.")
     signals: Signals | None = Field(None, description="What finds and ranks matches (default both; by `vector`, "
                                     "the CNN alone).")
     expand: int | None = Field(None, description="Query expansion: average the query with this many of its best "
-                               "CNN matches and search again, 0-10 (default 0).", json_schema_extra={"example": 0})
+                               f"CNN matches and search again, 0-{MAX_EXPAND} (default 0).", ge=0, le=MAX_EXPAND,
+                               json_schema_extra={"example": 0})
     callback_url: str | None = None
     write_token: str | None = Field(None, description="What index and vectors answers give (`write_token`): the "
                                     "query sees those writes, whatever staleness a sharded collection allows.")
@@ -149,23 +154,6 @@ class CheckForm(BaseModel):
     partial: bool | None = Field(None, description="A collection whose buckets several search groups hold: answer "
                                  "from the groups that answered in time, naming the buckets missing (default false: "
                                  "fail `search_unavailable`).", json_schema_extra={"example": False})
-
-
-class CollectionSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"match_threshold": 0.9, "pdq_max_distance": 31, "kind": "block", "whitening": False, "group": None}]})
-    match_threshold: float = Field(0.9, ge=-1, le=1)
-    pdq_max_distance: int = Field(31, ge=0, le=256)
-    kind: Literal["block", "allow"] = "block"
-    whitening: bool = Field(False, description="Search in a PCA-whitened space learned from the collection's own "
-                            "vectors (once it holds enough; re-learned as it grows). Changes what scores mean: "
-                            "calibrate `match_threshold` again.")
-    group: str | None = Field(None, description="The search group holding the collection (one of "
-                              "`LOOKALIKE_SEARCH_GROUPS`); null: chosen by a stable hash of its name.")
-    buckets: int = Field(1, ge=1, le=1024, description="How many buckets the collection's images are spread "
-                         "over (by a hash of their id), each in a Redis Cluster slot of its own. Fixed when the "
-                         "collection is first written: another count is `409 buckets_fixed`. Left out of a PUT: "
-                         "the collection keeps its count.")
 
 
 class WhiteningSummary(BaseModel):

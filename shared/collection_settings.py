@@ -1,49 +1,67 @@
-"""A collection's settings (PUT /v1/collections/{collection}): their defaults and their validation."""
+"""A collection's settings (PUT /v1/collections/{collection}): one pydantic model that both checks what a
+caller sends and documents it (api/openapi.py uses the same class), and the defaults derived from it."""
 
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import LookalikeError
 
 COLLECTION_KINDS = ("block", "allow")
-# match_threshold: CNN cosine at or above which a match is a near-duplicate;
-# pdq_max_distance: PDQ Hamming distance at or below which it is (Meta's suggested 31);
-# whitening: search in a PCA-whitened space learned from the collection's own vectors.
-# group: the search group holding the collection (LOOKALIKE_SEARCH_GROUPS); None: chosen by a hash of its name.
 # A collection's buckets: its images spread by a hash of their id (shared.keys.bucket_of), each bucket's keys in
 # a hash slot of its own. Fixed when the collection is first written; 1 (the default) is the unsharded layout.
 MAX_BUCKETS = 1024
-DEFAULT_COLLECTION_SETTINGS = {"match_threshold": 0.9, "pdq_max_distance": 31, "kind": "block", "whitening": False,
-                               "group": None}
 PDQ_BITS = 256
 
 
-def validate_collection_settings(value: Any, groups: tuple[str, ...]) -> dict[str, Any]:
-    """A complete settings object: ``match_threshold`` (-1 to 1), ``pdq_max_distance`` (0-256),
-    ``kind`` (block or allow), ``whitening`` (true or false) and ``group`` (one of ``groups``, the search
-    groups, or null: by a hash of the name); fields left out take their defaults. ``buckets`` (1 to
-    MAX_BUCKETS) is kept only when given: left out, the collection keeps the count it has."""
-    problem = None
-    if not isinstance(value, dict) or set(value) - set(DEFAULT_COLLECTION_SETTINGS) - {"buckets"}:
-        problem = f"Send a JSON object with only {sorted([*DEFAULT_COLLECTION_SETTINGS, 'buckets'])}."
-    else:
-        buckets = value.get("buckets", 1)
-        value = DEFAULT_COLLECTION_SETTINGS | value
-        threshold, distance = value["match_threshold"], value["pdq_max_distance"]
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not -1 <= threshold <= 1:
-            problem = "'match_threshold' must be a number from -1 to 1."
-        elif isinstance(distance, bool) or not isinstance(distance, int) or not 0 <= distance <= PDQ_BITS:
-            problem = f"'pdq_max_distance' must be a whole number from 0 to {PDQ_BITS}."
-        elif value["kind"] not in COLLECTION_KINDS:
-            problem = f"'kind' must be one of {list(COLLECTION_KINDS)}."
-        elif not isinstance(value["whitening"], bool):
-            problem = "'whitening' must be true or false."
-        elif value["group"] is not None and value["group"] not in groups:
-            problem = f"'group' must be null or one of this service's search groups {list(groups)}."
-        elif isinstance(buckets, bool) or not isinstance(buckets, int) or not 1 <= buckets <= MAX_BUCKETS:
-            problem = f"'buckets' must be a whole number from 1 to {MAX_BUCKETS}."
-    if problem:
-        raise LookalikeError("invalid_collection_settings", problem)
-    settings = {"match_threshold": float(value["match_threshold"]), "pdq_max_distance": value["pdq_max_distance"],
-                "kind": value["kind"], "whitening": value["whitening"], "group": value["group"]}
-    return settings | ({"buckets": value["buckets"]} if "buckets" in value else {})
+class CollectionSettings(BaseModel):
+    """What a match means in the collection, and where it lives. Strict: ``true`` is not a number, ``"8"`` is
+    not a count -- a caller's mistake is refused, never coerced into a setting it did not mean."""
 
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
+        {"match_threshold": 0.9, "pdq_max_distance": 31, "kind": "block", "whitening": False, "group": None}]})
+    match_threshold: float = Field(0.9, ge=-1, le=1, description="CNN cosine at or above which a match is a "
+                                   "near-duplicate.")
+    pdq_max_distance: int = Field(31, ge=0, le=PDQ_BITS, description="PDQ Hamming distance at or below which a "
+                                  "match is a near-duplicate (Meta suggests 31).")
+    kind: Literal["block", "allow"] = Field("block", description="What a near-duplicate means: the verdict.")
+    whitening: bool = Field(False, description="Search in a PCA-whitened space learned from the collection's own "
+                            "vectors (once it holds enough; re-learned as it grows). Changes what scores mean: "
+                            "calibrate `match_threshold` again.")
+    group: str | None = Field(None, description="The search group holding the collection (one of "
+                              "`LOOKALIKE_SEARCH_GROUPS`); null: chosen by a stable hash of its name.")
+    buckets: int = Field(1, ge=1, le=MAX_BUCKETS, description="How many buckets the collection's images are spread "
+                         "over (by a hash of their id), each in a Redis Cluster slot of its own. Fixed when the "
+                         "collection is first written: another count is `409 buckets_fixed`. Left out of a PUT: "
+                         "the collection keeps its count.")
+
+
+DEFAULT_COLLECTION_SETTINGS = CollectionSettings().model_dump(exclude={"buckets"})
+
+
+def validate_collection_settings(value: Any, groups: tuple[str, ...]) -> dict[str, Any]:
+    """A complete settings object from what a caller sent (fields left out take their defaults), checked by
+    :class:`CollectionSettings` and against this service's search ``groups``; ``buckets`` is kept only when
+    given (left out, the collection keeps the count it has). Refused: ``invalid_collection_settings``."""
+    if not isinstance(value, dict):
+        raise LookalikeError("invalid_collection_settings",
+                             f"Send a JSON object with only {sorted(CollectionSettings.model_fields)}.")
+    try:
+        settings = CollectionSettings.model_validate(value)
+    except ValidationError as error:
+        raise LookalikeError("invalid_collection_settings", _problem(error)) from None
+    if settings.group is not None and settings.group not in groups:
+        raise LookalikeError("invalid_collection_settings",
+                             f"'group' must be null or one of this service's search groups {list(groups)}.")
+    checked = settings.model_dump(exclude={"buckets"}) | {"match_threshold": float(settings.match_threshold)}
+    return checked | ({"buckets": settings.buckets} if "buckets" in settings.model_fields_set else {})
+
+
+def _problem(error: ValidationError) -> str:
+    """The first thing wrong, said in the settings' own words."""
+    first = error.errors()[0]
+    name = str(first["loc"][0]) if first["loc"] else ""
+    if first["type"] == "extra_forbidden" or name not in CollectionSettings.model_fields:
+        return f"Send a JSON object with only {sorted(CollectionSettings.model_fields)}."
+    field = CollectionSettings.model_fields[name]
+    return f"'{name}': {first['msg']} ({field.description})"

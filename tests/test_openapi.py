@@ -161,3 +161,22 @@ def test_api_errors_carry_the_declared_headers(app):
     down = unreachable.get("/v1/collections/c1")
     assert down.status_code == 503 and down.json["error"]["code"] == "store_unavailable"
     assert down.headers["Retry-After"] == "5"
+
+
+@pytest.mark.parametrize("body", [
+    {}, {"match_threshold": 1}, {"match_threshold": -1.0, "kind": "allow"}, {"pdq_max_distance": 0}, {"buckets": 8},
+    {"match_threshold": 1.5}, {"match_threshold": True}, {"match_threshold": "0.9"}, {"pdq_max_distance": 3.5},
+    {"pdq_max_distance": 257}, {"kind": "maybe"}, {"whitening": 1}, {"buckets": "8"}, {"buckets": 0},
+    {"threshold": 0.9}, [0.9],
+])
+def test_collection_settings_are_refused_exactly_when_the_document_says_so(app, document, body):
+    """One model checks PUT bodies and is the document's schema (shared/collection_settings.py): what the schema
+    accepts the API accepts, what it refuses the API refuses with invalid_collection_settings."""
+    schema = {"$ref": "#/components/schemas/CollectionSettings", "components": document["components"]}
+    valid = jsonschema.Draft202012Validator(schema).is_valid(body)
+    answer = app.test_client().put("/v1/collections/agree", json=body)
+    if valid:
+        assert answer.status_code == 200, (body, answer.json)
+    else:
+        assert answer.status_code == 400 and answer.json["error"]["code"] == "invalid_collection_settings", body
+    app.test_client().delete("/v1/collections/agree")

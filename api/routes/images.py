@@ -2,6 +2,7 @@
 hashes, reading an image's record or thumbnail, and deleting it."""
 
 import uuid
+from typing import Any
 
 from flask import Blueprint, jsonify, request, url_for
 from flask import Response as FlaskResponse
@@ -77,30 +78,13 @@ def store_vectors(collection: str):
     # NaN and Infinity may reach the vectors (refused there: 422 vector_not_finite), never the metadata
     # (validate_metadata); the body may nest as deep as an item's metadata, plus its own three levels.
     body = _json_body("invalid_json", max_depth=MAX_JSON_DEPTH + 3, allow_non_finite=True)
-    if not isinstance(body, dict) or not isinstance(body.get("items"), list) or not body["items"]:
-        raise LookalikeError("invalid_json", 'Send a JSON object {"items": [{"id", "vector", "metadata"}, ...]}.')
-    items = body["items"]
-    if len(items) > settings.max_vectors_per_request:
-        raise LookalikeError("too_many_vectors", f"At most {settings.max_vectors_per_request} vectors per request.",
-                             {"max_items": settings.max_vectors_per_request, "received": len(items)})
     store = _context()["store"]
-    store.check_room_for_images(settings.store_full_ratio, collection)
+    items = _items(body, collection, "vectors", '{"items": [{"id", "vector", "metadata"}, ...]}')
     descriptor = _descriptor_for_vectors(collection, body)
-    checked, seen_ids = [], set()
-    for position, item in enumerate(items):
-        try:
-            if not isinstance(item, dict) or not isinstance(item.get("id"), str):
-                raise LookalikeError("invalid_image_id", "Each item needs an 'id' string.")
-            image_id = validate_image_id(item["id"])
-            if image_id in seen_ids:
-                raise LookalikeError("duplicate_image_id", "This id appears earlier in the same request.")
-            seen_ids.add(image_id)
-            vector = parse_vector(item.get("vector"), descriptor.dimension)
-            metadata = validate_metadata(item.get("metadata", {}), settings.max_metadata_bytes)
-        except LookalikeError as error:
-            error.details = {"item": position, **error.details}
-            raise
-        checked.append((image_id, vector, metadata, None, None))  # no image, so no PDQ hash or thumbnail
+    vectors = _checked_items(items, settings.max_metadata_bytes,
+                             lambda item: parse_vector(item.get("vector"), descriptor.dimension))
+    checked = [(image_id, vector, metadata, None, None)  # no image, so no PDQ hash or thumbnail
+               for image_id, vector, metadata in vectors]
     written: dict[int, int] = {}
     replaced = store.save_images(collection, checked, descriptor, written=written)
     return jsonify({"collection": collection, "stored": len(checked), "replaced": replaced,
@@ -120,30 +104,12 @@ def store_hashes(collection: str):
     settings = _context()["settings"]
     collection = validate_collection_name(collection)
     body = _json_body("invalid_json", max_depth=MAX_JSON_DEPTH + 3)
-    if not isinstance(body, dict) or not isinstance(body.get("items"), list) or not body["items"]:
-        raise LookalikeError("invalid_json",
-                             'Send a JSON object {"items": [{"id", "hash", "quality", "metadata"}, ...]}.')
-    items = body["items"]
-    if len(items) > settings.max_vectors_per_request:
-        raise LookalikeError("too_many_hashes", f"At most {settings.max_vectors_per_request} hashes per request.",
-                             {"max_items": settings.max_vectors_per_request, "received": len(items)})
     store = _context()["store"]
-    store.check_room_for_images(settings.store_full_ratio, collection)
-    checked, seen_ids = [], set()
-    for position, item in enumerate(items):
-        try:
-            if not isinstance(item, dict) or not isinstance(item.get("id"), str):
-                raise LookalikeError("invalid_image_id", "Each item needs an 'id' string.")
-            image_id = validate_image_id(item["id"])
-            if image_id in seen_ids:
-                raise LookalikeError("duplicate_image_id", "This id appears earlier in the same request.")
-            seen_ids.add(image_id)
-            pdq_hash = parse_pdq_hash(item.get("hash"), item.get("quality"))
-            metadata = validate_metadata(item.get("metadata", {}), settings.max_metadata_bytes)
-        except LookalikeError as error:
-            error.details = {"item": position, **error.details}
-            raise
-        checked.append((image_id, None, metadata, pdq_hash.encode(), None))  # no image: no vector, no thumbnail
+    items = _items(body, collection, "hashes", '{"items": [{"id", "hash", "quality", "metadata"}, ...]}')
+    hashes = _checked_items(items, settings.max_metadata_bytes,
+                            lambda item: parse_pdq_hash(item.get("hash"), item.get("quality")))
+    checked = [(image_id, None, metadata, pdq_hash.encode(), None)  # no image: no vector, no thumbnail
+               for image_id, pdq_hash, metadata in hashes]
     written: dict[int, int] = {}
     replaced = store.save_images(collection, checked, None, written=written)
     return jsonify({"collection": collection, "stored": len(checked), "replaced": replaced,
@@ -163,6 +129,42 @@ def _descriptor_for_vectors(collection: str, body: dict) -> Descriptor:
         return Descriptor(workers[0]["model"], workers[0]["dimension"], workers[0]["weights"])
     raise LookalikeError("descriptor_unknown", "The collection is new and no worker is running: say which model and "
                          "weights produced these vectors ('model' and 'weights' in the request).")
+
+
+def _items(body, collection: str, what: str, shape: str) -> list:
+    """The ``items`` of a JSON body storing vectors or hashes, refused when malformed or too many, and only when
+    the store has room for them."""
+    settings, store = _context()["settings"], _context()["store"]
+    if not isinstance(body, dict) or not isinstance(body.get("items"), list) or not body["items"]:
+        raise LookalikeError("invalid_json", f"Send a JSON object {shape}.")
+    items = body["items"]
+    if len(items) > settings.max_vectors_per_request:
+        raise LookalikeError(f"too_many_{what}", f"At most {settings.max_vectors_per_request} {what} per request.",
+                             {"max_items": settings.max_vectors_per_request, "received": len(items)})
+    store.check_room_for_images(settings.store_full_ratio, collection)
+    return items
+
+
+def _checked_items(items: list, max_metadata_bytes: int, parse_value) -> list[tuple[str, Any, dict]]:
+    """``(id, value, metadata)`` of every item, each checked before any is written: its id (unique in the
+    request), its value (``parse_value(item)``: a vector, a hash) and its metadata; the first bad item refuses
+    the request, its position in ``details.item``."""
+    checked, seen_ids = [], set()
+    for position, item in enumerate(items):
+        try:
+            if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+                raise LookalikeError("invalid_image_id", "Each item needs an 'id' string.")
+            image_id = validate_image_id(item["id"])
+            if image_id in seen_ids:
+                raise LookalikeError("duplicate_image_id", "This id appears earlier in the same request.")
+            seen_ids.add(image_id)
+            value = parse_value(item)
+            metadata = validate_metadata(item.get("metadata", {}), max_metadata_bytes)
+        except LookalikeError as error:
+            error.details = {"item": position, **error.details}
+            raise
+        checked.append((image_id, value, metadata))
+    return checked
 
 
 @blueprint.post("/v1/collections/<collection>/batches")

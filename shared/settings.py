@@ -58,15 +58,19 @@ class Settings(BaseSettings):
                             description="Largest accepted width × height, read from the image header.")
     max_metadata_bytes: int = Field(16 * 1024, gt=0, description="Largest accepted `metadata` JSON document.")
     default_k: int = Field(10, ge=1, le=1000, description="Matches returned by a query that gives no `k`.")
-    max_wait_seconds: int = Field(30, ge=0, description="Largest `?wait=` accepted by GET /v1/tasks/{id}.")
+    max_wait_seconds: int = Field(30, ge=0, description="Largest `?wait=` accepted by GET /v1/tasks/{id}; a "
+                                  "`Prefer: wait=N` on a check or query is held at most this long.")
     max_batch_files: int = Field(256, ge=1, description="Most images in one bulk upload (POST .../batches).")
     max_batch_bytes: int = Field(256 * 1024 * 1024, gt=0, description="Largest accepted bulk upload request.")
-    max_vectors_per_request: int = Field(1000, ge=1, description="Most vectors in one POST .../vectors request.")
-    max_waiting_polls: int = Field(8, ge=0, description="Most `GET /v1/tasks/{id}?wait=` polls one API process "
-                                   "holds waiting at once (keep it under gunicorn's 16 threads); a poll beyond it is "
-                                   "answered at once with the task as it stands.")
-    max_waiting_polls_per_key: int = Field(4, ge=0, description="Most waiting polls one API key (one client address "
-                                           "with keys off) holds in one API process; beyond it, answered at once.")
+    max_vectors_per_request: int = Field(1000, ge=1, description="Most vectors in one POST .../vectors request, "
+                                         "and most hashes in one POST .../hashes.")
+    max_waiting_polls: int = Field(8, ge=0, description="Most waiting requests (`GET /v1/tasks/{id}?wait=` polls "
+                                   "and `Prefer: wait` checks and queries) one API process holds at once (keep it "
+                                   "under gunicorn's 16 threads); one beyond it is answered at once: the task as it "
+                                   "stands, or 202.")
+    max_waiting_polls_per_key: int = Field(4, ge=0, description="Most waiting requests one API key (one client "
+                                           "address with keys off) holds in one API process; beyond it, answered at "
+                                           "once.")
     auth_failure_limit: str = Field("30/minute", description="Failed authentications allowed per client address, "
                                     "in Flask-Limiter's notation; past it, `429 rate_limited` for that address until "
                                     "the window ends. Empty: no limit.")

@@ -2,6 +2,7 @@
 teams share them), checked and queried by image or by hash, the query's own hash returned; a synchronous
 answer with ``Prefer: wait``; no verdict from a collection nobody configured."""
 
+import numpy as np
 import pytest
 
 from tests.conftest import natural_images, store_snapshot
@@ -148,3 +149,36 @@ def test_prefer_wait_answers_a_check_with_its_result(api, banned):
     # Without the preference (or with one the server cannot honour) the usual 202.
     assert submit(api, collection, "checks", image=images["camera"]).status_code == 202
     assert submit(api, collection, "checks", image=images["camera"], headers={"Prefer": "wait=soon"}).status_code == 202
+
+
+def test_a_thousand_hashes_with_metadata_fit_one_request(api, collection):
+    """The documented most (LOOKALIKE_MAX_VECTORS_PER_REQUEST) with a kilobyte of metadata each: over the API's
+    default 1 MiB body, within the per-item budget vectors have too."""
+    rng = np.random.default_rng(41)
+    items = [{"id": f"list/{n}", "hash": rng.integers(0, 256, 32, dtype=np.uint8).tobytes().hex(),
+              "metadata": {"note": "x" * 1000}} for n in range(1000)]
+    answer = bank(api, collection, items)
+    assert answer.status_code == 201, answer.text[:300]
+    assert answer.json()["stored"] == 1000
+
+
+def test_prefer_wait_answers_202_when_redis_fails_during_the_wait(redis_server, monkeypatch):
+    """The task is queued before the wait: a Redis failure while waiting must not become a 503 that invites
+    submitting the check again (a second check, a second webhook)."""
+    import redis as redis_py
+
+    from api.app import create_app
+    from shared.settings import Settings
+
+    app = create_app(Settings(redis_url=redis_server.url.rsplit("/", 1)[0] + "/5", auth=False, rate_limit=""))
+    store = app.extensions["lookalike"]["store"]
+
+    def gone(task_id, timeout):
+        raise redis_py.exceptions.ConnectionError("Redis went away")
+
+    monkeypatch.setattr(store, "wait_for_task", gone)
+    answer = app.test_client().post("/v1/collections/blip/checks", data={"hash": "ab" * 32},
+                                    headers={"Prefer": "wait=5"})
+    assert answer.status_code == 202, answer.json
+    assert store.get_task(answer.json["task_id"])["state"] == "queued"
+    store.redis.flushdb()

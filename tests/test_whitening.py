@@ -188,3 +188,26 @@ def test_the_index_task_that_fills_a_collection_starts_its_whitening(api, collec
     assert task["state"] == "succeeded"
     learned = learned_whitening(api, collection, MIN_IMAGES)  # no query needed
     assert learned["learned_from"] == MIN_IMAGES
+
+
+def test_hashes_banked_alone_do_not_count_towards_learning_a_whitening(api, worker, collection, redis_client):
+    """Entries count hashes banked without images, which have no vector: a collection of MIN_IMAGES hashes and
+    three vectors is not whitened from three vectors (which would keep two dimensions); the worker says so and
+    keeps its claim rather than trying again on every query."""
+    assert api.http.put(api.url(f"/v1/collections/{collection}"), json={"whitening": True}).status_code == 200
+    rng = np.random.default_rng(31)
+    banked = [{"id": f"h{n}", "hash": rng.integers(0, 256, 32, dtype=np.uint8).tobytes().hex()}
+              for n in range(MIN_IMAGES)]
+    assert api.http.post(api.url(f"/v1/collections/{collection}/hashes"), json={"items": banked}).status_code == 201
+    vectors = unit_vectors(3, seed=31)
+    put_vectors(api, collection, vectors)
+    said = f"whitening of {collection} not learned: 3 of its {MIN_IMAGES + 3} entries have vectors"
+    deadline = time.monotonic() + 60
+    while said not in worker.output():  # a query notices the collection is due and starts the learning
+        result = query_result(api, collection, vectors[0], k=3)
+        assert time.monotonic() < deadline, "the worker never decided"
+        time.sleep(0.2)
+    assert redis_client.hget(keys.collection_whitening(collection), "learned_at") is None
+    assert result["whitened"] is None and result["matches"][0]["id"] == "v0"
+    claim = keys.collection_whitening_claim(collection)
+    assert redis_client.exists(claim) and redis_client.ttl(claim) > 0  # kept until it expires

@@ -379,11 +379,18 @@ def learn_whitening(collection: str) -> None:
     """
     store, settings = get_store(), get_settings()
     started = time.perf_counter()
-    outcome = "skipped"
+    outcome, keep_claim = "skipped", False
     try:
         info = store.collection_info(collection)
         if info is not None and info["settings"]["whitening"] and info["images"] >= settings.whitening_min_images:
-            sample = store.sample_vectors(collection, settings.whitening_sample_images, info["dimension"])
+            sample = store.sample_vectors(collection, settings.whitening_sample_images, info["dimension"] or 0)
+            if len(sample) < settings.whitening_min_images:
+                # Entries count hashes banked alone, which have no vector: too few vectors to learn from. The
+                # claim is kept until it expires, so that every index and query does not ask again meanwhile.
+                log.info("whitening of %s not learned: %d of its %d entries have vectors (%d needed)", collection,
+                         len(sample), info["images"], settings.whitening_min_images)
+                keep_claim = True
+                return
             whitening = Whitening.learn(sample)
             stored = StoredWhitening(whitening.mean, whitening.projection, learned_from=len(sample),
                                      collection_size=info["images"], learned_at=utc_now())
@@ -394,7 +401,8 @@ def learn_whitening(collection: str) -> None:
         outcome = FAILED
         log.exception("learning the whitening of %s failed; the next index or query tries again", collection)
     finally:
-        store.release_whitening_claim(collection)
+        if not keep_claim:
+            store.release_whitening_claim(collection)
         metrics.TASK_SECONDS.labels("whiten").observe(time.perf_counter() - started)
         metrics.TASKS.labels("whiten", outcome, "").inc()
 

@@ -16,7 +16,7 @@ from shared.queue import TASK_KINDS, TASK_QUEUES
 from shared.task_records import CALLBACK_PENDING
 
 FORM_OVERHEAD_BYTES = 256 * 1024
-# A 512-d vector as a JSON array of floats, with its id and metadata, stays well under this.
+# A 512-d vector as a JSON array of floats (or a hash), with its id and metadata, stays well under this.
 VECTOR_REQUEST_BYTES_PER_ITEM = 32 * 1024
 
 
@@ -37,7 +37,7 @@ def apply_request_limits() -> None:
     elif request.endpoint == "images.index_batch":
         request.max_content_length = settings.max_batch_bytes
         request.max_form_memory_size = settings.max_batch_files * settings.max_metadata_bytes + FORM_OVERHEAD_BYTES
-    elif request.endpoint == "images.store_vectors":
+    elif request.endpoint in ("images.store_vectors", "images.store_hashes"):
         request.max_content_length = settings.max_vectors_per_request * VECTOR_REQUEST_BYTES_PER_ITEM
 
 

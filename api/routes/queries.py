@@ -21,7 +21,7 @@ from shared.inputs import (
 from shared.matching import CNN, PDQ, parse_filter, parse_signals
 from shared.perceptual_hashes import parse_pdq_hash
 from shared.queue import CHECK_TASK, QUERY_TASK
-from shared.store import encode_vector
+from shared.store import REDIS_UNAVAILABLE, encode_vector
 from shared.task_records import FINISHED_STATES, task_resource
 from shared.vectors import VECTOR_DIMENSION, parse_vector_field
 from shared.write_tokens import parse_write_token
@@ -107,7 +107,10 @@ def _submit_query(task_name: str, collection: str, *, k: int, min_score: float |
     [task_id] = _enqueue(task_name, [(fields, kwargs, query_input)])
     status_url = url_for("tasks.get_task", task_id=task_id)
     if wait:  # Prefer: wait=N -- the result in this answer when the task finishes in time
-        _, record = _wait_for(task_id, wait)
+        try:
+            _, record = _wait_for(task_id, wait)
+        except REDIS_UNAVAILABLE:  # the task is queued: say so (202), never a 503 that invites submitting it again
+            record = None
         if record is not None and record["state"] in FINISHED_STATES:
             response = jsonify(task_resource(record))
             response.headers["Preference-Applied"] = f"wait={wait}"

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from lookalike_client import ApiError, Client
+from lookalike_client import ApiError, Client, TaskFailed
 from tests.conftest import DATA, natural_images
 from tests.local_http import Answer
+from tests.test_pdq import decoded
+from worker.pdq import compute_pdq
 
 LOOKALIKE = Path(sys.executable).parent / "lookalike"  # the console script lookalike-client installs
 # Ids a caller may choose and `lookalike index` makes from file names: each reserved character of a URL.
@@ -110,8 +112,9 @@ def test_cli_queries_checks_and_lists(api, collection):
     client = Client(api.base_url)
     client.result(client.index(collection, DATA / "rocket.jpg", image_id="rocket").task_id)
     unconfigured = lookalike(api, "check", str(DATA / "rocket.jpg"), "-c", collection)
-    assert unconfigured.returncode == 0, unconfigured.stderr  # no verdict: not a block list (yet)
+    assert unconfigured.returncode == 6, unconfigured.stderr  # no verdict, but a near-duplicate: fail closed
     assert "verdict: none given (collection not configured; near-duplicate: yes)" in unconfigured.stdout
+    assert "no moderation settings" in unconfigured.stderr
     client.set_collection(collection, match_threshold=0.95, kind="block")
 
     table = lookalike(api, "query", str(DATA / "rocket.jpg"), "-c", collection, "-k", "3")
@@ -189,7 +192,10 @@ def test_cli_version_and_usage_errors_exit_2():
     assert shown.returncode == 0 and shown.stdout.strip() == f"lookalike, version {version('lookalike-client')}"
     wrong = [["no-such-command"], ["query", str(DATA / "moon.jpg")], ["--url", "ftp://example.org", "collections"],
              ["settings", "photos", "--set", "kind"], ["delete", "--collection", "photos"], ["index", "--json"],
-             ["calibrate", str(DATA / "moon.jpg"), "--apply"], ["query", "/no/such/file.jpg", "-c", "photos"]]
+             ["calibrate", str(DATA / "moon.jpg"), "--apply"], ["query", "/no/such/file.jpg", "-c", "photos"],
+             ["check", "-c", "photos"], ["check", str(DATA / "moon.jpg"), "--hash", "0" * 64, "-c", "photos"],
+             ["query", "--hash-quality", "50", str(DATA / "moon.jpg"), "-c", "photos"],
+             ["bank-hashes", "-c", "photos", "/no/such/file.csv"]]
     for args in wrong:  # none of these reaches the service (nothing listens on port 1)
         run = subprocess.run([str(LOOKALIKE), "--url", "http://127.0.0.1:1", *args] if args[0] != "--url"
                              else [str(LOOKALIKE), *args], capture_output=True, text=True, timeout=60)
@@ -250,3 +256,149 @@ def test_cli_indexes_odd_file_names_with_json_then_deletes_sets_and_drops(api, c
     assert json.loads(dropped.stdout) == {"collection": collection, "deleted": True, "images": 1}
     gone = lookalike(api, "drop", collection, "--yes")
     assert gone.returncode == 1 and "collection_not_found" in gone.stderr
+
+
+def pdq_hashes(*names: str) -> dict:
+    """The PDQ hashes (``.hex``, ``.quality``) of test photographs, as a hash list would carry them."""
+    images = natural_images()
+    return {name: compute_pdq(decoded(images[name])) for name in names}
+
+
+def record_requests(client: Client) -> list:
+    """Every answer the client's session receives from now on (its request: ``.request``)."""
+    seen: list = []
+    client.http.hooks["response"].append(lambda response, *args, **kwargs: seen.append(response))
+    return seen
+
+
+def test_the_client_banks_hashes_in_batches_and_checks_and_queries_by_hash(client, collection):
+    hashes = pdq_hashes("camera", "astronaut", "rocket")
+    ids = dict(zip(hashes, ODD_IDS))  # ids with each reserved character of a URL
+    items = ({"id": ids[name], "hash": pdq.hex, "quality": pdq.quality, "metadata": {"name": name}}
+             for name, pdq in hashes.items())  # any iterable: a generator here
+    seen = record_requests(client)
+    banked = client.bank_hashes(collection, items, batch_size=2)
+    assert {key: banked[key] for key in ("collection", "stored", "replaced")} == \
+        {"collection": collection, "stored": 3, "replaced": 0}
+    assert re.fullmatch(r"\d+:\d+(,\d+:\d+)*", banked["write_token"])
+    assert [(response.request.method, response.status_code) for response in seen] == [("POST", 201)] * 2
+    assert client.image(collection, ids["camera"])["pdq"] == {"hash": hashes["camera"].hex,
+                                                             "quality": hashes["camera"].quality}
+    again = client.bank_hashes(collection, [{"id": ids["rocket"], "hash": hashes["rocket"].hex}])
+    assert (again["stored"], again["replaced"]) == (1, 1)
+    assert client.bank_hashes(collection, []) == {"collection": collection, "stored": 0, "replaced": 0,
+                                                   "write_token": None}
+
+    checked = client.check(collection, hash=hashes["camera"].hex, hash_quality=hashes["camera"].quality,
+                           write_token=banked["write_token"])
+    assert checked["best_match"]["id"] == ids["camera"] and checked["best_match"]["pdq_distance"] == 0
+    assert checked["best_match"]["metadata"] == {"name": "camera"} and checked["pdq_hash"] == hashes["camera"].hex
+    assert checked["near_duplicate"] is True and checked["verdict"] is None  # settings never set: no verdict
+    queried = client.query(collection, hash=hashes["astronaut"].hex, k=3)
+    assert queried["matches"][0]["id"] == ids["astronaut"] and queried["signals"] == ["pdq"]
+
+    # A refused item: its position in what was given (across batches), and what was banked before it.
+    bad = [{"id": "ok/1", "hash": hashes["camera"].hex}, {"id": "ok/2", "hash": hashes["rocket"].hex},
+           {"id": "bad", "hash": "not hex"}]
+    with pytest.raises(ApiError) as error:
+        client.bank_hashes(collection, bad, batch_size=2)
+    assert (error.value.status, error.value.code) == (400, "invalid_hash")
+    assert error.value.details["item"] == 2 and error.value.details["banked"]["stored"] == 2
+    assert {"ok/1", "ok/2"} <= client.image_ids(collection) and "bad" not in client.image_ids(collection)
+
+
+def test_check_with_wait_is_one_round_trip_and_polls_when_the_answer_is_202(api, client, collection, web_server):
+    camera = pdq_hashes("camera")["camera"]
+    client.bank_hashes(collection, [{"id": "list/camera", "hash": camera.hex, "quality": camera.quality}])
+    seen = record_requests(client)
+    result = client.check(collection, hash=camera.hex, wait=30)
+    assert result["best_match"]["id"] == "list/camera"
+    [answer] = seen  # the check's own answer held the result: no poll of the task
+    assert (answer.request.method, answer.status_code) == ("POST", 200)
+    assert answer.request.headers["Prefer"] == "wait=30" and answer.headers["Preference-Applied"] == "wait=30"
+
+    seen.clear()  # wait=0: no preference, the usual 202, then the task polled
+    assert client.check(collection, hash=camera.hex, wait=0)["best_match"]["id"] == "list/camera"
+    assert "Prefer" not in seen[0].request.headers and seen[0].status_code == 202
+    polls = [response.request.path_url.split("?")[0] for response in seen[1:]]
+    assert polls and set(polls) == {f"/v1/tasks/{seen[0].json()['task_id']}"}
+
+    seen.clear()  # asked to wait, but the task outlasts the wait (a slow image URL): 202, then polled
+    slow = web_server.route(f"/slow-{collection}.jpg", Answer(200, natural_images()["camera"], delay_seconds=1.6))
+    assert client.check(collection, url=slow, wait=1)["best_match"]["id"] == "list/camera"
+    assert seen[0].request.headers["Prefer"] == "wait=1" and seen[0].status_code == 202
+    assert any(response.request.path_url.startswith("/v1/tasks/") for response in seen[1:])
+
+
+def test_check_with_wait_takes_a_finished_task_from_the_answer(web_server):
+    """A 200 answer with the finished task: its result, or TaskFailed as result() raises; never a poll."""
+    def finished(state: str, task_id: str) -> Answer:
+        task = {"task_id": task_id, "kind": "check", "state": state,
+                "result": {"verdict": "block", "near_duplicate": True} if state == "succeeded" else None,
+                "error": {"code": "image_undecodable", "message": "x", "details": {}} if state == "failed" else None}
+        return Answer(200, json.dumps(task).encode(), {"Content-Type": "application/json",
+                                                      "Preference-Applied": "wait=10"})
+
+    web_server.route("/v1/collections/waited/checks", finished("succeeded", "waited-1"))
+    web_server.route("/v1/collections/failed/checks", finished("failed", "failed-1"))
+    client = Client(web_server.base_url)
+    assert client.check("waited", hash="0" * 64) == {"verdict": "block", "near_duplicate": True}
+    [posted] = web_server.requests_to("/v1/collections/waited/checks")
+    assert posted.headers["Prefer"] == "wait=10" and posted.body == b"hash=" + b"0" * 64
+    with pytest.raises(TaskFailed) as failure:
+        client.check("failed", hash="0" * 64)
+    assert failure.value.code == "image_undecodable"
+    assert not [request for request in web_server.received if request.path.startswith(("/v1/tasks/waited-1",
+                                                                                        "/v1/tasks/failed-1"))]
+
+
+def test_cli_banks_hash_files_checks_by_hash_and_fails_closed_without_settings(api, client, collection, tmp_path):
+    hashes = pdq_hashes("camera", "astronaut", "rocket")
+    listed = tmp_path / "list.jsonl"
+    listed.write_text(json.dumps({"id": ODD_IDS[0], "hash": hashes["camera"].hex, "quality": hashes["camera"].quality,
+                                  "metadata": {"list": "shared"}}) + "\n\n")
+    banked = lookalike(api, "bank-hashes", str(listed), "-c", collection)
+    assert banked.returncode == 0, banked.stderr
+    assert banked.stdout.strip() == f"banked 1 hashes in {collection} (replaced 0)"
+    assert client.image(collection, ODD_IDS[0])["metadata"] == {"list": "shared"}
+
+    table = tmp_path / "list.csv"  # a header, a quoted id with a comma, a TSV line without quality
+    table.write_text(f"id,hash,quality\r\n\"a,b&c=d\",{hashes['astronaut'].hex},{hashes['astronaut'].quality}\r\n"
+                     f"#hash\t{hashes['rocket'].hex.upper()}\r\n")
+    as_json = lookalike(api, "bank-hashes", str(table), "-c", collection, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert {key: value for key, value in json.loads(as_json.stdout).items() if key != "write_token"} == \
+        {"collection": collection, "stored": 2, "replaced": 0}
+    assert client.image_ids(collection) == {ODD_IDS[0], "a,b&c=d", "#hash"}
+    assert client.image(collection, "#hash")["pdq"] == {"hash": hashes["rocket"].hex, "quality": 100}
+
+    refused = tmp_path / "refused.csv"  # the second request (one hash each) is refused: the first stays banked
+    refused.write_text(f"fine,{hashes['rocket'].hex}\n\nbad id,{'z' * 64}\nlater,{hashes['rocket'].hex}\n")
+    failed = lookalike(api, "bank-hashes", str(refused), "-c", collection, "--batch-size", "1", "--json")
+    assert failed.returncode == 1, failed.stderr
+    assert "refused line 3 (item 1, id 'bad id'): invalid_hash:" in failed.stderr
+    assert json.loads(failed.stdout)["refused"] == {"item": 1, "line": 3, "id": "bad id", "code": "invalid_hash",
+                                                    "message": json.loads(failed.stdout)["refused"]["message"]}
+    assert json.loads(failed.stdout)["stored"] == 1 and "later" not in client.image_ids(collection)
+    unreadable = tmp_path / "unreadable.csv"
+    unreadable.write_text("just-an-id\n")
+    assert lookalike(api, "bank-hashes", str(unreadable), "-c", collection).returncode == 2
+
+    # No settings: a near-duplicate gets no verdict, and the check fails closed (6, not 0).
+    camera = lookalike(api, "check", "--hash", hashes["camera"].hex, "-c", collection)
+    assert camera.returncode == 6, camera.stderr
+    assert "verdict: none given (collection not configured; near-duplicate: yes)" in camera.stdout
+    assert ODD_IDS[0] in camera.stdout and "no moderation settings" in camera.stderr
+    unlike = bytes(255 - byte for byte in bytes.fromhex(hashes["camera"].hex)).hex()  # 256 bits from the camera's
+    clean = lookalike(api, "check", "--hash", unlike, "--hash-quality", "90", "-c", collection, "--json")
+    assert clean.returncode == 0, clean.stderr
+    assert json.loads(clean.stdout)["near_duplicate"] is False and json.loads(clean.stdout)["verdict"] is None
+    found = lookalike(api, "query", "--hash", hashes["astronaut"].hex, "-c", collection, "--json", "--wait", "0")
+    assert json.loads(found.stdout)["matches"][0]["id"] == "a,b&c=d"
+    bad_hash = lookalike(api, "check", "--hash", "abc", "-c", collection)
+    assert bad_hash.returncode == 1 and "invalid_hash" in bad_hash.stderr
+
+    assert lookalike(api, "settings", collection, "--set", "kind=block").returncode == 0
+    blocked = lookalike(api, "check", "--hash", hashes["camera"].hex, "-c", collection)
+    assert blocked.returncode == 3 and "verdict: block" in blocked.stdout, blocked.stderr
+    assert lookalike(api, "check", "--hash", unlike, "-c", collection).returncode == 0

@@ -3,6 +3,8 @@
     lookalike index photos/ --collection photos        # recursive, resumable, with a progress bar
     lookalike query cat.jpg --collection photos -k 5   # a table, or --json
     lookalike check upload.jpg --collection banned --allow known-good
+    lookalike check --hash f8f8f0cc... --collection banned   # a PDQ hash instead of an image
+    lookalike bank-hashes shared-list.csv --collection banned  # a file of PDQ hashes (JSON lines or CSV)
     lookalike task <task id>
     lookalike collections
     lookalike delete -c photos 2026/cat.jpg            # images by id
@@ -13,12 +15,15 @@
 ``--url`` and ``--api-key`` come from flags or LOOKALIKE_API_URL / LOOKALIKE_API_KEY. Every command
 takes ``--json`` (its result as JSON on stdout; messages and the progress bar go to stderr).
 
-Exit status: 0 done; 1 the work failed (the service answered an error, a task failed or did not finish
-within --timeout, some images were not indexed or deleted, no threshold found); 2 called wrong (click's
-usage errors); 3 and 4 a check's verdict, block and allow; 5 the service could not be reached (no
-connection, or no answer within --timeout).
+Exit status: 0 done (check: no near-duplicate); 1 the work failed (the service answered an error, a task
+failed or did not finish within --timeout, some images were not indexed or deleted, a hash was refused, no
+threshold found); 2 called wrong (click's usage errors); 3 and 4 a check's verdict, block and allow; 5 the
+service could not be reached (no connection, or no answer within --timeout); 6 check: a near-duplicate was
+found but the collection gives no verdict (its moderation settings were never set) -- fail closed, so that
+``lookalike check ... || reject`` never lets a near-duplicate through.
 """
 
+import csv
 import json
 import sys
 import time
@@ -30,9 +35,18 @@ import requests
 from tqdm import tqdm
 
 from lookalike_client.calibration import propose_threshold
-from lookalike_client.client import DEFAULT_URL, KEY_VARIABLE, URL_VARIABLE, ApiError, Client, TaskFailed
+from lookalike_client.client import (
+    DEFAULT_URL,
+    DEFAULT_WAIT_SECONDS,
+    KEY_VARIABLE,
+    MAX_ITEMS_PER_REQUEST,
+    URL_VARIABLE,
+    ApiError,
+    Client,
+    TaskFailed,
+)
 
-EXIT_FAILED, EXIT_USAGE, EXIT_BLOCK, EXIT_ALLOW, EXIT_UNREACHABLE = 1, 2, 3, 4, 5
+EXIT_FAILED, EXIT_USAGE, EXIT_BLOCK, EXIT_ALLOW, EXIT_UNREACHABLE, EXIT_UNCONFIGURED = 1, 2, 3, 4, 5, 6
 
 
 class Failed(click.ClickException):
@@ -89,8 +103,15 @@ FAILURES_SHOWN = 20
 def main(context: click.Context, url: str, api_key: str | None, timeout: float) -> None:
     """Index images into Lookalike and ask it what looks alike.
 
-    Exit status: 0 done, 1 the work failed (an error answer, a failed task, images not indexed),
-    2 called wrong, 3 and 4 a check's verdict (block, allow), 5 the service could not be reached.
+    \b
+    Exit status:
+      0  done (check: no near-duplicate)
+      1  the work failed (an error answer, a failed task, images not indexed, a hash refused)
+      2  called wrong
+      3  check: a near-duplicate in a block collection
+      4  check: a near-duplicate in an allow collection
+      5  the service could not be reached
+      6  check: a near-duplicate, but the collection has no moderation settings (no verdict)
     """
     context.obj = Client(url, api_key, timeout=timeout)
 
@@ -179,8 +200,27 @@ def _index_batch(client: Client, collection: str, batch: list[tuple[str, Path]],
             progress.update(1)
 
 
+def hash_options(command):
+    """IMAGE or --hash (with --hash-quality), and --wait: the query inputs of `query` and `check`."""
+    command = click.option("--wait", type=click.IntRange(0, 30), default=DEFAULT_WAIT_SECONDS, show_default=True,
+                           help="Seconds the service may hold its answer until the task finishes (one round trip); "
+                                "0: poll for the result instead.")(command)
+    command = click.option("--hash-quality", type=click.IntRange(0, 100), default=None,
+                           help="The --hash's PDQ quality, 0-100 (the service's default: 100).")(command)
+    command = click.option("--hash", "pdq_hash", metavar="HEX", default=None,
+                           help="A PDQ hash (64 hex digits) instead of IMAGE: searched by PDQ alone.")(command)
+    return click.argument("image", type=click.Path(exists=True, dir_okay=False), required=False)(command)
+
+
+def _one_input(image: str | None, pdq_hash: str | None, hash_quality: int | None) -> None:
+    if (image is None) == (pdq_hash is None):
+        raise click.UsageError("give exactly one of IMAGE and --hash")
+    if hash_quality is not None and pdq_hash is None:
+        raise click.UsageError("--hash-quality goes with --hash")
+
+
 @main.command()
-@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@hash_options
 @click.option("--collection", "-c", required=True)
 @click.option("-k", default=10, show_default=True, help="Matches wanted.")
 @click.option("--signals", type=click.Choice(["cnn", "pdq", "both"]), default=None)
@@ -188,10 +228,12 @@ def _index_batch(client: Client, collection: str, batch: list[tuple[str, Path]],
               "with this many of its best matches and search again.")
 @json_option
 @click.pass_obj
-def query(client: Client, image: str, collection: str, k: int, signals: str | None, expand: int | None,
-          as_json: bool) -> None:
-    """Rank a collection against an image."""
-    result = client.query(collection, image, k=k, signals=signals, expand=expand)
+def query(client: Client, image: str | None, pdq_hash: str | None, hash_quality: int | None, wait: int,
+          collection: str, k: int, signals: str | None, expand: int | None, as_json: bool) -> None:
+    """Rank a collection against an image (IMAGE) or a PDQ hash (--hash)."""
+    _one_input(image, pdq_hash, hash_quality)
+    result = client.query(collection, image, hash=pdq_hash, hash_quality=hash_quality, k=k, signals=signals,
+                          expand=expand, wait=wait)
     if as_json:
         _echo_json(result)
         return
@@ -200,16 +242,30 @@ def query(client: Client, image: str, collection: str, k: int, signals: str | No
 
 
 @main.command()
-@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@hash_options
 @click.option("--collection", "-c", required=True)
 @click.option("--allow", "allow_collections", multiple=True, help="An allow-list collection (repeatable).")
 @click.option("--signals", type=click.Choice(["cnn", "pdq", "both"]), default=None)
 @json_option
 @click.pass_obj
-def check(client: Client, image: str, collection: str, allow_collections: tuple[str, ...], signals: str | None,
-          as_json: bool) -> None:
-    """Is an image a near-duplicate of anything in a collection? Exit status 0: no, 3: block, 4: allow."""
-    result = client.check(collection, image, signals=signals, allow_collections=list(allow_collections) or None)
+def check(client: Client, image: str | None, pdq_hash: str | None, hash_quality: int | None, wait: int,
+          collection: str, allow_collections: tuple[str, ...], signals: str | None, as_json: bool) -> None:
+    """Is an image (IMAGE) or a PDQ hash (--hash) a near-duplicate of anything in a collection?
+
+    \b
+    Exit status:
+      0  no near-duplicate
+      3  a near-duplicate; the collection is a block list (verdict block)
+      4  a near-duplicate; the collection is an allow list, or an --allow collection
+         holds it too (verdict allow)
+      6  a near-duplicate, but the collection gives no verdict: its moderation settings
+         were never set (lookalike settings COLLECTION --set kind=block)
+      1  the check failed; 5 the service could not be reached
+    A gate such as `lookalike check ... || reject` lets through only exit status 0.
+    """
+    _one_input(image, pdq_hash, hash_quality)
+    result = client.check(collection, image, hash=pdq_hash, hash_quality=hash_quality, signals=signals,
+                          allow_collections=list(allow_collections) or None, wait=wait)
     if as_json:
         _echo_json(result)
     else:
@@ -217,7 +273,21 @@ def check(client: Client, image: str, collection: str, allow_collections: tuple[
         for label in ("best_match", "allow_match"):
             if result.get(label):
                 _print_matches([result[label]], title=label)
-    sys.exit({"block": EXIT_BLOCK, "allow": EXIT_ALLOW}.get(result["verdict"], 0))
+    sys.exit(_check_exit_status(result, collection))
+
+
+def _check_exit_status(result: dict, collection: str) -> int:
+    """A check's exit status, failing closed: 0 only when nothing here is a near-duplicate."""
+    verdict = result["verdict"]
+    if verdict in ("block", "allow"):
+        return {"block": EXIT_BLOCK, "allow": EXIT_ALLOW}[verdict]
+    if verdict is None and _near(result) == "yes":
+        click.echo(f"near-duplicate found, but collection {collection} has no moderation settings (no verdict): "
+                   f"set them with `lookalike settings {collection} --set kind=block` (or kind=allow)", err=True)
+        return EXIT_UNCONFIGURED
+    if verdict in ("none", None):
+        return 0
+    raise Failed(f"the service gave a verdict this client does not know: {verdict!r}")
 
 
 def _verdict_line(result: dict) -> str:
@@ -228,8 +298,92 @@ def _verdict_line(result: dict) -> str:
 
 
 def _near(result: dict) -> str:
-    near = result.get("near_duplicate", bool(result.get("matches")) and result["matches"][0]["near_duplicate"])
+    if "near_duplicate" in result:  # a check's result
+        near = result["near_duplicate"]
+    elif "matches" in result:  # a query's: the best match
+        near = bool(result["matches"]) and result["matches"][0].get("near_duplicate")
+    else:
+        near = bool(result.get("best_match") and result["best_match"].get("near_duplicate"))
     return "yes" if near else "no"
+
+
+@main.command("bank-hashes")
+@click.argument("file", type=click.File("r", encoding="utf-8-sig"))  # a BOM (a spreadsheet's export): not an id's
+@click.option("--collection", "-c", required=True, help="The collection to bank the hashes in.")
+@click.option("--batch-size", type=click.IntRange(1, MAX_ITEMS_PER_REQUEST), default=MAX_ITEMS_PER_REQUEST,
+              show_default=True, help="Hashes per request.")
+@json_option
+@click.pass_obj
+def bank_hashes(client: Client, file, collection: str, batch_size: int, as_json: bool) -> None:
+    """Bank PDQ hashes without their images (a shared hash list) from FILE ('-': stdin), one hash a line.
+
+    \b
+    Each line is either
+      JSON:  {"id": "list/2291", "hash": "<64 hex digits>", "quality": 90, "metadata": {...}}
+      CSV:   list/2291,<64 hex digits>[,quality]   (a tab instead of the comma: TSV)
+    ("quality" 0-100, 100 when left out; "metadata" JSON lines only). CSV fields may be
+    quoted ("a,b",<hash>); a first line whose second field is "hash" is a header and
+    skipped, and so are blank lines.
+
+    A file that cannot be read so is refused (exit status 2) before anything is sent. The
+    service checks each hash, id and metadata: a refused one stops the banking with exit
+    status 1, naming its line and id; the requests before it (--batch-size hashes each)
+    stay banked. Ids already in the collection are replaced.
+    """
+    lines, items, header_possible = [], [], True
+    for number, line in enumerate(file, 1):
+        item = _hash_line(line, number, header_possible)
+        header_possible = header_possible and not line.strip()
+        if item is not None:
+            lines.append(number)
+            items.append(item)
+    try:
+        totals = client.bank_hashes(collection, items, batch_size=batch_size)
+    except ApiError as error:
+        banked = error.details.get("banked") or {"stored": 0, "replaced": 0, "write_token": None}
+        position = error.details.get("item")
+        refused = {"code": error.code, "message": error.message}
+        if isinstance(position, int) and not isinstance(position, bool) and 0 <= position < len(items):
+            refused = {"item": position, "line": lines[position], "id": items[position].get("id"), **refused}
+            click.echo(f"refused line {refused['line']} (item {position}, id {refused['id']!r}): "
+                       f"{error.code}: {error.message}", err=True)
+        else:  # the request as a whole (too many items, the store full, ...)
+            click.echo(f"refused: {error.code}: {error.message}", err=True)
+        click.echo(f"banked {banked['stored']} of {len(items)} hashes before the refusal (replaced "
+                   f"{banked['replaced']}); the rest were not banked", err=True)
+        if as_json:
+            _echo_json({"collection": collection, **banked, "refused": refused})
+        sys.exit(EXIT_FAILED)
+    if as_json:
+        _echo_json(totals)
+    else:
+        click.echo(f"banked {totals['stored']} hashes in {totals['collection']} (replaced {totals['replaced']})")
+
+
+def _hash_line(line: str, number: int, first: bool) -> dict | None:
+    """One line of a hash file as an item of bank_hashes (None: blank, or the first line a CSV header)."""
+    text = line.strip("\r\n")
+    if not text.strip():
+        return None
+    if text.lstrip().startswith("{"):
+        try:
+            item = json.loads(text)
+        except ValueError as error:
+            raise click.BadParameter(f"line {number}: not JSON ({error})", param_hint="FILE") from None
+        if not isinstance(item, dict):
+            raise click.BadParameter(f"line {number}: not a JSON object", param_hint="FILE")
+        return item
+    fields = next(csv.reader([text], delimiter="\t" if "\t" in text else ","))
+    if len(fields) not in (2, 3):
+        raise click.BadParameter(f"line {number}: {len(fields)} fields; a CSV line is id,hash[,quality]",
+                                 param_hint="FILE")
+    if first and fields[1].strip().lower() == "hash":
+        return None  # a header: id,hash,quality
+    item: dict = {"id": fields[0], "hash": fields[1].strip()}
+    if len(fields) == 3 and fields[2].strip():
+        quality = fields[2].strip()
+        item["quality"] = int(quality) if quality.isdigit() else quality  # the service refuses what is not 0-100
+    return item
 
 
 @main.command()

@@ -4,7 +4,9 @@
     lookalike = Client("http://127.0.0.1:8000", api_key="lk_...")
     lookalike.index("photos", "cat.jpg", image_id="cats/1.jpg", metadata={"source": "upload"})
     matches = lookalike.query("photos", "other.jpg", k=5)["matches"]
-    verdict = lookalike.check("banned", "upload.jpg")["verdict"]
+    verdict = lookalike.check("banned", "upload.jpg")["verdict"]   # one round trip when it finishes in time
+    lookalike.bank_hashes("banned", [{"id": "list/2291", "hash": "f8f8f0cc...", "quality": 100}])
+    verdict = lookalike.check("banned", hash="f8f8f0cc...")["verdict"]
 
 Retries: connection errors, 429 (after its Retry-After), 502, 503 and 504 are retried with
 exponential backoff (urllib3's Retry). POSTs are retried too: each carries a fresh
@@ -20,7 +22,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,10 @@ URL_VARIABLE, KEY_VARIABLE = "LOOKALIKE_API_URL", "LOOKALIKE_API_KEY"
 FINISHED = ("succeeded", "failed")
 # The server holds a ?wait= poll at most this long (LOOKALIKE_MAX_WAIT_SECONDS' default).
 LONG_POLL_SECONDS = 30
+# How long check() and query() ask the server to hold their answer (``Prefer: wait=N``) by default.
+DEFAULT_WAIT_SECONDS = 10
+# Most hashes the server takes in one request (LOOKALIKE_MAX_VECTORS_PER_REQUEST's default).
+MAX_ITEMS_PER_REQUEST = 1000
 
 ImageInput = bytes | str | Path  # image bytes, or the path of an image file
 
@@ -102,23 +108,73 @@ class Client:
         return self._post(f"/v1/collections/{_segment(collection)}/batches", form, files).json()
 
     def query(self, collection: str, image: ImageInput | None = None, *, vector: list[float] | None = None,
-              url: str | None = None, k: int = 10, min_score: float | None = None, filter: dict | None = None,  # noqa: A002
-              signals: str | None = None, expand: int | None = None, timeout: float | None = None) -> dict:
-        """Rank the collection against an image, a ``url`` or a ``vector``; the finished task's result.
+              url: str | None = None, hash: str | None = None, hash_quality: int | None = None,  # noqa: A002
+              k: int = 10, min_score: float | None = None, filter: dict | None = None,  # noqa: A002
+              signals: str | None = None, expand: int | None = None, write_token: str | None = None,
+              timeout: float | None = None, wait: int = DEFAULT_WAIT_SECONDS) -> dict:
+        """Rank the collection against an image, a ``url``, a ``vector`` or a PDQ ``hash``; the finished task's result.
 
-        ``expand``: query expansion over that many best matches (see docs/api.md)."""
-        form = _form(vector=vector, url=url, k=k, min_score=min_score, filter=filter, signals=signals,
-                     expand=expand)
-        submitted = _submitted(self._post(f"/v1/collections/{_segment(collection)}/queries", form, _image_files(image)))
-        return self.result(submitted.task_id, timeout)
+        ``hash``: 64 hex digits (with ``hash_quality`` 0-100), searched by PDQ alone. ``expand``: query
+        expansion over that many best matches (see docs/api.md). ``write_token``: see those writes (what
+        :meth:`bank_hashes` or an index task gave). ``wait`` and ``timeout``: as for :meth:`check`."""
+        form = _form(vector=vector, url=url, hash=hash, hash_quality=hash_quality, k=k, min_score=min_score,
+                     filter=filter, signals=signals, expand=expand, write_token=write_token)
+        return self._submit_and_wait(f"/v1/collections/{_segment(collection)}/queries", form, image, timeout, wait)
 
     def check(self, collection: str, image: ImageInput | None = None, *, vector: list[float] | None = None,
-              url: str | None = None, signals: str | None = None, allow_collections: list[str] | None = None,
-              filter: dict | None = None, timeout: float | None = None) -> dict:  # noqa: A002
-        """Is this a near-duplicate of anything in the collection? The check's result (``verdict``, ``best_match``)."""
-        form = _form(vector=vector, url=url, signals=signals, allow_collections=allow_collections, filter=filter)
-        submitted = _submitted(self._post(f"/v1/collections/{_segment(collection)}/checks", form, _image_files(image)))
-        return self.result(submitted.task_id, timeout)
+              url: str | None = None, hash: str | None = None, hash_quality: int | None = None,  # noqa: A002
+              signals: str | None = None, allow_collections: list[str] | None = None,
+              filter: dict | None = None, write_token: str | None = None,  # noqa: A002
+              timeout: float | None = None, wait: int = DEFAULT_WAIT_SECONDS) -> dict:
+        """Is this a near-duplicate of anything in the collection? The check's result (``verdict``, ``best_match``).
+
+        One of ``image``, ``url``, ``vector`` or ``hash`` (a PDQ hash, 64 hex digits, with ``hash_quality``:
+        searched by PDQ alone). ``verdict`` is None for a collection whose settings were never set (a plain
+        index, no block or allow list): ``near_duplicate`` still says whether anything matched.
+
+        ``wait`` (seconds, 0 = off) asks the server to hold its answer until the check finishes
+        (``Prefer: wait=N``): in time, the result comes in that one answer; otherwise (or from a server that
+        does not honour the preference) the task is polled, as without it. ``timeout`` bounds the whole call
+        (the client's timeout by default): ``TimeoutError`` past it, ``TaskFailed`` for a failed check.
+        """
+        form = _form(vector=vector, url=url, hash=hash, hash_quality=hash_quality, signals=signals,
+                     allow_collections=allow_collections, filter=filter, write_token=write_token)
+        return self._submit_and_wait(f"/v1/collections/{_segment(collection)}/checks", form, image, timeout, wait)
+
+    def bank_hashes(self, collection: str, items: Iterable[dict], *, batch_size: int = MAX_ITEMS_PER_REQUEST) -> dict:
+        """Bank PDQ hashes without their images (a shared hash list): ``{"id", "hash", "quality"?, "metadata"?}``
+        dicts, ``hash`` 64 hex digits, ``quality`` 0-100 (the server's default 100 when left out).
+
+        Sent in requests of at most ``batch_size`` items, in order, each stored as a whole or refused as a
+        whole by the server; ids repeated in different requests replace each other. Returns the totals
+        ``{"collection", "stored", "replaced", "write_token"}``, ``write_token`` covering every request's
+        writes (pass it to :meth:`check` or :meth:`query` to see them at once); no items: nothing sent.
+
+        A refused item raises ``ApiError`` (``invalid_hash``, ``invalid_hash_quality``, a bad or repeated id,
+        bad metadata) with ``details["item"]`` its 0-based position in ``items`` (across batches) and
+        ``details["banked"]`` the totals of the requests stored before it: those are kept.
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        path = f"/v1/collections/{_segment(collection)}/hashes"
+        totals: dict[str, Any] = {"collection": collection, "stored": 0, "replaced": 0, "write_token": None}
+        written: dict[int, int] = {}
+        offset = 0
+        for batch in _batches(items, batch_size):
+            try:
+                answer = self._post_json(path, {"items": batch})
+            except ApiError as error:
+                if isinstance(error.details.get("item"), int) and not isinstance(error.details["item"], bool):
+                    error.details["item"] += offset
+                error.details["banked"] = dict(totals)
+                raise
+            totals["collection"] = answer.get("collection", collection)
+            totals["stored"] += answer["stored"]
+            totals["replaced"] += answer["replaced"]
+            _merge_write_token(written, answer.get("write_token"))
+            totals["write_token"] = ",".join(f"{bucket}:{seq}" for bucket, seq in sorted(written.items())) or None
+            offset += len(batch)
+        return totals
 
     # --- Results -----------------------------------------------------------------------------
 
@@ -147,10 +203,7 @@ class Client:
 
     def result(self, task_id: str, timeout: float | None = None) -> dict:
         """The result of a task that succeeded; ``TaskFailed`` if it failed."""
-        task = self.wait(task_id, timeout)
-        if task["state"] == "failed":
-            raise TaskFailed(task)
-        return task["result"]
+        return _task_result(self.wait(task_id, timeout))
 
     def batch(self, batch_id: str) -> dict:
         return self._get(f"/v1/batches/{_segment(batch_id)}")
@@ -204,12 +257,32 @@ class Client:
         read_timeout = self.timeout + int(params.get("wait") or 0)
         return self.http.get(self.url + path, params=params, timeout=read_timeout)
 
-    def _post(self, path: str, form: dict[str, str], files: list | None) -> requests.Response:
+    def _post(self, path: str, form: dict[str, str], files: list | None, wait: int = 0) -> requests.Response:
         headers = {"Idempotency-Key": uuid.uuid4().hex}  # makes the automatic retries safe
+        if wait:
+            headers["Prefer"] = f"wait={wait}"  # RFC 7240: hold the answer until the task finishes, or wait s
         response = self.http.post(self.url + path, data=form, files=files or None, headers=headers,
-                                  timeout=self.timeout)
+                                  timeout=self.timeout + wait)
         self._json(response)  # raises ApiError on an error answer
         return response
+
+    def _post_json(self, path: str, body: dict) -> dict:
+        headers = {"Idempotency-Key": uuid.uuid4().hex}
+        return self._json(self.http.post(self.url + path, json=body, headers=headers, timeout=self.timeout))
+
+    def _submit_and_wait(self, path: str, form: dict[str, str], image: ImageInput | None, timeout: float | None,
+                         wait: int) -> dict:
+        """Submit a query or check and return its result: from the answer itself when the server held it until
+        the task finished (``200`` with the task, ``Prefer: wait``), else by polling the task (``202``)."""
+        started = time.monotonic()
+        timeout = self.timeout if timeout is None else timeout
+        wait = max(0, min(int(wait), int(timeout)))  # never held longer than the caller will wait
+        response = self._post(path, form, _image_files(image), wait)
+        body = response.json()
+        if response.status_code == 200 and body.get("state") in FINISHED:  # the finished task
+            return _task_result(body)
+        remaining = max(0.0, timeout - (time.monotonic() - started))
+        return self.result(body["task_id"], remaining)
 
     @staticmethod
     def _json(response: requests.Response) -> dict:
@@ -230,6 +303,32 @@ class Client:
 def _segment(value: str) -> str:
     """A caller's value as one URL path segment: every reserved character percent-encoded (``/`` too)."""
     return quote(str(value), safe="")
+
+
+def _task_result(task: dict) -> dict:
+    """A finished task's result; ``TaskFailed`` if it failed."""
+    if task["state"] == "failed":
+        raise TaskFailed(task)
+    return task["result"]
+
+
+def _batches(items: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    batch: list[dict] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _merge_write_token(written: dict[int, int], token: str | None) -> None:
+    """Fold a write token (``<bucket>:<change>`` pairs, comma-separated) into ``written``: per bucket the latest
+    change. Each request's token names the buckets it wrote; together they cover every request's writes."""
+    for pair in filter(None, (token or "").split(",")):
+        bucket, _, seq = pair.partition(":")
+        written[int(bucket)] = max(written.get(int(bucket), 0), int(seq))
 
 
 def _submitted(response: requests.Response) -> Submitted:

@@ -15,6 +15,8 @@ copy, docs/openapi.json, which client generators read; a test fails when it drif
 
 import copy
 import functools
+from collections.abc import Callable
+from dataclasses import dataclass
 import importlib.resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,7 +27,17 @@ from spectree import Response, SecurityScheme, SecuritySchemeData, SpecTree
 from spectree.model_adapter.pydantic_adapter import BaseFile
 
 from shared.collection_settings import CollectionSettings  # validates PUT bodies and is documented here
-from shared.inputs import MAX_EXPAND, MAX_K  # the bounds the routes check, documented from the same constants
+from shared.inputs import (
+    MAX_EXPAND,
+    MAX_K,
+    parse_bounded_int,
+    parse_collection_list,
+    parse_min_score,
+    parse_partial,
+)
+from shared.matching import parse_filter, parse_signals
+from shared.perceptual_hashes import parse_hash_bits, parse_hash_quality
+from shared.write_tokens import parse_write_token
 
 def _example(example: dict) -> ConfigDict:
     return ConfigDict(json_schema_extra={"examples": [example]})
@@ -94,6 +106,48 @@ def responses(success: dict[str, Any], *errors: int) -> Response:
 Signals = Literal["cnn", "pdq", "both"]
 
 
+@dataclass(frozen=True)
+class ReadWith:
+    """How a route reads one field of its form: ``parse(raw, settings)`` checks the text as sent (None: left
+    out) and raises the field's stable error code. Declared on the field of the form's model, so that a field
+    is documented and checked in one place (``FormModel.read``)."""
+    parse: Callable[[str | None, Any], Any]
+
+
+AS_SENT = ReadWith(lambda raw, settings: raw)  # checked by the route with the fields it goes with
+
+
+class FormModel(BaseModel):
+    """A multipart form: its model documents it (OpenAPI) and reads it (``read``)."""
+
+    @classmethod
+    def read(cls, form, settings) -> dict[str, Any]:
+        """Every text field of the form, each read by its own ``ReadWith`` in the order declared (files: by the
+        route, from the request's files)."""
+        values = {}
+        for name, field in cls.model_fields.items():
+            reader = next((item for item in field.metadata if isinstance(item, ReadWith)), None)
+            if reader is not None:
+                values[name] = reader.parse(form.get(name), settings)
+        return values
+
+
+def _signals_as_sent(raw: str | None, settings) -> str | None:
+    """``signals`` checked (``invalid_signals``) and kept as sent: its default depends on the route and on what
+    the query is (an image, a vector, a hash)."""
+    if raw is not None:
+        parse_signals(raw, "both")
+    return raw or None
+
+
+def _hash_bits(raw: str | None, settings) -> bytes | None:
+    return None if raw is None else parse_hash_bits(raw)
+
+
+def _hash_quality(raw: str | None, settings) -> int:
+    return parse_hash_quality(raw)
+
+
 class IndexForm(BaseModel):
     model_config = _form({"id": "uploads/2026/cat.jpg", "metadata": '{"tenant": "42"}'})
     image: BaseFile | None = Field(None, description="The image (JPEG, PNG, WebP, BMP, TIFF); or give `url`.")
@@ -111,49 +165,63 @@ class BatchForm(BaseModel):
     callback_url: str | None = None
 
 
-class QueryForm(BaseModel):
+class QueryForm(FormModel):
     model_config = _form({"k": 5, "min_score": 0.5, "filter": '{"tenant": "42"}', "signals": "cnn"})
-    image: BaseFile | None = Field(None, description="The query image; or `url`, or `vector`.")
-    url: str | None = None
-    vector: str | None = Field(None, description="A JSON array of 512 numbers, or base64 of 512 float32.")
-    hash: str | None = Field(None, description="A PDQ hash (64 hex digits, Meta's format) to search by PDQ alone.")
-    hash_quality: int | None = Field(None, description="The hash's quality, 0-100 (default 100).",
-                                     json_schema_extra={"example": 100})
-    k: int | None = Field(None, ge=1, le=MAX_K, description=f"Matches wanted, 1-{MAX_K} (default 10).",
-                          json_schema_extra={"example": 10})
-    min_score: float | None = Field(None, description="Only CNN scores of at least this, -1 to 1.",
-                                    json_schema_extra={"example": -1})
-    filter: str | None = Field(None, description="A JSON object of metadata fields that must be equal.")
-    signals: Signals | None = Field(None, description="What finds and ranks matches (default both; by `vector`, "
-                                    "the CNN alone).")
-    expand: int | None = Field(None, description="Query expansion: average the query with this many of its best "
-                               f"CNN matches and search again, 0-{MAX_EXPAND} (default 0).", ge=0, le=MAX_EXPAND,
-                               json_schema_extra={"example": 0})
-    callback_url: str | None = None
-    write_token: str | None = Field(None, description="What index and vectors answers give (`write_token`): the "
-                                    "query sees those writes, whatever staleness a sharded collection allows.")
-    partial: bool | None = Field(None, description="A collection whose buckets several search groups hold: answer "
-                                 "from the groups that answered in time, naming the buckets missing (default false: "
-                                 "fail `search_unavailable`).", json_schema_extra={"example": False})
+    image: BaseFile | None = Field(None, description="The query image; or `url`, or `vector`, or `hash`.")
+    url: Annotated[str | None, AS_SENT] = Field(None, description="An image URL on the fetch allow list.")
+    vector: Annotated[str | None, AS_SENT] = Field(None, description="A JSON array of 512 numbers, or base64 of 512 "
+                                                   "float32.")
+    hash: Annotated[str | None, ReadWith(_hash_bits)] = Field(None, description="A PDQ hash (64 hex digits, "
+                                                              "Meta's format) to search by PDQ alone.")
+    hash_quality: Annotated[int | None, ReadWith(_hash_quality)] = Field(
+        None, ge=0, le=100, description="The hash's quality, 0-100 (default 100).", json_schema_extra={"example": 100})
+    k: Annotated[int | None, ReadWith(lambda raw, settings: parse_bounded_int(
+        raw, default=settings.default_k, low=1, high=MAX_K, code="invalid_k", name="k"))] = Field(
+        None, ge=1, le=MAX_K, description=f"Matches wanted, 1-{MAX_K} (default 10).", json_schema_extra={"example": 10})
+    min_score: Annotated[float | None, ReadWith(lambda raw, settings: parse_min_score(raw))] = Field(
+        None, description="Only CNN scores of at least this, -1 to 1.", json_schema_extra={"example": -1})
+    filter: Annotated[str | None, ReadWith(lambda raw, settings: parse_filter(raw))] = Field(
+        None, description="A JSON object of metadata fields that must be equal.")
+    signals: Annotated[Signals | None, ReadWith(_signals_as_sent)] = Field(
+        None, description="What finds and ranks matches (default both; by `vector`, the CNN alone; by `hash`, PDQ).")
+    expand: Annotated[int | None, ReadWith(lambda raw, settings: parse_bounded_int(
+        raw, default=0, low=0, high=MAX_EXPAND, code="invalid_expand", name="expand"))] = Field(
+        None, ge=0, le=MAX_EXPAND, description="Query expansion: average the query with this many of its best CNN "
+        f"matches and search again, 0-{MAX_EXPAND} (default 0).", json_schema_extra={"example": 0})
+    callback_url: Annotated[str | None, AS_SENT] = Field(None, description="Where to POST the finished task.")
+    write_token: Annotated[str | None, ReadWith(lambda raw, settings: parse_write_token(raw))] = Field(
+        None, description="What index and vectors answers give (`write_token`): the query sees those writes, "
+        "whatever staleness a sharded collection allows.")
+    partial: Annotated[bool | None, ReadWith(lambda raw, settings: parse_partial(raw))] = Field(
+        None, description="A collection whose buckets several search groups hold: answer from the groups that "
+        "answered in time, naming the buckets missing (default false: fail `search_unavailable`).",
+        json_schema_extra={"example": False})
 
 
-class CheckForm(BaseModel):
+class CheckForm(FormModel):
     model_config = _form({"signals": "both", "allow_collections": '["known-good"]'})
-    image: BaseFile | None = None
-    url: str | None = None
-    vector: str | None = None
-    hash: str | None = Field(None, description="A PDQ hash (64 hex digits, Meta's format) to check by PDQ alone.")
-    hash_quality: int | None = Field(None, description="The hash's quality, 0-100 (default 100).",
-                                     json_schema_extra={"example": 100})
-    filter: str | None = None
-    signals: Signals | None = Field(None, description="What decides a match (default both).")
-    allow_collections: str | None = Field(None, description="A JSON array of allow-list collections.")
-    callback_url: str | None = None
-    write_token: str | None = Field(None, description="What index and vectors answers give (`write_token`): the "
-                                    "query sees those writes, whatever staleness a sharded collection allows.")
-    partial: bool | None = Field(None, description="A collection whose buckets several search groups hold: answer "
-                                 "from the groups that answered in time, naming the buckets missing (default false: "
-                                 "fail `search_unavailable`).", json_schema_extra={"example": False})
+    image: BaseFile | None = Field(None, description="The image to check; or `url`, or `vector`, or `hash`.")
+    url: Annotated[str | None, AS_SENT] = Field(None, description="An image URL on the fetch allow list.")
+    vector: Annotated[str | None, AS_SENT] = Field(None, description="A JSON array of 512 numbers, or base64 of 512 "
+                                                   "float32.")
+    hash: Annotated[str | None, ReadWith(_hash_bits)] = Field(None, description="A PDQ hash (64 hex digits, "
+                                                              "Meta's format) to check by PDQ alone.")
+    hash_quality: Annotated[int | None, ReadWith(_hash_quality)] = Field(
+        None, ge=0, le=100, description="The hash's quality, 0-100 (default 100).", json_schema_extra={"example": 100})
+    filter: Annotated[str | None, ReadWith(lambda raw, settings: parse_filter(raw))] = Field(
+        None, description="A JSON object of metadata fields that must be equal.")
+    signals: Annotated[Signals | None, ReadWith(_signals_as_sent)] = Field(
+        None, description="What decides a match (default both; by `vector`, the CNN alone; by `hash`, PDQ).")
+    allow_collections: Annotated[str | None, ReadWith(lambda raw, settings: parse_collection_list(
+        raw, name="allow_collections"))] = Field(None, description="A JSON array of allow-list collections.")
+    callback_url: Annotated[str | None, AS_SENT] = Field(None, description="Where to POST the finished task.")
+    write_token: Annotated[str | None, ReadWith(lambda raw, settings: parse_write_token(raw))] = Field(
+        None, description="What index and vectors answers give (`write_token`): the check sees those writes, "
+        "whatever staleness a sharded collection allows.")
+    partial: Annotated[bool | None, ReadWith(lambda raw, settings: parse_partial(raw))] = Field(
+        None, description="A collection whose buckets several search groups hold: answer from the groups that "
+        "answered in time, naming the buckets missing (default false: fail `search_unavailable`).",
+        json_schema_extra={"example": False})
 
 
 class WhiteningSummary(BaseModel):

@@ -39,12 +39,22 @@ class PdqHash:
 def parse_pdq_hash(raw, quality=None, *, name: str = "hash") -> PdqHash:
     """A caller's hash: 64 hex digits (either case) and a quality 0-100 (default 100). Refused with
     ``invalid_hash`` / ``invalid_hash_quality``."""
+    return PdqHash(parse_hash_bits(raw, name=name), parse_hash_quality(quality))
+
+
+def parse_hash_bits(raw, *, name: str = "hash") -> bytes:
+    """The 32 bytes of a hash written as 64 hex digits (either case); ``invalid_hash`` otherwise."""
     if not isinstance(raw, str) or not HEX.fullmatch(raw):
         raise LookalikeError("invalid_hash", f"'{name}' must be a PDQ hash: {HEX_DIGITS} hex digits.")
+    return bytes.fromhex(raw)
+
+
+def parse_hash_quality(quality) -> int:
+    """A hash's quality: a whole number 0-100, as a JSON number or form text; left out (None): 100."""
     if quality is None:
-        quality = DEFAULT_QUALITY
-    elif isinstance(quality, str) and quality.isdigit() and len(quality) <= 3:
+        return DEFAULT_QUALITY
+    if isinstance(quality, str) and quality.isdigit() and len(quality) <= 3:
         quality = int(quality)
     if isinstance(quality, bool) or not isinstance(quality, int) or not 0 <= quality <= 100:
         raise LookalikeError("invalid_hash_quality", "A hash's 'quality' must be a whole number from 0 to 100.")
-    return PdqHash(bytes.fromhex(raw), quality)
+    return quality

@@ -99,6 +99,7 @@ def test_a_collection_of_several_buckets_answers_as_one_of_a_single_bucket(clust
     sharded = f"{collection}-b4"
     answer = api.http.put(api.url(f"/v1/collections/{sharded}"), json={"buckets": 4})
     assert answer.status_code == 200 and answer.json()["settings"]["buckets"] == 4
+    assert api.http.put(api.url(f"/v1/collections/{collection}"), json={"buckets": 1}).status_code == 200  # (verdicts)
     tasks = [api.index(name_of, images[name], f"photos/{name}") for name in names for name_of in (collection, sharded)]
     assert all(api.wait(task)["state"] == "succeeded" for task in tasks)
 

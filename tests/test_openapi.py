@@ -180,3 +180,19 @@ def test_collection_settings_are_refused_exactly_when_the_document_says_so(app, 
     else:
         assert answer.status_code == 400 and answer.json["error"]["code"] == "invalid_collection_settings", body
     app.test_client().delete("/v1/collections/agree")
+
+
+def test_each_form_field_is_documented_and_read_in_one_place():
+    """QueryForm and CheckForm are both the document's schema and what the routes read the form through: every
+    text field declares its reader, and the query routes read no form field any other way."""
+    import inspect
+
+    from api.openapi import CheckForm, QueryForm, ReadWith
+    from api.routes import queries
+
+    for form in (QueryForm, CheckForm):
+        for name, field in form.model_fields.items():
+            readers = [item for item in field.metadata if isinstance(item, ReadWith)]
+            assert len(readers) == (0 if name == "image" else 1), (form.__name__, name)
+    source = inspect.getsource(queries)
+    assert source.count("request.form") == 2 and "request.form.get" not in source

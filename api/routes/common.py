@@ -79,9 +79,8 @@ def _read_image(file) -> bytes:
     return data
 
 
-def _image_or_url() -> tuple[bytes | None, str | None]:
+def _image_or_url(url: str | None) -> tuple[bytes | None, str | None]:
     """The request's image: uploaded bytes (checked), or a URL on the fetch allow list for the worker to fetch."""
-    url = request.form.get("url")
     if url is None:
         return _read_image(request.files.get("image")), None
     if "image" in request.files:
@@ -92,9 +91,9 @@ def _image_or_url() -> tuple[bytes | None, str | None]:
     return None, url
 
 
-def _callback_from_form() -> dict | None:
-    """The webhook of a submission (``callback_url``), refused unless webhooks are set up and its host is allowed."""
-    url = request.form.get("callback_url")
+def _callback_from_form(url: str | None) -> dict | None:
+    """The webhook of a submission (its ``callback_url``), refused unless webhooks are set up and its host is
+    allowed."""
     if url is None:
         return None
     settings = _context()["settings"]

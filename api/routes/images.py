@@ -58,8 +58,8 @@ def index_image(collection: str):
     collection = validate_collection_name(collection)
     image_id = validate_image_id(request.form["id"]) if "id" in request.form else uuid.uuid4().hex
     metadata = parse_metadata(request.form.get("metadata"), settings.max_metadata_bytes)
-    callback = _callback_from_form()
-    upload, url = _image_or_url()
+    callback = _callback_from_form(request.form.get("callback_url"))
+    upload, url = _image_or_url(request.form.get("url"))
     [task_id] = _enqueue_index(collection, [(image_id, metadata, upload)], url=url, callback=callback)
     return _accepted({"task_id": task_id, "image_id": image_id}, url_for("tasks.get_task", task_id=task_id))
 
@@ -178,7 +178,7 @@ def index_batch(collection: str):
     """
     settings = _context()["settings"]
     collection = validate_collection_name(collection)
-    callback = _callback_from_form()
+    callback = _callback_from_form(request.form.get("callback_url"))
     files = request.files.getlist("image")
     if not files:
         raise LookalikeError("image_missing", "Send the images as multipart/form-data file fields named 'image'.")

@@ -9,22 +9,13 @@ from api.auth import may_see_collection
 from api.openapi import Accepted, CheckForm, QueryForm, Task, responses, spec
 from api.routes.common import _accepted, _callback_from_form, _context, _enqueue, _image_or_url, _wait_for
 from shared.errors import LookalikeError
-from shared.inputs import (
-    MAX_EXPAND,
-    MAX_K,
-    parse_bounded_int,
-    parse_collection_list,
-    parse_min_score,
-    parse_partial,
-    validate_collection_name,
-)
-from shared.matching import CNN, PDQ, parse_filter, parse_signals
-from shared.perceptual_hashes import parse_pdq_hash
+from shared.inputs import validate_collection_name
+from shared.matching import CNN, PDQ, parse_signals
+from shared.perceptual_hashes import PdqHash
 from shared.queue import CHECK_TASK, QUERY_TASK
 from shared.store import REDIS_UNAVAILABLE, encode_vector
 from shared.task_records import FINISHED_STATES, task_resource
 from shared.vectors import VECTOR_DIMENSION, parse_vector_field
-from shared.write_tokens import parse_write_token
 
 blueprint = Blueprint("queries", __name__)
 
@@ -34,18 +25,15 @@ blueprint = Blueprint("queries", __name__)
                tags=["queries"],
                skip_validation=True)
 def query_image(collection: str):
-    """Rank the collection against an uploaded ``image`` or a given ``vector``.
+    """Rank the collection against an uploaded ``image``, a ``url``, a ``vector`` or a PDQ ``hash``.
 
     ``expand`` (0-10): average query expansion -- the query is averaged with that many of its
     best CNN matches and searched again.
     """
-    settings = _context()["settings"]
-    k = parse_bounded_int(request.form.get("k"), default=settings.default_k, low=1, high=MAX_K, code="invalid_k",
-                          name="k")
-    expand = parse_bounded_int(request.form.get("expand"), default=0, low=0, high=MAX_EXPAND, code="invalid_expand",
-                               name="expand")
-    return _submit_query(QUERY_TASK, collection, k=k, min_score=parse_min_score(request.form.get("min_score")),
-                         default_signals="both", extra={"expand": expand} if expand else None)
+    collection = validate_collection_name(collection)
+    form = QueryForm.read(request.form, _context()["settings"])  # every field, checked as QueryForm declares it
+    return _submit_query(QUERY_TASK, collection, form, k=form["k"], min_score=form["min_score"],
+                         extra={"expand": form["expand"]} if form["expand"] else None)
 
 
 @blueprint.post("/v1/collections/<collection>/checks")
@@ -53,55 +41,56 @@ def query_image(collection: str):
                tags=["queries"],
                skip_validation=True)
 def check_image(collection: str):
-    """Is this image (or vector) a near-duplicate of anything in the collection? A verdict and the best match.
+    """Is this image (or vector, or hash) a near-duplicate of anything in the collection? A verdict and the best
+    match.
 
     ``allow_collections`` (a JSON array of names) are consulted when the verdict would be
     ``block``: a near-duplicate there turns it into ``allow``.
     """
-    allow_collections = parse_collection_list(request.form.get("allow_collections"), name="allow_collections")
-    for allowed in allow_collections:
+    collection = validate_collection_name(collection)
+    form = CheckForm.read(request.form, _context()["settings"])  # every field, checked as CheckForm declares it
+    for allowed in form["allow_collections"]:
         if not may_see_collection(allowed):
             raise LookalikeError("forbidden", "This API key may not use this collection.", {"collection": allowed})
-    extra = {"allow_collections": allow_collections} if allow_collections else {}
-    return _submit_query(CHECK_TASK, collection, k=1, min_score=None, default_signals="both", extra=extra)
+    extra = {"allow_collections": form["allow_collections"]} if form["allow_collections"] else {}
+    return _submit_query(CHECK_TASK, collection, form, k=1, min_score=None, extra=extra)
 
 
-def _submit_query(task_name: str, collection: str, *, k: int, min_score: float | None, default_signals: str,
+def _submit_query(task_name: str, collection: str, form: dict, *, k: int, min_score: float | None,
                   extra: dict | None = None):
-    collection = validate_collection_name(collection)
-    signals = parse_signals(request.form.get("signals"), default_signals)
-    fields = {"collection": collection, "k": k, "min_score": min_score,
-              "filter": parse_filter(request.form.get("filter")),
+    """Queue a query or check of ``collection`` from its read ``form``: by image (uploaded or by URL), vector or
+    hash -- one of them -- with the signals each allows (default both: a vector has no hash, a hash no vector)."""
+    vector, pdq_bits = form["vector"], form["hash"]
+    signals = parse_signals(form["signals"], "both")
+    fields = {"collection": collection, "k": k, "min_score": min_score, "filter": form["filter"],
               "signals": list(signals), **(extra or {})}
-    fresh = parse_write_token(request.form.get("write_token"))
-    if fresh:  # (JSON keys are strings)
-        fields["fresh"] = {str(bucket): seq for bucket, seq in fresh.items()}
-    if parse_partial(request.form.get("partial")):
+    if form["write_token"]:  # (JSON keys are strings)
+        fields["fresh"] = {str(bucket): seq for bucket, seq in form["write_token"].items()}
+    if form["partial"]:
         fields["partial"] = True
-    callback = _callback_from_form()
+    callback = _callback_from_form(form["callback_url"])
     wait = _preferred_wait()
-    vector, pdq_hash = request.form.get("vector"), request.form.get("hash")
-    given = [name for name, present in (("image", "image" in request.files), ("url", "url" in request.form),
-                                        ("vector", vector is not None), ("hash", pdq_hash is not None)) if present]
+    given = [name for name, present in (("image", "image" in request.files), ("url", form["url"] is not None),
+                                        ("vector", vector is not None), ("hash", pdq_bits is not None)) if present]
     if len(given) > 1 and given != ["image", "url"]:  # (an image and a URL: _image_or_url says so)
         raise LookalikeError("ambiguous_query_input", "Send one of an 'image' file, a 'url', a 'vector' or a 'hash'.",
                              {"received": given})
     if vector is not None:
-        if CNN not in signals or request.form.get("signals") == "both":
+        if CNN not in signals or form["signals"] == "both":
             raise LookalikeError("signal_unavailable", "A query by vector has no PDQ hash: use signals=cnn.",
                                  {"signals": list(signals)})
         query_input, url = encode_vector(parse_vector_field(vector, _collection_dimension(collection))), None
-    elif pdq_hash is not None:
-        if request.form.get("signals") not in (None, "pdq"):
+    elif pdq_bits is not None:
+        if form["signals"] not in (None, "pdq"):
             raise LookalikeError("signal_unavailable", "A query by hash has no CNN vector: use signals=pdq.",
                                  {"signals": list(signals)})
         fields["signals"] = [PDQ]
-        query_input, url = parse_pdq_hash(pdq_hash, request.form.get("hash_quality")).encode(), None
+        query_input, url = PdqHash(pdq_bits, form["hash_quality"]).encode(), None
     else:
-        query_input, url = _image_or_url()
+        query_input, url = _image_or_url(form["url"])
     if url is not None:
         fields["url"] = url
-    kwargs = fields | {"by_vector": vector is not None} | ({"by_hash": True} if pdq_hash is not None else {})
+    kwargs = fields | {"by_vector": vector is not None} | ({"by_hash": True} if pdq_bits is not None else {})
     if callback is not None:
         fields["callback"] = callback
     [task_id] = _enqueue(task_name, [(fields, kwargs, query_input)])

@@ -32,8 +32,10 @@ from shared.inputs import (
     MAX_K,
     parse_bounded_int,
     parse_collection_list,
+    parse_metadata,
     parse_min_score,
     parse_partial,
+    validate_image_id,
 )
 from shared.matching import parse_filter, parse_signals
 from shared.perceptual_hashes import parse_hash_bits, parse_hash_quality
@@ -148,21 +150,27 @@ def _hash_quality(raw: str | None, settings) -> int:
     return parse_hash_quality(raw)
 
 
-class IndexForm(BaseModel):
+class IndexForm(FormModel):
     model_config = _form({"id": "uploads/2026/cat.jpg", "metadata": '{"tenant": "42"}'})
     image: BaseFile | None = Field(None, description="The image (JPEG, PNG, WebP, BMP, TIFF); or give `url`.")
-    url: str | None = Field(None, description="An image URL on the fetch allow list, for the worker to fetch.")
-    id: str | None = Field(None, description="Your id for the image; default: a new one.")
-    metadata: str | None = Field(None, description="A JSON object, returned with matches.")
-    callback_url: str | None = Field(None, description="Where to POST the finished task (webhook).")
+    url: Annotated[str | None, AS_SENT] = Field(None, description="An image URL on the fetch allow list, for the "
+                                                "worker to fetch.")
+    id: Annotated[str | None, ReadWith(lambda raw, settings: None if raw is None else validate_image_id(raw))] = Field(
+        None, description="Your id for the image; default: a new one.")
+    metadata: Annotated[str | None, ReadWith(lambda raw, settings: parse_metadata(raw, settings.max_metadata_bytes))] \
+        = Field(None, description="A JSON object, returned with matches.")
+    callback_url: Annotated[str | None, AS_SENT] = Field(None, description="Where to POST the finished task "
+                                                         "(webhook).")
 
 
-class BatchForm(BaseModel):
+class BatchForm(FormModel):
     model_config = _form()
     image: list[BaseFile] = Field(description="The images, one file field each.")
-    ids: str | None = Field(None, description="A JSON array of ids, one per image.")
-    metadata: str | None = Field(None, description="A JSON array of metadata objects, one per image.")
-    callback_url: str | None = None
+    # (checked against the number of images, once the route has counted them: parse_aligned_array)
+    ids: Annotated[str | None, AS_SENT] = Field(None, description="A JSON array of ids, one per image.")
+    metadata: Annotated[str | None, AS_SENT] = Field(None, description="A JSON array of metadata objects, one per "
+                                                     "image.")
+    callback_url: Annotated[str | None, AS_SENT] = Field(None, description="Where to POST each finished task.")
 
 
 class QueryForm(FormModel):

@@ -183,16 +183,17 @@ def test_collection_settings_are_refused_exactly_when_the_document_says_so(app, 
 
 
 def test_each_form_field_is_documented_and_read_in_one_place():
-    """QueryForm and CheckForm are both the document's schema and what the routes read the form through: every
-    text field declares its reader, and the query routes read no form field any other way."""
+    """The form models are both the document's schemas and what the routes read forms through: every text field
+    declares its reader, and the routes read no form field any other way."""
     import inspect
 
-    from api.openapi import CheckForm, QueryForm, ReadWith
-    from api.routes import queries
+    from api.openapi import BatchForm, CheckForm, IndexForm, QueryForm, ReadWith
+    from api.routes import images, queries
 
-    for form in (QueryForm, CheckForm):
+    for form in (IndexForm, BatchForm, QueryForm, CheckForm):
         for name, field in form.model_fields.items():
             readers = [item for item in field.metadata if isinstance(item, ReadWith)]
             assert len(readers) == (0 if name == "image" else 1), (form.__name__, name)
-    source = inspect.getsource(queries)
-    assert source.count("request.form") == 2 and "request.form.get" not in source
+    for module, forms in ((queries, 2), (images, 2)):
+        source = inspect.getsource(module)
+        assert source.count("request.form") == forms and "request.form.get" not in source, module.__name__

@@ -35,7 +35,6 @@ from shared.errors import LookalikeError
 from shared.inputs import (
     MAX_JSON_DEPTH,
     parse_aligned_array,
-    parse_metadata,
     validate_collection_name,
     validate_image_id,
     validate_metadata,
@@ -54,13 +53,12 @@ blueprint = Blueprint("images", __name__)
                skip_validation=True)
 def index_image(collection: str):
     """Index one image, uploaded as ``image`` or fetched by the worker from ``url``."""
-    settings = _context()["settings"]
     collection = validate_collection_name(collection)
-    image_id = validate_image_id(request.form["id"]) if "id" in request.form else uuid.uuid4().hex
-    metadata = parse_metadata(request.form.get("metadata"), settings.max_metadata_bytes)
-    callback = _callback_from_form(request.form.get("callback_url"))
-    upload, url = _image_or_url(request.form.get("url"))
-    [task_id] = _enqueue_index(collection, [(image_id, metadata, upload)], url=url, callback=callback)
+    form = IndexForm.read(request.form, _context()["settings"])  # every field, checked as IndexForm declares it
+    image_id = form["id"] if form["id"] is not None else uuid.uuid4().hex
+    callback = _callback_from_form(form["callback_url"])
+    upload, url = _image_or_url(form["url"])
+    [task_id] = _enqueue_index(collection, [(image_id, form["metadata"], upload)], url=url, callback=callback)
     return _accepted({"task_id": task_id, "image_id": image_id}, url_for("tasks.get_task", task_id=task_id))
 
 
@@ -178,15 +176,16 @@ def index_batch(collection: str):
     """
     settings = _context()["settings"]
     collection = validate_collection_name(collection)
-    callback = _callback_from_form(request.form.get("callback_url"))
+    form = BatchForm.read(request.form, settings)  # every field, as BatchForm declares it
+    callback = _callback_from_form(form["callback_url"])
     files = request.files.getlist("image")
     if not files:
         raise LookalikeError("image_missing", "Send the images as multipart/form-data file fields named 'image'.")
     if len(files) > settings.max_batch_files:
         raise LookalikeError("batch_too_large", f"At most {settings.max_batch_files} images per batch.",
                              {"max_files": settings.max_batch_files, "received": len(files)})
-    ids = parse_aligned_array(request.form.get("ids"), len(files), code="invalid_ids", name="ids")
-    metadata = parse_aligned_array(request.form.get("metadata"), len(files), code="invalid_metadata", name="metadata")
+    ids = parse_aligned_array(form["ids"], len(files), code="invalid_ids", name="ids")
+    metadata = parse_aligned_array(form["metadata"], len(files), code="invalid_metadata", name="metadata")
 
     items: list[dict] = []  # one per file, in order: {"image_id", "task_id"[, "error"]}
     accepted: list[tuple[int, tuple[str, dict, bytes]]] = []  # (position, (image_id, metadata, upload))

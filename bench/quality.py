@@ -27,7 +27,9 @@ Compared on the same data and the same weights, from shared forward passes:
 Also: the precision-recall curve of the near-duplicate threshold for the default
 descriptor, plain and whitened (top-1 score of each query, negatives included); check recall per family
 (the best match is the original and is called a near-duplicate) for the CNN at the
-threshold reaching 99% precision, for PDQ, and for both as the service combines them;
+threshold reaching 99% precision, for PDQ, and for both as the service combines them; query
+recall per family (the first match is the original) for the CNN alone, PDQ alone and both,
+each answer ranked by the service's own function (worker/ranking.py);
 and ``--pairs-out`` writes the labelled pairs that ``lookalike calibrate`` turns into a
 proposed ``match_threshold`` (``--whitening``: the whitened default's pairs).
 """
@@ -49,8 +51,10 @@ sys.path.insert(0, str(REPO))
 from bench.throughput import median_seconds, report  # noqa: E402
 from shared.calibration import precision_recall_curve, propose_threshold  # noqa: E402
 from worker import descriptors  # noqa: E402
+from shared.collection_settings import DEFAULT_COLLECTION_SETTINGS  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from worker.pdq import compute_pdq  # noqa: E402
+from worker.ranking import ranked  # noqa: E402
 
 DEFAULT_DESCRIPTOR = (f"{'pad224' if Settings.model_fields['input_mode'].default == 'pad' else 'squash224'}-"
                       f"{Settings.model_fields['pooling'].default}")
@@ -392,7 +396,39 @@ def main() -> None:
         correct = (best == truth_array) & hit[rows, best]
         return by_family(np.where(correct, 1, 2), families)  # rank 1 = a right, near-duplicate answer
 
+    def service_answers(cnn_similarity: np.ndarray, threshold: float | None, signals: tuple[str, ...],
+                        k: int = 10) -> list[list[dict]]:
+        """Each query's answer as the service gives it (worker/ranking.py), from the candidates a search would
+        offer: the CNN's top k (with their hashes' distances) and the k nearest usable hashes within distance."""
+        settings = {"match_threshold": np.inf if threshold is None else threshold, "pdq_max_distance": PDQ_MAX_DISTANCE}
+        def candidate(row: int, column: int) -> dict:
+            usable = usable_q[row] and usable_db[column]
+            return {"id": int(column), "score": float(cnn_similarity[row, column]) if "cnn" in signals else None,
+                    "pdq_distance": int(hamming[row, column]) if "pdq" in signals and usable else None, "metadata": {}}
+
+        answers = []
+        for row in range(len(truth_array)):
+            found = {"cnn": [], "pdq": []}
+            if "cnn" in signals:
+                found["cnn"] = [candidate(row, column)
+                                for column in np.argsort(-cnn_similarity[row], kind="stable")[:k]]
+            if "pdq" in signals:
+                within = np.flatnonzero(pdq_hit[row])
+                found["pdq"] = [candidate(row, column)
+                                for column in within[np.argsort(hamming[row, within], kind="stable")][:k]]
+            answers.append(ranked(found, signals, settings, k, None))
+        return answers
+
+    def answer_recall(answers: list[list[dict]], near_duplicate: bool) -> dict:
+        """recall@1 by family: the first match is the original (for a check, also called a near-duplicate)."""
+        correct = np.array([bool(answer) and answer[0]["id"] == truth
+                            and (answer[0]["near_duplicate"] or not near_duplicate)
+                            for answer, truth in zip(answers, truth_array)])
+        return by_family(np.where(correct, 1, 2), families)
+
     checks = {"check by PDQ (<= 31 bits, quality >= 50)": check_recall(np.where(pdq_hit, -hamming, -np.inf), pdq_hit)}
+    # Queries as the service answers them, by signal: the CNN alone, PDQ alone, and both (the default).
+    query_recall = {}
     curves, thresholds, pairs = {}, {}, {}
     for name in (default, f"{default} + whitening"):
         db, q, neg = split(stacked[name])
@@ -407,7 +443,36 @@ def main() -> None:
         trust = np.where(cnn_hit & pdq_hit, 3, np.where(pdq_hit, 2, np.where(cnn_hit, 1, 0)))
         checks[f"check by CNN ({name}, threshold {thresholds[name]['threshold']})"] = check_recall(cnn_similarity,
                                                                                                   cnn_hit)
-        checks[f"check by both ({name})"] = check_recall(trust * 10.0 + cnn_similarity, cnn_hit | pdq_hit)
+        both = service_answers(cnn_similarity, threshold and threshold["threshold"], ("cnn", "pdq"))
+        checks[f"check by both ({name})"] = answer_recall(both, near_duplicate=True)
+        checks[f"check by both, the earlier order by trust ({name})"] = check_recall(trust * 10.0 + cnn_similarity,
+                                                                                     cnn_hit | pdq_hit)
+        query_recall[f"query by CNN ({name})"] = answer_recall(
+            service_answers(cnn_similarity, None, ("cnn",)), near_duplicate=False)
+        query_recall[f"query by both ({name})"] = answer_recall(both, near_duplicate=False)
+        query_recall[f"query by both, the earlier order by trust ({name})"] = by_family(
+            np.where(np.argmax(trust * 10.0 + cnn_similarity, axis=1) == truth_array, 1, 2), families)
+        # The same at the collection's default match_threshold (what a collection nobody calibrated uses): with
+        # random weights every CNN score passes it, so the order by trust ranks PDQ's hits by CNN score.
+        default_threshold = DEFAULT_COLLECTION_SETTINGS["match_threshold"]
+        near_by_default = cnn_similarity >= default_threshold
+        trust_by_default = np.where(near_by_default & pdq_hit, 3, np.where(pdq_hit, 2, np.where(near_by_default, 1, 0)))
+        query_recall[f"query by both, match_threshold {default_threshold} ({name})"] = answer_recall(
+            service_answers(cnn_similarity, default_threshold, ("cnn", "pdq")), near_duplicate=False)
+        query_recall[f"query by both, match_threshold {default_threshold}, the earlier order by trust ({name})"] = \
+            by_family(np.where(np.argmax(trust_by_default * 10.0 + cnn_similarity, axis=1) == truth_array, 1, 2),
+                      families)
+    query_recall["query by PDQ (<= 31 bits, quality >= 50)"] = answer_recall(
+        service_answers(np.zeros_like(hamming), None, ("pdq",)), near_duplicate=False)
+    query_recall_at_1 = {name: {family: result[family]["recall@1"] for family in (*TRANSFORMS, "mean")}
+                         for name, result in query_recall.items()}
+    # The issue-16 goal: with both signals, on every family, at least the better of the CNN and PDQ alone.
+    both_at_least_best = {
+        name: all(query_recall_at_1[f"query by both ({name})"][family]
+                  >= max(query_recall_at_1[f"query by CNN ({name})"][family],
+                         query_recall_at_1["query by PDQ (<= 31 bits, quality >= 50)"][family])
+                  for family in TRANSFORMS)
+        for name in (default, f"{default} + whitening")}
     check_recall_at_1 = {name: {family: result[family]["recall@1"] for family in (*TRANSFORMS, "mean")}
                          for name, result in checks.items()}
 
@@ -427,6 +492,8 @@ def main() -> None:
         "by_family": results,
         "default": default,
         "check_recall": check_recall_at_1,
+        "query_recall": query_recall_at_1,
+        "query_both_at_least_the_better_signal_on_every_family": both_at_least_best,
         "best_without_options": best_plain,
         "best_by_mean_recall@1": max((name for name in results if not name.startswith("reference")),
                                      key=lambda name: results[name]["mean"]["recall@1"]),

@@ -173,63 +173,48 @@ class BatchForm(FormModel):
     callback_url: Annotated[str | None, AS_SENT] = Field(None, description="Where to POST each finished task.")
 
 
-class QueryForm(FormModel):
-    model_config = _form({"k": 5, "min_score": 0.5, "filter": '{"tenant": "42"}', "signals": "cnn"})
-    image: BaseFile | None = Field(None, description="The query image; or `url`, or `vector`, or `hash`.")
+class SearchForm(FormModel):
+    """What queries and checks share: one of an image, a URL, a vector or a hash, and how to answer."""
+
+    image: BaseFile | None = Field(None, description="The image; or `url`, or `vector`, or `hash`.")
     url: Annotated[str | None, AS_SENT] = Field(None, description="An image URL on the fetch allow list.")
     vector: Annotated[str | None, AS_SENT] = Field(None, description="A JSON array of 512 numbers, or base64 of 512 "
-                                                   "float32.")
+                                                   "float32 (the CNN alone).")
     hash: Annotated[str | None, ReadWith(_hash_bits)] = Field(None, description="A PDQ hash (64 hex digits, "
-                                                              "Meta's format) to search by PDQ alone.")
+                                                              "Meta's format): PDQ alone.")
     hash_quality: Annotated[int | None, ReadWith(_hash_quality)] = Field(
         None, ge=0, le=100, description="The hash's quality, 0-100 (default 100).", json_schema_extra={"example": 100})
+    filter: Annotated[str | None, ReadWith(lambda raw, settings: parse_filter(raw))] = Field(
+        None, description="A JSON object of metadata fields that must be equal.")
+    signals: Annotated[Signals | None, ReadWith(_signals_as_sent)] = Field(
+        None, description="What finds and decides matches (default both; by `vector`, the CNN alone; by `hash`, PDQ).")
+    callback_url: Annotated[str | None, AS_SENT] = Field(None, description="Where to POST the finished task.")
+    write_token: Annotated[str | None, ReadWith(lambda raw, settings: parse_write_token(raw))] = Field(
+        None, description="What index and vectors answers give (`write_token`): the answer sees those writes, "
+        "whatever staleness a sharded collection allows.")
+    partial: Annotated[bool | None, ReadWith(lambda raw, settings: parse_partial(raw))] = Field(
+        None, description="A collection whose buckets several search groups hold: answer from the groups that "
+        "answered in time, naming the buckets missing (default false: fail `search_unavailable`).",
+        json_schema_extra={"example": False})
+
+
+class QueryForm(SearchForm):
+    model_config = _form({"k": 5, "min_score": 0.5, "filter": '{"tenant": "42"}', "signals": "cnn"})
     k: Annotated[int | None, ReadWith(lambda raw, settings: parse_bounded_int(
         raw, default=settings.default_k, low=1, high=MAX_K, code="invalid_k", name="k"))] = Field(
         None, ge=1, le=MAX_K, description=f"Matches wanted, 1-{MAX_K} (default 10).", json_schema_extra={"example": 10})
     min_score: Annotated[float | None, ReadWith(lambda raw, settings: parse_min_score(raw))] = Field(
         None, description="Only CNN scores of at least this, -1 to 1.", json_schema_extra={"example": -1})
-    filter: Annotated[str | None, ReadWith(lambda raw, settings: parse_filter(raw))] = Field(
-        None, description="A JSON object of metadata fields that must be equal.")
-    signals: Annotated[Signals | None, ReadWith(_signals_as_sent)] = Field(
-        None, description="What finds and ranks matches (default both; by `vector`, the CNN alone; by `hash`, PDQ).")
     expand: Annotated[int | None, ReadWith(lambda raw, settings: parse_bounded_int(
         raw, default=0, low=0, high=MAX_EXPAND, code="invalid_expand", name="expand"))] = Field(
         None, ge=0, le=MAX_EXPAND, description="Query expansion: average the query with this many of its best CNN "
         f"matches and search again, 0-{MAX_EXPAND} (default 0).", json_schema_extra={"example": 0})
-    callback_url: Annotated[str | None, AS_SENT] = Field(None, description="Where to POST the finished task.")
-    write_token: Annotated[str | None, ReadWith(lambda raw, settings: parse_write_token(raw))] = Field(
-        None, description="What index and vectors answers give (`write_token`): the query sees those writes, "
-        "whatever staleness a sharded collection allows.")
-    partial: Annotated[bool | None, ReadWith(lambda raw, settings: parse_partial(raw))] = Field(
-        None, description="A collection whose buckets several search groups hold: answer from the groups that "
-        "answered in time, naming the buckets missing (default false: fail `search_unavailable`).",
-        json_schema_extra={"example": False})
 
 
-class CheckForm(FormModel):
+class CheckForm(SearchForm):
     model_config = _form({"signals": "both", "allow_collections": '["known-good"]'})
-    image: BaseFile | None = Field(None, description="The image to check; or `url`, or `vector`, or `hash`.")
-    url: Annotated[str | None, AS_SENT] = Field(None, description="An image URL on the fetch allow list.")
-    vector: Annotated[str | None, AS_SENT] = Field(None, description="A JSON array of 512 numbers, or base64 of 512 "
-                                                   "float32.")
-    hash: Annotated[str | None, ReadWith(_hash_bits)] = Field(None, description="A PDQ hash (64 hex digits, "
-                                                              "Meta's format) to check by PDQ alone.")
-    hash_quality: Annotated[int | None, ReadWith(_hash_quality)] = Field(
-        None, ge=0, le=100, description="The hash's quality, 0-100 (default 100).", json_schema_extra={"example": 100})
-    filter: Annotated[str | None, ReadWith(lambda raw, settings: parse_filter(raw))] = Field(
-        None, description="A JSON object of metadata fields that must be equal.")
-    signals: Annotated[Signals | None, ReadWith(_signals_as_sent)] = Field(
-        None, description="What decides a match (default both; by `vector`, the CNN alone; by `hash`, PDQ).")
     allow_collections: Annotated[str | None, ReadWith(lambda raw, settings: parse_collection_list(
         raw, name="allow_collections"))] = Field(None, description="A JSON array of allow-list collections.")
-    callback_url: Annotated[str | None, AS_SENT] = Field(None, description="Where to POST the finished task.")
-    write_token: Annotated[str | None, ReadWith(lambda raw, settings: parse_write_token(raw))] = Field(
-        None, description="What index and vectors answers give (`write_token`): the check sees those writes, "
-        "whatever staleness a sharded collection allows.")
-    partial: Annotated[bool | None, ReadWith(lambda raw, settings: parse_partial(raw))] = Field(
-        None, description="A collection whose buckets several search groups hold: answer from the groups that "
-        "answered in time, naming the buckets missing (default false: fail `search_unavailable`).",
-        json_schema_extra={"example": False})
 
 
 class WhiteningSummary(BaseModel):

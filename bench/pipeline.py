@@ -11,11 +11,15 @@ measures, per image, on the same photographs at the sizes phones upload (JPEG, q
    ``index_image``): decode (the service's ``decode_image``, which lets the JPEG decoder scale down),
    preprocess for VGG16 (``FeatureExtractor.prepare``: pad to 224, ImageNet means), the PDQ hash,
    the thumbnail, and the Redis write of vector, hash, thumbnail and change event (an embedded Redis);
-3. the ratio of their sum to the floor -- the issue's goal is the whole path at most 2x the floor.
+3. the ratio of their sum to the floor -- the issue's goal is the whole path at most 2x the floor;
+4. the whole path: the 2-megapixel images indexed through the HTTP API of a stack started here (embedded
+   Redis, gunicorn, and the worker with its forward pass replaced by a stand-in that costs nothing --
+   bench/stand_in_worker.py, bench-only), single requests from --clients threads and bulk requests of
+   --bulk-size: images/s, and the CPU milliseconds per image each process paid (API, worker, Redis, and
+   this client), read from the kernel's counters before and after.
 
-CPU milliseconds per image (``time.process_time``: what the host's cores pay, the figure that says how
-many cores feed a GPU), medians of --repeats passes over the images. The HTTP path, the broker and the
-task bookkeeping are not in this bench yet (they need the stack with a stand-in for the model).
+CPU milliseconds per image (``time.process_time`` for the stages: what the host's cores pay, the figure
+that says how many cores feed a GPU), medians of --repeats passes over the images.
 """
 
 import argparse
@@ -30,14 +34,17 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import psutil
+import requests
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from bench.throughput import report  # noqa: E402
+from bench.throughput import report, wait_all  # noqa: E402
 from shared.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
 from shared.images import decode_image, make_thumbnail  # noqa: E402
+from shared.processes import ChildProcess, stop_all  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.store import Descriptor, Store  # noqa: E402
 from worker.pdq import compute_pdq  # noqa: E402
@@ -77,9 +84,93 @@ def floor(jpeg: bytes) -> np.ndarray:
     return cv2.resize(pixels, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_AREA)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process and its children (gunicorn's workers) have used so far."""
+    process = psutil.Process(pid)
+    total = 0.0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            times = member.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def index_once(url: str, jpegs: list[bytes], count: int, clients: int, bulk_size: int, mode: str,
+               processes: dict[str, int]) -> tuple[float, dict[str, float]]:
+    """``count`` images indexed into a new collection by single or bulk requests from ``clients`` threads: images/s
+    from the first submit until every task succeeded, and CPU ms per image each process paid meanwhile."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    endpoint = f"{url}/v1/collections/pipeline-{mode}-{uuid.uuid4().hex[:8]}"
+    sessions = [requests.Session() for _ in range(clients)]
+    groups = ([[n] for n in range(count)] if mode == "single"
+              else [list(range(start, min(start + bulk_size, count))) for start in range(0, count, bulk_size)])
+
+    def send(position: int, numbers: list[int]) -> list[str]:
+        http = sessions[position % clients]
+        files = [("image", (f"{n}.jpg", jpegs[n % len(jpegs)])) for n in numbers]
+        if mode == "bulk":
+            answer = http.post(f"{endpoint}/batches", files=files, timeout=120)
+            answer.raise_for_status()
+            return [item["task_id"] for item in answer.json()["tasks"]]
+        answer = http.post(f"{endpoint}/images", files=files, timeout=120)
+        answer.raise_for_status()
+        return [answer.json()["task_id"]]
+
+    before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        task_lists = list(pool.map(send, range(len(groups)), groups))
+        list(pool.map(lambda pair: wait_all(sessions[pair[0] % clients], url, pair[1]), enumerate(task_lists)))
+    seconds = time.perf_counter() - started
+    spent = {name: 1000 * (cpu_seconds(pid) - before[name]) / count for name, pid in processes.items()}
+    return count / seconds, spent
+
+
+def through_the_stack(folder: Path, jpegs: list[bytes], count: int, clients: int, bulk_size: int,
+                      repeats: int) -> dict:
+    """Index ``count`` images through the HTTP API of a stack whose worker's model is a stand-in: images/s and
+    CPU ms per image by process, for single and for bulk requests (medians of ``repeats`` runs)."""
+    redis = EmbeddedRedis(folder / "stack-redis", free_port()).start()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {name: value for name, value in os.environ.items() if not name.startswith("LOOKALIKE_")}
+    env.update(LOOKALIKE_REDIS_URL=redis.url, LOOKALIKE_WEIGHTS="random", LOOKALIKE_SEED="0", LOOKALIKE_AUTH="false",
+               LOOKALIKE_RATE_LIMIT="", LOOKALIKE_HOST="127.0.0.1", LOOKALIKE_PORT=str(port),
+               LOOKALIKE_WORKER_METRICS_PORT="0", TF_CPP_MIN_LOG_LEVEL="2")
+    api = ChildProcess("api", [sys.executable, "-m", "gunicorn", "--config", "python:api.gunicorn_conf",
+                               "api.wsgi:app"], env=env, cwd=REPO, log_path=folder / "api.log")
+    worker = ChildProcess("stand-in worker", [sys.executable, "bench/stand_in_worker.py"], env=env, cwd=REPO,
+                          log_path=folder / "worker.log")
+    try:
+        api.start()
+        worker.start()
+        worker.wait_until(lambda: requests.get(f"{url}/readyz?workers=1", timeout=5).status_code == 200,
+                          "a ready stack", timeout=300)
+        processes = {"api": api.process.pid, "worker": worker.process.pid, "redis": redis.process.pid,
+                     "client": os.getpid()}
+        results = {}
+        for mode in ("single", "bulk"):
+            runs = [index_once(url, jpegs, count, clients, bulk_size, mode, processes) for _ in range(repeats)]
+            spent = {name: round(statistics.median(run[1][name] for run in runs), 2) for name in processes}
+            results[mode] = {"images_per_second": round(statistics.median(run[0] for run in runs), 1),
+                             "cpu_ms_per_image": spent,
+                             # what the service's processes paid (the client, this process, is the caller's)
+                             "service_cpu_ms_per_image": round(spent["api"] + spent["worker"] + spent["redis"], 2)}
+        return results
+    finally:
+        stop_all([api, worker])
+        redis.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--images", type=int, default=96, help="images through the stack per mode")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--bulk-size", type=int, default=16)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     started = time.monotonic()
@@ -124,11 +215,16 @@ def main() -> None:
                     "over_floor": round(total / bare, 2)}
         finally:
             redis.stop()
+        stack = through_the_stack(Path(folder), phone_jpegs(2), args.images, args.clients, args.bulk_size,
+                                  args.repeats)
+        floor_2mp = sizes["2MP"]["floor_decode_resize_ms"]
+        for mode in stack.values():
+            mode["service_over_floor_2mp"] = round(mode["service_cpu_ms_per_image"] / floor_2mp, 2)
 
     figures = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}",
         "what": "CPU ms per image (time.process_time), median of --repeats passes; one OpenCV thread",
-        "images_per_size": len(PHOTOS), "sizes": sizes,
+        "images_per_size": len(PHOTOS), "sizes": sizes, "stack_2mp_stand_in_model": stack,
         "seconds": round(time.monotonic() - started, 1),
     }
     report(figures, args.json)

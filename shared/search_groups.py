@@ -11,21 +11,13 @@ from typing import Any
 GROUP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 
 
-def group_of(collection: str, settings: dict[str, Any], groups: tuple[str, ...]) -> str:
-    """The search group holding a collection: the one its settings pin, else one chosen by a stable hash of its
-    name (CRC-32: the same in every process and Python version)."""
-    pinned = settings.get("group")
-    if pinned in groups:
-        return pinned
-    return groups[zlib.crc32(collection.encode()) % len(groups)]
-
-
 def bucket_groups(collection: str, settings: dict[str, Any], buckets: int, groups: tuple[str, ...],
                   moved: dict[int, str] | None = None) -> dict[str, list[int]]:
     """Which search group holds which of a collection's buckets: all of them in its pinned group, else dealt
-    round the groups from the one its name hashes to (so one bucket lands where :func:`group_of` says, and
-    eight buckets over four groups are two in each); ``moved``: buckets an admin moved, and where to (a
-    group no longer configured is passed over). Groups in the order of ``groups``."""
+    round the groups from the one its name hashes to (CRC-32: the same in every process and Python version;
+    a collection of one bucket is in that group, and eight buckets over four groups are two in each);
+    ``moved``: buckets an admin moved, and where to (a group no longer configured is passed over). Groups in
+    the order of ``groups``."""
     pinned = settings.get("group")
     first = zlib.crc32(collection.encode()) % len(groups)
     placement: dict[str, list[int]] = {}

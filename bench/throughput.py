@@ -113,6 +113,8 @@ class Stack:
         env.update(LOOKALIKE_PORT=str(self.port), LOOKALIKE_EMBEDDED_REDIS_PORT=str(self.redis_port),
                    LOOKALIKE_DATA_DIR=str(folder), LOOKALIKE_WEIGHTS=WEIGHTS, LOOKALIKE_SEED=str(SEED),
                    TF_CPP_MIN_LOG_LEVEL="2", **(extra_env or {}))
+        # The repository on the path: where the project is not installed (bench/gpu.sh's machines) it runs as is.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         self.process = ChildProcess("make run", [sys.executable, "scripts/run_local.py"], env=env, cwd=REPO,
                                     log_path=folder / "stack.log", stop_timeout=120).start()
         try:
@@ -144,9 +146,11 @@ def wait_all(http: requests.Session, url: str, task_ids: list[str]) -> None:
                 break
 
 
-def index_through_api(url: str, count: int, mode: str, clients: int, bulk_size: int) -> float:
-    """Images per second from the first submit until the last index task succeeded."""
-    images = [path.read_bytes() for path in IMAGE_PATHS]
+def index_through_api(url: str, count: int, mode: str, clients: int, bulk_size: int,
+                      images: list[bytes] | None = None) -> float:
+    """Images per second from the first submit until the last index task succeeded (``images``, in turn:
+    the test photographs unless given)."""
+    images = images or [path.read_bytes() for path in IMAGE_PATHS]
     collection = f"bench-{mode}-{uuid.uuid4().hex[:8]}"
     sessions = [requests.Session() for _ in range(clients)]
     endpoint = f"{url}/v1/collections/{collection}"
@@ -186,8 +190,9 @@ def fill_collection(stack: Stack, collection: str, size: int) -> None:
         stack.store.save_image(collection, f"stored/{number}", vector, {"n": number}, descriptor)
 
 
-def query_latencies(url: str, collection: str, count: int) -> list[float]:
-    images = [path.read_bytes() for path in IMAGE_PATHS]
+def query_latencies(url: str, collection: str, count: int, images: list[bytes] | None = None) -> list[float]:
+    """Seconds from submit to result of ``count`` single queries, one at a time."""
+    images = images or [path.read_bytes() for path in IMAGE_PATHS]
     http = requests.Session()
     latencies = []
     for number in range(count + 2):

@@ -1,5 +1,9 @@
 """VGG16 feature extraction: decoded pixels in, L2-normalised 512-d float32 vectors out.
 
+The model runs on whichever Keras 3 backend ``KERAS_BACKEND`` names -- TensorFlow by default, JAX or
+PyTorch -- each compiled its own way (worker.keras_backend); the same weights give the same vectors
+on each, to float tolerance.
+
 The descriptor is chosen by three settings (docs/quality.md has the measurements behind the
 defaults): ``LOOKALIKE_INPUT_MODE`` -- ``squash`` the image to a square, or ``pad``: keep its
 aspect ratio and pad the rest with the mean colour, pooling only the cells the image covers
@@ -18,6 +22,7 @@ from shared.store import Descriptor
 from shared.vectors import VECTOR_DIMENSION
 from worker import descriptors
 from worker.batcher import INDEX_PRIORITY, DynamicBatcher
+from worker.keras_backend import backend, compiled_forward, enable_gpu_memory_growth
 from worker.weights import WeightsSource
 
 log = logging.getLogger(__name__)
@@ -62,17 +67,6 @@ def pad_to_square(pixels_bgr: np.ndarray, preprocess, longest: int = INPUT_SIZE)
     return _on_canvas(_resize(pixels_bgr, size), preprocess)
 
 
-def enable_gpu_memory_growth() -> None:
-    """Let TensorFlow take GPU memory as it needs it instead of all at once."""
-    import tensorflow as tf
-
-    for gpu in tf.config.list_physical_devices("GPU"):
-        try:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:  # the GPU was initialised already (a second extractor in one process)
-            pass
-
-
 class FeatureExtractor:
     """One VGG16 graph for the life of the process, fed by a dynamic batcher; thread-safe."""
 
@@ -89,9 +83,9 @@ class FeatureExtractor:
         scales: tuple[int, ...] = (INPUT_SIZE,),
     ):
         import keras
-        import tensorflow as tf
 
         enable_gpu_memory_growth()
+        self.backend = backend()
         self.weights = weights
         self.mixed_precision = mixed_precision
         self.pooling, self.input_mode, self.scales = pooling, input_mode, tuple(scales)
@@ -109,12 +103,8 @@ class FeatureExtractor:
         if weights.path is not None:
             self.model.load_weights(str(weights.path))
         self._preprocess_input = keras.applications.vgg16.preprocess_input
-        # Called directly in a traced graph: model.predict's per-call set-up dominates small
-        # batches. One signature with a free batch axis, so a new batch size never retraces.
-        self._forward = tf.function(
-            lambda batch: tf.cast(self.model(batch, training=False), tf.float32),
-            input_signature=[tf.TensorSpec((None, INPUT_SIZE, INPUT_SIZE, 3), tf.float32)],
-        )
+        # Called directly, compiled by the backend: model.predict's per-call set-up dominates small batches.
+        self._forward = compiled_forward(self.model, (INPUT_SIZE, INPUT_SIZE, 3))
         self.batcher = DynamicBatcher(self.feature_maps, max_batch, batch_wait_seconds)
         self.descriptor = Descriptor(model=model_name(pooling, input_mode, self.scales), dimension=DIMENSION,
                                      weights=weights.label)
@@ -131,7 +121,7 @@ class FeatureExtractor:
 
     def feature_maps(self, batch: np.ndarray) -> np.ndarray:
         """One forward pass -> (n, 7, 7, 512) feature maps. Only the batcher's thread calls it."""
-        return self._forward(batch).numpy()
+        return self._forward(batch)
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """One forward pass over preprocessed, unpadded inputs -> unit vectors (benchmarks, tests)."""

@@ -162,6 +162,7 @@ class Heartbeat(threading.Thread):
             "dimension": extractor.descriptor.dimension,
             "weights": extractor.descriptor.weights,
             "random_weights": extractor.weights.is_random,
+            "backend": extractor.backend,  # KERAS_BACKEND
             "mixed_precision": extractor.mixed_precision,
             "max_batch": extractor.batcher.max_batch,
             # forward passes by number of images in them, since this worker started

@@ -42,7 +42,7 @@ class WeightsSource:
 def resolve_weights(setting: str, seed: int) -> WeightsSource:
     """Turn ``LOOKALIKE_WEIGHTS`` into a file on disk (downloading ImageNet weights once)."""
     if setting == "random":
-        return WeightsSource("random", None, f"random(seed={seed})")
+        return WeightsSource("random", None, random_weights_label(seed))
     if setting == "imagenet":
         return WeightsSource("imagenet", ensure_imagenet_weights(), "imagenet")
     path = Path(setting).expanduser()
@@ -51,6 +51,15 @@ def resolve_weights(setting: str, seed: int) -> WeightsSource:
             f"LOOKALIKE_WEIGHTS={setting!r} is neither 'imagenet', 'random' nor an existing file. {HOW_TO_SUPPLY}"
         )
     return WeightsSource("file", path.resolve(), f"file:{path.name}#sha256:{_sha256(path)[:12]}")
+
+
+def random_weights_label(seed: int) -> str:
+    """Seeded random weights differ by backend (each has its own random number generator), so a
+    backend other than TensorFlow is part of their label: vectors of different ones never mix."""
+    from worker.keras_backend import backend
+
+    name = backend()
+    return f"random(seed={seed})" if name == "tensorflow" else f"random(seed={seed},backend={name})"
 
 
 def ensure_imagenet_weights(url: str = IMAGENET_NOTOP_URL, cache_dir: Path | None = None) -> Path:

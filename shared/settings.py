@@ -135,6 +135,10 @@ class Settings(BaseSettings):
     mixed_precision: bool = Field(
         False, description="float16 compute (float32 weights and vectors); for GPUs with tensor cores."
     )
+    warm_up: bool | None = Field(
+        None, description="Before taking tasks, run one forward pass of each batch size the batcher uses, so no "
+        "task waits while a shape compiles (JAX and PyTorch compile each on first use; on a GPU, TensorFlow picks "
+        "its kernels). Unset: on where the Keras backend sees a GPU.")
     search_groups: Annotated[tuple[str, ...], NoDecode] = Field(
         ("main",), description="The search groups, comma-separated: each has its own queue (`search.<group>`) and "
         "the search workers started with `--groups` naming it (`python -m worker --role search --groups a,b`) hold "

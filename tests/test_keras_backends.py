@@ -98,3 +98,22 @@ def test_unknown_backend_is_refused_by_name(monkeypatch):
     monkeypatch.setattr(keras_backend, "backend", lambda: "numpy")  # Keras 3 has one; the worker cannot run on it
     with pytest.raises(RuntimeError, match="KERAS_BACKEND='numpy'"):
         keras_backend.compiled_forward(object(), (224, 224, 3))
+
+
+def test_warm_up_runs_each_batch_size_the_batcher_sends_once():
+    extractor = FeatureExtractor(resolve_weights("random", 5), seed=5, max_batch=3)
+    shapes = []
+    forward = extractor.feature_maps
+    extractor.feature_maps = lambda batch: shapes.append(batch.shape) or forward(batch)
+    seconds = extractor.warm_up()
+    assert [shape[0] for shape in shapes] == [1, 2, 3] == list(seconds)  # worker.batcher.fixed_sizes(3)
+    assert all(shape[1:] == (224, 224, 3) for shape in shapes)
+    assert extractor.batcher.batch_sizes() == {}  # not counted as forward passes served
+
+
+def test_warm_up_by_default_only_with_a_gpu():
+    from worker.keras_backend import accelerators
+    from worker.runtime import warm_up_wanted
+
+    assert warm_up_wanted(None) is bool(accelerators())  # False on the tests' machines: they have no GPU
+    assert warm_up_wanted(True) is True and warm_up_wanted(False) is False

@@ -14,6 +14,7 @@ of any image at any scale batch together.
 """
 
 import logging
+import time
 
 import cv2
 import numpy as np
@@ -108,6 +109,16 @@ class FeatureExtractor:
         self.batcher = DynamicBatcher(self.feature_maps, max_batch, batch_wait_seconds)
         self.descriptor = Descriptor(model=model_name(pooling, input_mode, self.scales), dimension=DIMENSION,
                                      weights=weights.label)
+
+    def warm_up(self) -> dict[int, float]:
+        """One pass of zeros at each batch size the batcher sends -> seconds each took (the first pass of a
+        shape includes compiling it). Outside the batcher: these passes are not counted as served."""
+        seconds = {}
+        for size in self.batcher.sizes:
+            started = time.perf_counter()
+            self.feature_maps(np.zeros((size, INPUT_SIZE, INPUT_SIZE, 3), np.float32))
+            seconds[size] = round(time.perf_counter() - started, 3)
+        return seconds
 
     def prepare(self, pixels_bgr: np.ndarray, scale: int = INPUT_SIZE) -> tuple[np.ndarray, tuple[int, int]]:
         """Decoded BGR uint8 pixels -> the float32 input Keras' VGG16 expects (BGR, ImageNet means

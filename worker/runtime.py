@@ -12,6 +12,7 @@ from shared.settings import get_settings
 from shared.store import Store, utc_now
 from worker.delivery import HELD, LEASES, restore_orphans, return_stranded
 from worker.extractor import DIMENSION, FeatureExtractor
+from worker.keras_backend import accelerators
 from worker.placement import PlacementKeeper
 from worker.replica import HnswConfig, Replicas
 from worker.weights import resolve_weights
@@ -107,6 +108,11 @@ def get_replicas() -> Replicas:
         return _replicas
 
 
+def warm_up_wanted(setting: bool | None) -> bool:
+    """``LOOKALIKE_WARM_UP``; unset, only where a GPU makes the first pass of each shape slow to compile."""
+    return setting if setting is not None else bool(accelerators())
+
+
 def get_extractor() -> FeatureExtractor:
     """The process's VGG16, built on first use in this process (never inherited through a fork)."""
     global _extractor
@@ -126,6 +132,9 @@ def get_extractor() -> FeatureExtractor:
                 scales=settings.scales,
             )
             log.info("VGG16 loaded with weights %s in %.1f s", source.label, time.monotonic() - started)
+            if warm_up_wanted(settings.warm_up):
+                log.info("forward passes warmed up (seconds by batch size, compiling included): %s",
+                         _extractor.warm_up())
             if source.is_random:
                 log.warning(RANDOM_WEIGHTS_WARNING)
         return _extractor

@@ -13,7 +13,9 @@ figures as JSON after every phase, so a run cut short still reports what it meas
 2. end to end: the stack `make run` starts (embedded Redis, one worker, gunicorn) with the worker's
    batcher at the best batch and precision of 1, the test photographs enlarged to phone size (JPEG,
    --megapixels): images/s through the HTTP API in bulk and single requests, from the first submit to
-   the last task's success; then the latency of single queries, submit to result, on the idle stack.
+   the last task's success; then the latency of single queries, submit to result, on the idle stack;
+3. batcher settings: bulk images/s of the stack with other LOOKALIKE_MAX_BATCH / LOOKALIKE_BATCH_WAIT_MS
+   (the measurement behind their defaults on a GPU), while the budget lasts.
 
 Goals (issue 17): end to end >= 0.9 x the bare forward rate at the best batch; query p50 <= the forward
 time of one image + 10 ms. On a CPU (``--small``, tests/test_gpu_check.py) the same code runs with tiny
@@ -114,13 +116,18 @@ def best_of(rates: dict) -> tuple[str, int, float]:
 # --- 2. the whole service ----------------------------------------------------------------------------------
 
 
+def worker_env(precision: str, batch: int, wait_ms: float) -> dict[str, str]:
+    """The worker's batcher and precision; threads enough for two full batches in flight."""
+    return {"LOOKALIKE_MAX_BATCH": str(batch), "LOOKALIKE_WORKER_THREADS": str(max(32, 2 * batch)),
+            "LOOKALIKE_MIXED_PRECISION": "1" if precision != "float32" else "0",
+            "LOOKALIKE_BATCH_WAIT_MS": str(wait_ms)}
+
+
 def end_to_end(precision: str, batch: int, args, deadline: float) -> dict:
     from bench.throughput import Stack, fill_collection, index_through_api, percentile, query_latencies
 
     images = photographs(args.megapixels)
-    env = {"LOOKALIKE_MAX_BATCH": str(batch), "LOOKALIKE_WORKER_THREADS": str(max(32, 2 * batch)),
-           "LOOKALIKE_MIXED_PRECISION": "1" if precision != "float32" else "0",
-           "LOOKALIKE_BATCH_WAIT_MS": str(args.batch_wait_ms)}
+    env = worker_env(precision, batch, args.batch_wait_ms)
     figures: dict = {"worker_settings": env | {"KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow")},
                      "megapixels": args.megapixels, "images": args.images}
     with tempfile.TemporaryDirectory() as folder:
@@ -144,6 +151,27 @@ def end_to_end(precision: str, batch: int, args, deadline: float) -> dict:
                 figures["query_p95_ms"] = round(1000 * percentile(latencies, 0.95), 2)
         finally:
             stack.stop()
+    return figures
+
+
+def batcher_settings(precision: str, best_batch: int, args, deadline: float) -> list[dict]:
+    """Bulk images/s of the stack with other batcher settings (the measurement behind the GPU defaults of
+    LOOKALIKE_MAX_BATCH and LOOKALIKE_BATCH_WAIT_MS), one run each, as long as the budget lasts."""
+    from bench.throughput import Stack, index_through_api
+
+    images = photographs(args.megapixels)
+    candidates = [(1, 5.0)] if args.small else [(32, 5.0), (best_batch, 2.0), (best_batch, 20.0), (64, 5.0)]
+    figures = []
+    for batch, wait_ms in dict.fromkeys(candidates):
+        if (batch, wait_ms) == (best_batch, args.batch_wait_ms) or time.monotonic() > deadline:
+            continue
+        with tempfile.TemporaryDirectory() as folder:
+            stack = Stack(Path(folder), worker_env(precision, batch, wait_ms))
+            try:
+                rate = index_through_api(stack.url, args.images, "bulk", args.clients, args.bulk_size, images)
+            finally:
+                stack.stop()
+        figures.append({"max_batch": batch, "batch_wait_ms": wait_ms, "bulk_images_per_second": round(rate, 2)})
     return figures
 
 
@@ -206,6 +234,8 @@ def main() -> None:
     precision, batch, _ = best_of(report["forward"]["images_per_second"])
     report["end_to_end"] = end_to_end(precision, batch, args, deadline)
     report["goals"] = goals(report)
+    write()
+    report["batcher_settings"] = batcher_settings(precision, batch, args, deadline)
     write()
     print(json.dumps(report, indent=2))
 

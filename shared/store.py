@@ -25,7 +25,8 @@ from shared.task_records import FINISHED_STATES, QUEUED
 
 VECTOR_DTYPE = np.dtype("<f4")
 NO_VECTOR = b""  # the stored vector of an entry that is a PDQ hash alone
-# Tries of a pipelined batch of scripts on a cluster: a node may not know a script yet, or be gone in a failover.
+# Tries of a pipelined batch of scripts: a server may not know a script yet, or (a cluster) a node be gone in a
+# failover.
 CLUSTER_SCRIPT_ATTEMPTS = 4
 # Redis is away for now (restarting, loading its data, failing over): what waiting out an outage catches.
 # (BusyLoadingError is a ConnectionError; a replica answers ReadOnlyError until a failover has promoted it; a
@@ -90,7 +91,16 @@ class Change:
 # record (replacement). ARGV[10] names the index task writing (empty: none). A task run again after a crash
 # that came after its write (its message redelivered) finds its own record and changes nothing: each task's
 # effect once. Returns {'ok', replaced, the change number that includes the write} (a write token's part).
+# ARGV[12] '1': the caller takes the collection for one of one bucket, and the script claims it as
+# CLAIM_COLLECTION_LUA would (one round trip, not two): KEYS[7] is then its descriptor (checked or set unless
+# model is '', hashes banked alone) and KEYS[8] its bucket count, fixed at 1 if unset; another count returns
+# {'buckets', count} with nothing written (the caller claims and writes by buckets then).
 SAVE_IMAGE_LUA = """
+if ARGV[12] == '1' then
+  local buckets = redis.call('GET', KEYS[8])
+  if buckets and buckets ~= '1' then return {'buckets', buckets} end
+  if not buckets then redis.call('SET', KEYS[8], '1') end
+end
 if ARGV[10] ~= '' then
   local previous = redis.call('HGET', KEYS[2], ARGV[1])
   if previous then
@@ -100,7 +110,7 @@ if ARGV[10] ~= '' then
     end
   end
 end
-if KEYS[7] then
+if KEYS[7] and ARGV[5] ~= '' then
   local stored = redis.call('HMGET', KEYS[7], 'model', 'dimension', 'weights')
   if stored[1] then
     if stored[1] ~= ARGV[5] or stored[2] ~= ARGV[6] or stored[3] ~= ARGV[7] then
@@ -353,6 +363,7 @@ class Store:
         self._gather_answer_script = client.register_script(GATHER_ANSWER_LUA)
         self._commit_move_script = client.register_script(COMMIT_MOVE_LUA)
         self._give_up_gather_script = client.register_script(GIVE_UP_GATHER_LUA)
+        self._several_buckets: set[str] = set()  # (save_images)
 
     @classmethod
     def from_settings(cls, settings) -> "Store":
@@ -361,62 +372,96 @@ class Store:
 
     def _run_scripts(self, calls: list[tuple[Any, list[str], list]]) -> list:
         """Run many ``(script, keys, args)`` in one round trip (one per node on a cluster), each atomic on its own;
-        their results in order, or the first error raised once all have run.
+        their results in order, or the first error raised once all have run."""
+        return self._send_scripts(calls)[0]
 
-        redis-py's cluster pipeline refuses Script objects (it blocks EVALSHA by name), so there the calls are
-        queued as plain EVALSHA commands, which it sends to the node of each call's slot; a node that does not
-        know a script yet answers NOSCRIPT without running it, and gets the script and the call again.
+    def _send_scripts(self, calls: list[tuple[Any, list[str], list]], then=None,
+                      then_same_slot: bool = False) -> tuple[list, list]:
+        """:meth:`_run_scripts`, and ``then(pipe)``'s commands run after every call (their replies second).
+
+        The calls go as plain EVALSHA commands, never through redis-py's Script objects in a pipeline: those
+        ask SCRIPT EXISTS first, a round trip more on every pipeline (and a cluster pipeline refuses them). A
+        server that does not know a script yet answers NOSCRIPT without running it, and gets the script and the
+        call again. ``then``'s commands share the calls' round trip on one server, or on a cluster when
+        ``then_same_slot`` (they and every call are of one hash slot, so one node runs them in order); otherwise
+        they go after, in a round trip of their own -- and again after any call sent again, so that they always
+        come after every call has run.
         """
-        if not calls:
-            return []
-        if not self.cluster:
-            pipe = self.redis.pipeline(transaction=False)
-            for script, script_keys, args in calls:
-                script(keys=script_keys, args=args, client=pipe)
-            return pipe.execute()
+        if not calls and then is None:
+            return [], []
         results: list = [None] * len(calls)
         pending = list(range(len(calls)))
+        inline = then is not None and (not self.cluster or then_same_slot)
+        after: list = []
+        sent_again = False
         for attempt in range(1, CLUSTER_SCRIPT_ATTEMPTS + 1):
             pipe = self.redis.pipeline(transaction=False)
             for position in pending:
                 script, script_keys, args = calls[position]
                 pipe.execute_command("EVALSHA", script.sha, len(script_keys), *script_keys, *args)
+            if inline:
+                then(pipe)
+            replies = pipe.execute(raise_on_error=False)
+            if inline:
+                replies, after = replies[:len(pending)], replies[len(pending):]
             unknown, unreached = [], []
-            for position, outcome in zip(pending, pipe.execute(raise_on_error=False)):
+            for position, outcome in zip(pending, replies):
                 results[position] = outcome
                 if isinstance(outcome, redis.exceptions.NoScriptError):
                     unknown.append(position)
-                elif isinstance(outcome, REDIS_UNAVAILABLE):
+                elif self.cluster and isinstance(outcome, REDIS_UNAVAILABLE):
                     unreached.append(position)
             if not (unknown or unreached) or attempt == CLUSTER_SCRIPT_ATTEMPTS:
                 break
+            sent_again = True
             if unreached:
                 # A node gone (a failover): ask the cluster where the slots are now, and send those calls again
                 # (every script here may run twice: writing the same state again changes nothing).
                 time.sleep(0.2 * attempt)
                 self.redis.nodes_manager.initialize()
             for script in {id(calls[position][0]): calls[position][0] for position in unknown}.values():
-                self.redis.script_load(script.script)  # on every primary
+                self.redis.script_load(script.script)  # on every primary of a cluster
             pending = unknown + unreached
-        error = next((outcome for outcome in results if isinstance(outcome, Exception)), None)
+        if then is not None and (not inline or sent_again):
+            pipe = self.redis.pipeline(transaction=False)
+            then(pipe)
+            after = pipe.execute(raise_on_error=False)
+        error = next((outcome for outcome in [*results, *after] if isinstance(outcome, Exception)), None)
         if error is not None:
             raise error
-        return results
+        return results, after
 
     # --- Capacity -------------------------------------------------------------------------------
 
-    def check_room_for_images(self, full_ratio: float, collection: str | None = None) -> None:
+    def check_room_for_images(self, full_ratio: float, collection: str | None = None,
+                              lease: tuple[str, str] | None = None) -> bool:
         """Refuse new images (``store_full``) once Redis is ``full_ratio`` of its maxmemory.
 
         The headroom left keeps queries, task records and deletes working when the store is
         full of images: with noeviction, Redis refuses every write at maxmemory itself. On a cluster,
         the node that takes ``collection``'s images is asked; without one, every primary (any full refuses).
+
+        With ``lease`` (task id, execution): whether that execution still holds the task's lease, as
+        :meth:`holds_lease` says -- read in the same round trip on one server (an index task checks both right
+        before it writes); True without one.
         """
-        for memory in self._memory_info(collection):
+        held = True
+        if lease is not None and not self.cluster:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.info("memory")
+            pipe.get(keys.task_lease(lease[0]))
+            memory, holder = pipe.execute()
+            infos, held = [memory], holder is not None and holder.decode() == lease[1]
+        else:
+            infos = self._memory_info(collection)
+        for memory in infos:
             limit = memory.get("maxmemory", 0)
             if limit and memory["used_memory"] >= full_ratio * limit:
                 raise LookalikeError("store_full", "The store has no room for more images; delete some or add memory.",
                                      {"used_memory": memory["used_memory"], "maxmemory": limit})
+        if lease is not None and self.cluster:  # (the lease's node is not the collection's)
+            held = self.holds_lease(*lease)
+        return held
 
     def _memory_info(self, collection: str | None) -> list[dict]:
         """INFO memory of the server that takes the collection's images: on a cluster, the primary serving its
@@ -488,6 +533,25 @@ class Store:
             keys=[keys.task(task_id), keys.task_lease(task_id)],
             args=[execution, int(lease_seconds * 1000), json.dumps(utc_now()), json.dumps(worker), self.task_ttl])
         return outcome.decode()
+
+    def claim_task_and_read(self, task_id: str, execution: str, worker: str, lease_seconds: float,
+                            upload: bool = True) -> tuple[str, dict[str, Any] | None, bytes | None]:
+        """:meth:`claim_task`, and the task's record and (with ``upload``) its upload as they are right after the
+        claim: ``(outcome, record, upload)``, in one round trip (the task's keys share one hash slot, so one
+        node runs the three in order on a cluster too). The record is None when there is none; the upload is
+        read only for a claimed task (else None)."""
+        def read(pipe) -> None:
+            pipe.hgetall(keys.task(task_id))
+            if upload:
+                pipe.get(keys.upload(task_id))
+
+        (outcome,), after = self._send_scripts(
+            [(self._claim_task_script, [keys.task(task_id), keys.task_lease(task_id)],
+              [execution, int(lease_seconds * 1000), json.dumps(utc_now()), json.dumps(worker), self.task_ttl])],
+            then=read, then_same_slot=True)
+        outcome = outcome.decode()
+        record = {key.decode(): json.loads(value) for key, value in after[0].items()} if after[0] else None
+        return outcome, record, after[1] if upload and outcome == "claimed" else None
 
     def renew_leases(self, leases: dict[str, str], lease_seconds: float) -> list[str]:
         """Extend the leases of running tasks (task id -> execution token) that their executions still hold;
@@ -672,7 +736,8 @@ class Store:
 
     def save_image(self, collection: str, image_id: str, vector: np.ndarray, metadata: dict,
                    descriptor: Descriptor, pdq: bytes | None = None, thumbnail: bytes | None = None,
-                   task_id: str | None = None, written: dict[int, int] | None = None) -> bool:
+                   task_id: str | None = None, written: dict[int, int] | None = None,
+                   info: dict[str, Any] | None = None) -> bool:
         """Write vector, metadata, PDQ hash and a change event atomically; True when an existing image was replaced.
 
         Refuses (``descriptor_mismatch``) to mix vectors of another model or weights into a
@@ -682,17 +747,23 @@ class Store:
         ``thumbnail`` a small JPEG of it; None removes any old one.
         """
         return self.save_images(collection, [(image_id, vector, metadata, pdq, thumbnail)], descriptor,
-                                task_id=task_id, written=written) == 1
+                                task_id=task_id, written=written, info=info) == 1
 
     def save_images(self, collection: str,
                     images: list[tuple[str, np.ndarray | None, dict, bytes | None, bytes | None]],
                     descriptor: Descriptor | None, task_id: str | None = None,
-                    written: dict[int, int] | None = None) -> int:
+                    written: dict[int, int] | None = None, info: dict[str, Any] | None = None) -> int:
         """:meth:`save_image` for many ``(id, vector, metadata, pdq, thumbnail)`` in one round trip (each
         written atomically); returns how many replaced. ``written`` gets, for each bucket written, the change
         number that includes these writes (what a write token carries: shared.write_tokens.write_token).
         ``descriptor`` None: PDQ hashes banked alone (every vector None), which neither set nor check the
-        collection's descriptor."""
+        collection's descriptor. ``info`` gets :meth:`collection_info` as it stands after the writes (read with them,
+        in their round trip, where the store allows).
+
+        A collection not known here to have several buckets is written as one of one bucket, its bucket count
+        checked (and fixed at 1) by each write's own script: one round trip for the claim and the writes, the
+        registry and ``info``. A collection of several buckets is claimed first, then written bucket by bucket.
+        """
         indexed_at = utc_now()
         for _, vector, *_ in images:
             if descriptor is None and vector is not None:
@@ -702,23 +773,20 @@ class Store:
                                  f"{descriptor.dimension}")
         if not images:
             return 0
+        if collection not in self._several_buckets:
+            replaced = self._save_into_one_bucket(collection, images, descriptor, indexed_at, task_id, written, info)
+            if replaced is not None:
+                return replaced
         no_descriptor = Descriptor("", 0, "")
         buckets = self._claim_collection(collection, descriptor or no_descriptor)
-        calls, buckets_written = [], []
-        written_by = {"task": task_id} if task_id else {}
-        for image_id, vector, metadata, pdq, thumbnail in images:
-            buckets_written.append(keys.bucket_of(image_id, buckets))
-            change_keys = self._change_keys(keys.part(collection, buckets_written[-1], buckets))
+        self._remember_buckets(collection, buckets)
+        buckets_written = [keys.bucket_of(image_id, buckets) for image_id, *_ in images]
+        calls = []
+        for bucket, image in zip(buckets_written, images):
+            change_keys = self._change_keys(keys.part(collection, bucket, buckets))
             if buckets == 1 and descriptor is not None:  # checked again with the write (a drop may come between)
                 change_keys.append(keys.collection_descriptor(collection))
-            record = {"metadata": metadata, "indexed_at": indexed_at, **written_by}
-            first, replacement = (json.dumps(record | ({"replaced": replaced} if task_id else {}))
-                                  for replaced in (False, True))
-            calls.append((self._save_script, change_keys,
-                          [image_id, NO_VECTOR if vector is None else encode_vector(vector), first,
-                           self.change_stream_length, (descriptor or no_descriptor).model,
-                           (descriptor or no_descriptor).dimension, (descriptor or no_descriptor).weights, pdq or b"",
-                           thumbnail or b"", task_id or "", replacement]))
+            calls.append((self._save_script, change_keys, self._save_args(image, descriptor, indexed_at, task_id)))
         # The registry is written after the scripts, apart from the collection's keys (another slot), after every
         # save -- one that found its task's write already done, or one that failed part-way, included: a drop
         # racing this save relies on it (drop_collection).
@@ -739,7 +807,74 @@ class Store:
         if written is not None:
             for bucket, outcome in zip(buckets_written, outcomes):
                 written[bucket] = max(written.get(bucket, 0), int(outcome[2]))
+        if info is not None:
+            info.update(self.collection_info(collection) or {})
         return sum(int(outcome[1]) for outcome in outcomes)
+
+    def _save_args(self, image: tuple, descriptor: Descriptor | None, indexed_at: str, task_id: str | None,
+                   one_bucket: bool = False) -> list:
+        """SAVE_IMAGE_LUA's ARGV for one ``(id, vector, metadata, pdq, thumbnail)``."""
+        image_id, vector, metadata, pdq, thumbnail = image
+        descriptor = descriptor or Descriptor("", 0, "")
+        record = {"metadata": metadata, "indexed_at": indexed_at, **({"task": task_id} if task_id else {})}
+        first, replacement = (json.dumps(record | ({"replaced": replaced} if task_id else {}))
+                              for replaced in (False, True))
+        return [image_id, NO_VECTOR if vector is None else encode_vector(vector), first, self.change_stream_length,
+                descriptor.model, descriptor.dimension, descriptor.weights, pdq or b"", thumbnail or b"",
+                task_id or "", replacement, "1" if one_bucket else ""]
+
+    def _save_into_one_bucket(self, collection: str, images: list, descriptor: Descriptor | None, indexed_at: str,
+                              task_id: str | None, written: dict[int, int] | None,
+                              info: dict[str, Any] | None) -> int | None:
+        """:meth:`save_images` into a collection of one bucket, claimed by the writes themselves; None (nothing
+        written) when the collection has several buckets after all.
+
+        The registry is written after the scripts, as the general path does (drop_collection relies on it) --
+        in their pipeline on one server, whose commands run in order -- and so is ``info`` read."""
+        change_keys = [*self._change_keys(collection), keys.collection_descriptor(collection),
+                       keys.collection_buckets(collection)]
+        calls = [(self._save_script, change_keys, self._save_args(image, descriptor, indexed_at, task_id, True))
+                 for image in images]
+
+        def then(pipe) -> None:
+            pipe.sadd(keys.COLLECTIONS, collection)
+            if info is not None:
+                self._queue_collection_info(pipe, collection)
+
+        try:
+            outcomes, after = self._send_scripts(calls, then)
+        except Exception:
+            with contextlib.suppress(redis.exceptions.RedisError):
+                self.redis.sadd(keys.COLLECTIONS, collection)
+            raise
+        several = next((outcome for outcome in outcomes if outcome[0] == b"buckets"), None)
+        if several is not None:
+            self._remember_buckets(collection, int(several[1]))
+            if len(outcomes) == 1 or all(outcome[0] == b"buckets" for outcome in outcomes):
+                return None
+            # Dropped and made again with several buckets between these writes (settings refuse another count
+            # while the one bucket holds images): the drop took those written before it; the rest were not.
+            raise LookalikeError("collection_changed", "The collection was dropped and made again with another "
+                                 "number of buckets while these images were written; write them again.",
+                                 {"collection": collection, "buckets": int(several[1])})
+        mismatch = next((outcome for outcome in outcomes if outcome[0] == b"mismatch"), None)
+        if mismatch is not None:  # the descriptor is checked by the first write, so nothing was written
+            self._refuse_descriptor(mismatch, descriptor or Descriptor("", 0, ""))
+        if written is not None:
+            written[0] = max([written.get(0, 0), *(int(outcome[2]) for outcome in outcomes)])
+        if info is not None:
+            info.update(self._collection_info_from(collection, after[1:], True) or {})
+        return sum(int(outcome[1]) for outcome in outcomes)
+
+    def _remember_buckets(self, collection: str, buckets: int) -> None:
+        """Which collections have several buckets, as last seen here: they are claimed before they are written
+        (a guess only -- every write checks the count -- kept for as many collections as are written)."""
+        if buckets > 1:
+            if len(self._several_buckets) >= 10_000:
+                self._several_buckets.clear()
+            self._several_buckets.add(collection)
+        else:
+            self._several_buckets.discard(collection)
 
     def _claim_collection(self, collection: str, descriptor: Descriptor, buckets: int | None = None,
                           written: list | None = None) -> int:
@@ -1071,12 +1206,21 @@ class Store:
 
         (No MULTI here: redis-py's cluster transactions hand back HGETALL's raw reply, a flat list.)"""
         pipe = self.redis.pipeline(transaction=False)
+        self._queue_collection_info(pipe, collection)
+        return self._collection_info_from(collection, pipe.execute(), count_images)
+
+    @staticmethod
+    def _queue_collection_info(pipe, collection: str) -> None:
+        """What :meth:`collection_info` reads, queued on ``pipe``: five commands, all of the collection's slot."""
         pipe.hgetall(keys.collection_descriptor(collection))
         pipe.get(keys.collection_settings(collection))
         pipe.hmget(keys.collection_whitening(collection), "learned_from", "collection_size", "learned_at", "dimensions")
         pipe.get(keys.collection_buckets(collection))
         pipe.hlen(keys.collection_vectors(collection))  # (all its images when it has one bucket)
-        descriptor, settings, whitening, fixed, count = pipe.execute()
+
+    def _collection_info_from(self, collection: str, replies: list, count_images: bool) -> dict[str, Any] | None:
+        """:meth:`collection_info` from the replies of :meth:`_queue_collection_info`'s commands."""
+        descriptor, settings, whitening, fixed, count = replies
         buckets = int(fixed or 1)
         if buckets > 1:
             count = sum(self._sizes(keys.parts(collection, buckets))) if count_images else None

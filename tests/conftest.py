@@ -45,7 +45,8 @@ def redis_server(tmp_path_factory):
 
 def database_url(redis_server: EmbeddedRedis, number: int) -> str:
     """The URL of one of the session server's other databases, which no session worker consumes.
-    In use: 1 test_end_to_end, 3 test_crash_recovery, 4 test_auth, 6 test_openapi, 7 test_delivery."""
+    In use: 1 test_end_to_end, 3 test_crash_recovery, 4 test_auth, 6 test_openapi, 7 test_delivery,
+    11 test_round_trips."""
     return redis_server.url.rsplit("/", 1)[0] + f"/{number}"
 
 

@@ -69,17 +69,21 @@ def index_image(task_id: str, collection: str, image_id: str, metadata: dict, ur
         thumbnail = make_thumbnail(pixels, settings.thumbnail_size) if settings.thumbnail_size else None
         store = get_store()
         # The store may have filled since the API accepted the image: refuse it while the headroom
-        # above the ratio still lets this task's outcome, and queries, be written.
-        store.check_room_for_images(settings.store_full_ratio, collection)
-        _check_still_running_it(task_id)
+        # above the ratio still lets this task's outcome, and queries, be written. Then, right before the
+        # write, whether this execution still runs the task (both in one round trip).
+        execution = _running_under.get()
+        if not store.check_room_for_images(settings.store_full_ratio, collection,
+                                           lease=None if execution is None else (task_id, execution)):
+            raise LeaseLost(task_id)
         written: dict[int, int] = {}
+        info: dict = {}  # the collection as the write left it (read with the write)
         replaced = store.save_image(collection, image_id, vector, metadata, extractor.descriptor, pdq.encode(),
-                                    thumbnail, task_id=task_id, written=written)
-        _learn_whitening_when_due(collection, store.collection_info(collection))
+                                    thumbnail, task_id=task_id, written=written, info=info)
+        _learn_whitening_when_due(collection, info or None)
         return {"collection": collection, "image_id": image_id, "replaced": replaced,
                 "pdq_quality": pdq.quality, "write_token": write_token(written)} | _model_labels()
 
-    _run(task_id, index)
+    _run(task_id, index, upload=url is None)
 
 
 @app.task(name=QUERY_TASK)
@@ -95,7 +99,7 @@ def query_image(task_id: str, collection: str, k: int, min_score: float | None =
                    "fresh": fresh or {}, "partial": partial}
         return _rank_or_pass_on(task_id, request, probe, _model_labels())
 
-    _run(task_id, embed)
+    _run(task_id, embed, upload=url is None)
 
 
 @app.task(name=CHECK_TASK)
@@ -112,7 +116,7 @@ def check_image(task_id: str, collection: str, k: int = 1, min_score: float | No
                    "allow_collections": allow_collections or [], "fresh": fresh or {}, "partial": partial}
         return _rank_or_pass_on(task_id, request, probe, _model_labels())
 
-    _run(task_id, embed)
+    _run(task_id, embed, upload=url is None)
 
 
 @app.task(name=SEARCH_TASK)
@@ -617,7 +621,7 @@ def _check_descriptor(info: dict | None, descriptor) -> None:
         )
 
 
-def _run(task_id: str, work: Callable[[], dict[str, Any]]) -> None:
+def _run(task_id: str, work: Callable[[], dict[str, Any]], upload: bool = False) -> None:
     """Run one task's work and record its outcome; a failure stays inside its own task.
 
     One execution at a time: the task is claimed with a lease (renewed with the heartbeat), so
@@ -626,6 +630,8 @@ def _run(task_id: str, work: Callable[[], dict[str, Any]]) -> None:
     and does the work again from the start -- every write is idempotent, and an index task's
     effect happens once -- for at most ``LOOKALIKE_REDIS_OUTAGE_SECONDS``; after that its
     message goes back to the queue, to be done again from the start.
+
+    ``upload``: the work reads the task's upload, which the claim reads with the task's record.
     """
     logs.task_id.set(task_id)
     store = get_store()
@@ -635,7 +641,7 @@ def _run(task_id: str, work: Callable[[], dict[str, Any]]) -> None:
     try:
         while True:
             try:
-                _run_once(task_id, execution, work, deadline)
+                _run_once(task_id, execution, work, deadline, upload)
                 if outage is not None:
                     log.info("task %s: done again from the start once Redis was back", task_id)
                 return
@@ -650,6 +656,7 @@ def _run(task_id: str, work: Callable[[], dict[str, Any]]) -> None:
                         from exc
     finally:
         LEASES.end(task_id)
+        _claimed_upload.set(None)
 
 
 class LeaseLost(Exception):
@@ -659,6 +666,8 @@ class LeaseLost(Exception):
 
 # The lease this thread's task runs under (None: the task had no record to claim).
 _running_under: ContextVar[str | None] = ContextVar("running_under", default=None)
+# The upload this thread's task claimed with its record (task id, bytes or None): read once, with the claim.
+_claimed_upload: ContextVar[tuple[str, bytes | None] | None] = ContextVar("claimed_upload", default=None)
 
 
 def _check_still_running_it(task_id: str) -> None:
@@ -668,11 +677,12 @@ def _check_still_running_it(task_id: str) -> None:
         raise LeaseLost(task_id)
 
 
-def _run_once(task_id: str, execution: str, work: Callable[[], dict[str, Any]], deadline: float) -> None:
+def _run_once(task_id: str, execution: str, work: Callable[[], dict[str, Any]], deadline: float,
+              upload: bool = False) -> None:
     store = get_store()
-    claim = _claim(store, task_id, execution, deadline)
+    claim, record, uploaded = _claim(store, task_id, execution, deadline, upload)
     _running_under.set(execution if claim == "claimed" else None)
-    record = store.get_task(task_id)
+    _claimed_upload.set((task_id, uploaded) if upload and claim == "claimed" else None)
     logs.request_id.set(record.get("request_id") if record else None)
     if claim == "finished":
         log.info("task %s already finished; redelivery ignored", task_id)
@@ -716,13 +726,16 @@ def _run_once(task_id: str, execution: str, work: Callable[[], dict[str, Any]], 
         schedule_webhook(task_id)
 
 
-def _claim(store, task_id: str, execution: str, deadline: float) -> str:
+def _claim(store, task_id: str, execution: str, deadline: float,
+           upload: bool = False) -> tuple[str, dict | None, bytes | None]:
     """Claim the task for this execution; while another live execution holds it, wait (until ``deadline``,
-    then give the message back to the queue) for it to finish or for its lease to lapse."""
+    then give the message back to the queue) for it to finish or for its lease to lapse. The outcome, and the
+    task's record and (with ``upload``, once claimed) its upload, read with the claim in its round trip."""
     while True:
-        outcome = store.claim_task(task_id, execution, WORKER_NAME, liveness_seconds())
+        outcome, record, uploaded = store.claim_task_and_read(task_id, execution, WORKER_NAME, liveness_seconds(),
+                                                              upload)
         if outcome != "busy":
-            return outcome
+            return outcome, record, uploaded
         if time.monotonic() > deadline:
             raise Reject("another execution of this task is still running", requeue=True)
         time.sleep(CLAIM_RETRY_SECONDS)
@@ -755,7 +768,8 @@ def _image_bytes(task_id: str, url: str | None) -> bytes:
 
 
 def _load_upload_bytes(task_id: str) -> bytes:
-    data = get_store().get_upload(task_id)
+    claimed = _claimed_upload.get()
+    data = claimed[1] if claimed is not None and claimed[0] == task_id else get_store().get_upload(task_id)
     if data is None:
         raise LookalikeError("upload_expired", "The upload expired before a worker took the task; submit it again.")
     return data

@@ -235,9 +235,10 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 """
-# KEYS: task record, its lease. ARGV: execution token, lease ms, started_at, worker (both JSON), record TTL.
-# Lets one execution at a time run a task: "finished" (nothing to do), "busy" (another live execution
-# holds the lease), "missing" (no record), or "claimed" (state running, attempts counted).
+# KEYS: task record, its lease[, its upload]. ARGV: execution token, lease ms, started_at, worker (both JSON),
+# record TTL. Lets one execution at a time run a task: "finished" (nothing to do), "busy" (another live execution
+# holds the lease), "missing" (no record), or "claimed" (state running, attempts counted) -- given the upload's
+# key, {"claimed", upload} ({"claimed"} when it has expired): the bytes only to the execution that will use them.
 CLAIM_TASK_LUA = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'missing' end
@@ -248,7 +249,10 @@ redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 redis.call('HSET', KEYS[1], 'state', '"running"', 'started_at', ARGV[3], 'worker', ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[5])
-return 'claimed'
+if not KEYS[3] then return 'claimed' end
+local upload = redis.call('GET', KEYS[3])
+if upload then return {'claimed', upload} end
+return {'claimed'}
 """
 # KEYS: task record, its upload, its lease. ARGV: execution token ('' for none), state (JSON), the done channel,
 # record TTL, then field/value pairs. An execution that lost its lease -- another holds it, or it lapsed and
@@ -383,9 +387,9 @@ class Store:
         ask SCRIPT EXISTS first, a round trip more on every pipeline (and a cluster pipeline refuses them). A
         server that does not know a script yet answers NOSCRIPT without running it, and gets the script and the
         call again. ``then``'s commands share the calls' round trip on one server, or on a cluster when
-        ``then_same_slot`` (they and every call are of one hash slot, so one node runs them in order); otherwise
-        they go after, in a round trip of their own -- and again after any call sent again, so that they always
-        come after every call has run.
+        ``then_same_slot`` (they and every call are of one hash slot, so one node runs them in order) -- sent
+        with every round of calls sent again too, the last round's replies kept; otherwise they go once every
+        call has run, in a round trip of their own. Either way they come after every call has run.
         """
         if not calls and then is None:
             return [], []
@@ -393,7 +397,6 @@ class Store:
         pending = list(range(len(calls)))
         inline = then is not None and (not self.cluster or then_same_slot)
         after: list = []
-        sent_again = False
         for attempt in range(1, CLUSTER_SCRIPT_ATTEMPTS + 1):
             pipe = self.redis.pipeline(transaction=False)
             for position in pending:
@@ -413,7 +416,6 @@ class Store:
                     unreached.append(position)
             if not (unknown or unreached) or attempt == CLUSTER_SCRIPT_ATTEMPTS:
                 break
-            sent_again = True
             if unreached:
                 # A node gone (a failover): ask the cluster where the slots are now, and send those calls again
                 # (every script here may run twice: writing the same state again changes nothing).
@@ -422,7 +424,7 @@ class Store:
             for script in {id(calls[position][0]): calls[position][0] for position in unknown}.values():
                 self.redis.script_load(script.script)  # on every primary of a cluster
             pending = unknown + unreached
-        if then is not None and (not inline or sent_again):
+        if then is not None and not inline:  # (inline, the last round's pipeline ran them after every call)
             pipe = self.redis.pipeline(transaction=False)
             then(pipe)
             after = pipe.execute(raise_on_error=False)
@@ -536,22 +538,20 @@ class Store:
 
     def claim_task_and_read(self, task_id: str, execution: str, worker: str, lease_seconds: float,
                             upload: bool = True) -> tuple[str, dict[str, Any] | None, bytes | None]:
-        """:meth:`claim_task`, and the task's record and (with ``upload``) its upload as they are right after the
-        claim: ``(outcome, record, upload)``, in one round trip (the task's keys share one hash slot, so one
-        node runs the three in order on a cluster too). The record is None when there is none; the upload is
-        read only for a claimed task (else None)."""
-        def read(pipe) -> None:
-            pipe.hgetall(keys.task(task_id))
-            if upload:
-                pipe.get(keys.upload(task_id))
-
-        (outcome,), after = self._send_scripts(
-            [(self._claim_task_script, [keys.task(task_id), keys.task_lease(task_id)],
+        """:meth:`claim_task`, and the task's record as it is right after the claim and (with ``upload``) its
+        upload: ``(outcome, record, upload)``, in one round trip (the task's keys share one hash slot, so one
+        node runs both in order on a cluster too). The record is None when there is none; the upload is read
+        by the claim itself, only when it claims (else None: no bytes for a task another execution runs)."""
+        claim_keys = [keys.task(task_id), keys.task_lease(task_id), *([keys.upload(task_id)] if upload else [])]
+        (outcome,), (record,) = self._send_scripts(
+            [(self._claim_task_script, claim_keys,
               [execution, int(lease_seconds * 1000), json.dumps(utc_now()), json.dumps(worker), self.task_ttl])],
-            then=read, then_same_slot=True)
-        outcome = outcome.decode()
-        record = {key.decode(): json.loads(value) for key, value in after[0].items()} if after[0] else None
-        return outcome, record, after[1] if upload and outcome == "claimed" else None
+            then=lambda pipe: pipe.hgetall(keys.task(task_id)), then_same_slot=True)
+        claimed_upload = None
+        if isinstance(outcome, list):  # {"claimed", upload}
+            outcome, claimed_upload = outcome[0], (outcome[1] if len(outcome) > 1 else None)
+        parsed = {key.decode(): json.loads(value) for key, value in record.items()} if record else None
+        return outcome.decode(), parsed, claimed_upload
 
     def renew_leases(self, leases: dict[str, str], lease_seconds: float) -> list[str]:
         """Extend the leases of running tasks (task id -> execution token) that their executions still hold;

@@ -769,6 +769,7 @@ def _image_bytes(task_id: str, url: str | None) -> bytes:
 
 def _load_upload_bytes(task_id: str) -> bytes:
     claimed = _claimed_upload.get()
+    _claimed_upload.set(None)  # the bytes are the caller's now: not held through the forward pass and the write
     data = claimed[1] if claimed is not None and claimed[0] == task_id else get_store().get_upload(task_id)
     if data is None:
         raise LookalikeError("upload_expired", "The upload expired before a worker took the task; submit it again.")

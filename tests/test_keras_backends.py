@@ -80,7 +80,9 @@ def test_same_descriptors_on_each_backend(backend, tensorflow_vectors):
     np.testing.assert_allclose(alone[0], vectors[0], atol=1e-5)  # a batch of one: another compiled shape
     # Seeded random weights are not the same numbers on two backends: their label says which, so a
     # collection never mixes them (the descriptor check refuses vectors of another label).
-    expected_label = "random(seed=7)" if backend == "tensorflow" else f"random(seed=7,backend={backend})"
+    # (PyTorch's generators differ between CPU and CUDA too: the device is named; CUDA is hidden here.)
+    expected_label = {"tensorflow": "random(seed=7)", "jax": "random(seed=7,backend=jax)",
+                      "torch": "random(seed=7,backend=torch:cpu)"}[backend]
     assert result["random_label"] == expected_label
 
 
@@ -111,9 +113,26 @@ def test_warm_up_runs_each_batch_size_the_batcher_sends_once():
     assert extractor.batcher.batch_sizes() == {}  # not counted as forward passes served
 
 
-def test_warm_up_by_default_only_with_a_gpu():
-    from worker.keras_backend import accelerators
-    from worker.runtime import warm_up_wanted
+def test_warm_up_by_default_only_with_a_gpu(monkeypatch):
+    from worker import runtime
 
-    assert warm_up_wanted(None) is bool(accelerators())  # False on the tests' machines: they have no GPU
-    assert warm_up_wanted(True) is True and warm_up_wanted(False) is False
+    monkeypatch.setattr(runtime, "accelerators", lambda: ["/physical_device:GPU:0"])
+    assert runtime.warm_up_wanted(None) is True and runtime.warm_up_wanted(False) is False
+    monkeypatch.setattr(runtime, "accelerators", lambda: [])
+    assert runtime.warm_up_wanted(None) is False and runtime.warm_up_wanted(True) is True
+
+
+def test_a_failed_warm_up_stops_the_worker_and_keeps_no_cold_model(monkeypatch):
+    from worker import runtime
+
+    settings = runtime.get_settings().model_copy(update={"weights": "random", "warm_up": True, "max_batch": 2})
+    monkeypatch.setattr(runtime, "get_settings", lambda: settings)
+    monkeypatch.setattr(runtime, "_extractor", None)
+
+    def out_of_memory(self):
+        raise MemoryError("out of memory at batch 2")
+
+    monkeypatch.setattr(FeatureExtractor, "warm_up", out_of_memory)
+    with pytest.raises(runtime.WarmUpFailed, match="LOOKALIKE_MAX_BATCH=2 failed: out of memory at batch 2"):
+        runtime.get_extractor()
+    assert runtime._extractor is None

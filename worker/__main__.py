@@ -53,7 +53,7 @@ def main(argv: list[str]) -> int:
     if runtime.role_holds_model():
         try:
             get_extractor()
-        except WeightsUnavailable as exc:
+        except (WeightsUnavailable, runtime.WarmUpFailed) as exc:
             print(f"lookalike worker: cannot start: {exc}", file=sys.stderr)
             return 2
         except Exception as exc:  # noqa: BLE001 - not VGG16 weights, a corrupt HDF5 file...: exit 2, said plainly

@@ -29,6 +29,16 @@ def backend() -> str:
     return keras.config.backend()
 
 
+def random_generator_device() -> str:
+    """Where the backend draws seeded random numbers, when that changes them: PyTorch's generators differ
+    between CPU and CUDA for one seed ('' for TensorFlow's and JAX's counter-based ones, the same anywhere)."""
+    if backend() != "torch":
+        return ""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"  # as Keras' torch backend picks its device
+
+
 def accelerators() -> list[str]:
     """The GPUs the backend sees ([] on a CPU-only host): readiness output and the GPU bench report them."""
     name = backend()
@@ -84,17 +94,15 @@ def _jax_forward(model):
     import jax
     import jax.numpy as jnp
 
-    # The weights are read once: inference never changes them, and passing them as arguments (not
-    # closing over them) keeps them out of the compiled program's constants.
-    trainable = [variable.value for variable in model.trainable_variables]
-    non_trainable = [variable.value for variable in model.non_trainable_variables]
-
+    # The weights are arguments, not closed over: they stay out of the compiled program's constants, and
+    # are read at each call (a handful of references), so weights loaded later are the ones used.
     @jax.jit
     def run(trainable, non_trainable, batch):
         outputs, _ = model.stateless_call(trainable, non_trainable, batch, training=False)
         return outputs.astype(jnp.float32)
 
-    return lambda batch: np.asarray(run(trainable, non_trainable, batch))
+    return lambda batch: np.asarray(run([variable.value for variable in model.trainable_variables],
+                                        [variable.value for variable in model.non_trainable_variables], batch))
 
 
 def _torch_forward(model):

@@ -121,7 +121,7 @@ def get_extractor() -> FeatureExtractor:
             settings = get_settings()
             source = resolve_weights(settings.weights, settings.seed)
             started = time.monotonic()
-            _extractor = FeatureExtractor(
+            extractor = FeatureExtractor(
                 source,
                 seed=settings.seed,
                 max_batch=settings.max_batch,
@@ -133,11 +133,20 @@ def get_extractor() -> FeatureExtractor:
             )
             log.info("VGG16 loaded with weights %s in %.1f s", source.label, time.monotonic() - started)
             if warm_up_wanted(settings.warm_up):
-                log.info("forward passes warmed up (seconds by batch size, compiling included): %s",
-                         _extractor.warm_up())
+                try:
+                    log.info("forward passes warmed up (seconds by batch size, compiling included): %s",
+                             extractor.warm_up())
+                except Exception as exc:  # e.g. out of GPU memory at the largest batch: say so, keep no cold model
+                    raise WarmUpFailed(f"a forward pass of each batch size up to LOOKALIKE_MAX_BATCH="
+                                       f"{settings.max_batch} failed: {exc}") from exc
             if source.is_random:
                 log.warning(RANDOM_WEIGHTS_WARNING)
+            _extractor = extractor
         return _extractor
+
+
+class WarmUpFailed(RuntimeError):
+    """The model loaded but could not run the batches it would be sent (LOOKALIKE_WARM_UP)."""
 
 
 # A worker process is dead once it has missed this many heartbeats: /readyz stops counting it,

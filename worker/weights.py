@@ -54,12 +54,14 @@ def resolve_weights(setting: str, seed: int) -> WeightsSource:
 
 
 def random_weights_label(seed: int) -> str:
-    """Seeded random weights differ by backend (each has its own random number generator), so a
-    backend other than TensorFlow is part of their label: vectors of different ones never mix."""
-    from worker.keras_backend import backend
+    """Seeded random weights differ by backend (each has its own random number generator), and PyTorch's by
+    device too, so a backend other than TensorFlow is part of their label: vectors of different ones never mix."""
+    from worker.keras_backend import backend, random_generator_device
 
-    name = backend()
-    return f"random(seed={seed})" if name == "tensorflow" else f"random(seed={seed},backend={name})"
+    name, device = backend(), random_generator_device()
+    if name == "tensorflow":
+        return f"random(seed={seed})"
+    return f"random(seed={seed},backend={name}{':' + device if device else ''})"
 
 
 def ensure_imagenet_weights(url: str = IMAGENET_NOTOP_URL, cache_dir: Path | None = None) -> Path:

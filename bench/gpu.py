@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -90,7 +91,7 @@ def forward_rates(batches: tuple[int, ...], repeats: int, deadline: float) -> di
         one = extractor.preprocess(photo)
         rates = figures["images_per_second"][precision] = {}
         for size in batches:
-            if time.monotonic() > deadline:
+            if seconds_left(deadline) < 0:
                 figures["cut_short"] = f"no time left for {precision} batch {size}"
                 return figures
             batch = np.repeat(one[None], size, axis=0)
@@ -116,34 +117,40 @@ def best_of(rates: dict) -> tuple[str, int, float]:
 # --- 2. the whole service ----------------------------------------------------------------------------------
 
 
-def worker_env(precision: str, batch: int, wait_ms: float) -> dict[str, str]:
-    """The worker's batcher and precision; threads enough for two full batches in flight."""
+def worker_env(precision: str, batch: int, wait_ms: float, small: bool = False) -> dict[str, str]:
+    """The worker's batcher and precision, threads enough for two full batches in flight, and API processes
+    enough that the API is not what the run measures (half the host's cores; gunicorn's default is 2)."""
     return {"LOOKALIKE_MAX_BATCH": str(batch), "LOOKALIKE_WORKER_THREADS": str(max(32, 2 * batch)),
             "LOOKALIKE_MIXED_PRECISION": "1" if precision != "float32" else "0",
-            "LOOKALIKE_BATCH_WAIT_MS": str(wait_ms)}
+            "LOOKALIKE_BATCH_WAIT_MS": str(wait_ms),
+            "WEB_CONCURRENCY": "2" if small else str(max(2, (os.cpu_count() or 2) // 2))}
+
+
+def seconds_left(deadline: float) -> float:
+    return deadline - time.time()
 
 
 def end_to_end(precision: str, batch: int, args, deadline: float) -> dict:
     from bench.throughput import Stack, fill_collection, index_through_api, percentile, query_latencies
 
     images = photographs(args.megapixels)
-    env = worker_env(precision, batch, args.batch_wait_ms)
+    env = worker_env(precision, batch, args.batch_wait_ms, args.small)
     figures: dict = {"worker_settings": env | {"KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow")},
                      "megapixels": args.megapixels, "images": args.images}
     with tempfile.TemporaryDirectory() as folder:
-        stack = Stack(Path(folder), env)
+        stack = Stack(Path(folder), env, ready_timeout=max(60.0, seconds_left(deadline)))
         try:
             worker = stack.ready.json()["workers"][0]
             figures["worker"] = {key: worker.get(key) for key in ("backend", "max_batch", "mixed_precision")}
             for mode, clients in (("bulk", args.clients), ("single", args.clients)):
                 runs = []
                 for _ in range(args.repeats):
-                    if time.monotonic() > deadline:
+                    if seconds_left(deadline) < 0:
                         break
                     runs.append(index_through_api(stack.url, args.images, mode, clients, args.bulk_size, images))
                 if runs:
                     figures[f"{mode}_images_per_second"] = round(statistics.median(runs), 2)
-            if time.monotonic() < deadline:
+            if seconds_left(deadline) > 0:
                 collection = f"gpu-query-{uuid.uuid4().hex[:8]}"
                 fill_collection(stack, collection, args.stored_vectors)
                 latencies = query_latencies(stack.url, collection, args.queries, images)
@@ -154,25 +161,26 @@ def end_to_end(precision: str, batch: int, args, deadline: float) -> dict:
     return figures
 
 
-def batcher_settings(precision: str, best_batch: int, args, deadline: float) -> list[dict]:
+def batcher_settings(precision: str, best_batch: int, args, deadline: float, figures: list, write) -> None:
     """Bulk images/s of the stack with other batcher settings (the measurement behind the GPU defaults of
-    LOOKALIKE_MAX_BATCH and LOOKALIKE_BATCH_WAIT_MS), one run each, as long as the budget lasts."""
+    LOOKALIKE_MAX_BATCH and LOOKALIKE_BATCH_WAIT_MS), one run each, appended to ``figures`` and written as
+    each is measured, as long as the budget lasts (a stack takes up to a minute to start and stop)."""
     from bench.throughput import Stack, index_through_api
 
     images = photographs(args.megapixels)
     candidates = [(1, 5.0)] if args.small else [(32, 5.0), (best_batch, 2.0), (best_batch, 20.0), (64, 5.0)]
-    figures = []
     for batch, wait_ms in dict.fromkeys(candidates):
-        if (batch, wait_ms) == (best_batch, args.batch_wait_ms) or time.monotonic() > deadline:
+        if (batch, wait_ms) == (best_batch, args.batch_wait_ms) or seconds_left(deadline) < (0 if args.small else 60):
             continue
         with tempfile.TemporaryDirectory() as folder:
-            stack = Stack(Path(folder), worker_env(precision, batch, wait_ms))
+            stack = Stack(Path(folder), worker_env(precision, batch, wait_ms, args.small),
+                          ready_timeout=max(60.0, seconds_left(deadline)))
             try:
                 rate = index_through_api(stack.url, args.images, "bulk", args.clients, args.bulk_size, images)
             finally:
                 stack.stop()
         figures.append({"max_batch": batch, "batch_wait_ms": wait_ms, "bulk_images_per_second": round(rate, 2)})
-    return figures
+        write()
 
 
 def goals(report: dict) -> dict:
@@ -193,7 +201,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Lookalike on a GPU: bare forward rate and the whole service")
     parser.add_argument("--out", type=Path, required=True, help="the JSON report, rewritten after every phase")
     parser.add_argument("--small", action="store_true", help="tiny sizes: a CPU smoke run of the same code")
-    parser.add_argument("--budget-seconds", type=float, default=420, help="stop starting work after this")
+    parser.add_argument("--budget-seconds", type=float, default=360,
+                        help="stop starting work this long after bench/gpu.sh started (LOOKALIKE_GPU_CHECK_STARTED)")
     parser.add_argument("--phase", choices=("forward",), help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--images", type=int)
@@ -210,7 +219,11 @@ def main() -> None:
     args.queries = args.queries or (3 if small else 50)
     if small:
         args.clients, args.bulk_size, args.stored_vectors, args.megapixels = 2, 2, 100, min(args.megapixels, 0.5)
-    deadline = time.monotonic() + args.budget_seconds
+    started = float(os.environ.get("LOOKALIKE_GPU_CHECK_STARTED") or time.time())
+    os.environ["LOOKALIKE_GPU_CHECK_STARTED"] = str(started)  # (the forward phase's process counts from it too)
+    deadline = started + args.budget_seconds
+    # SIGTERM (a caller's timeout) unwinds like an error: every stack started here is stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
 
     if args.phase == "forward":
         print(json.dumps(forward_rates(SMALL_BATCHES if small else GPU_BATCHES, args.repeats, deadline)))
@@ -221,10 +234,17 @@ def main() -> None:
     def write() -> None:
         args.out.write_text(json.dumps(report, indent=2))
 
-    child = subprocess.run([sys.executable, __file__, "--phase", "forward", "--out", str(args.out),
-                            "--budget-seconds", str(args.budget_seconds / 2), "--repeats", str(args.repeats)]
-                           + (["--small"] if small else []),
-                           capture_output=True, text=True, timeout=args.budget_seconds, cwd=REPO)
+    # The forward phase gets half of what is left (its own deadline stops it starting more batch sizes).
+    forward_budget = seconds_left(deadline) / 2
+    try:
+        child = subprocess.run([sys.executable, __file__, "--phase", "forward", "--out", str(args.out),
+                                "--budget-seconds", str(time.time() + forward_budget - started),
+                                "--repeats", str(args.repeats)] + (["--small"] if small else []),
+                               capture_output=True, text=True, timeout=forward_budget + 120, cwd=REPO)
+    except subprocess.TimeoutExpired as exc:
+        report["forward_error"] = f"no answer in {exc.timeout:.0f} s"
+        write()
+        sys.exit(f"the forward phase gave no answer in {exc.timeout:.0f} s")
     if child.returncode != 0:
         report["forward_error"] = child.stderr[-4000:]
         write()
@@ -232,12 +252,20 @@ def main() -> None:
     report["forward"] = json.loads(child.stdout.strip().splitlines()[-1])
     write()
     precision, batch, _ = best_of(report["forward"]["images_per_second"])
-    report["end_to_end"] = end_to_end(precision, batch, args, deadline)
-    report["goals"] = goals(report)
-    write()
-    report["batcher_settings"] = batcher_settings(precision, batch, args, deadline)
+    failed = False
+    try:
+        report["end_to_end"] = end_to_end(precision, batch, args, deadline)
+        report["goals"] = goals(report)
+        write()
+        report["batcher_settings"] = []
+        batcher_settings(precision, batch, args, deadline, report["batcher_settings"], write)
+    except Exception as exc:  # noqa: BLE001 - whatever stopped a phase, the figures so far and why go in the report
+        report["error"] = f"{type(exc).__name__}: {exc}"[-4000:]
+        failed = True
     write()
     print(json.dumps(report, indent=2))
+    if failed:
+        sys.exit(f"stopped: {report['error']}")
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ def measure_writeup(extractor, count: int) -> dict:
 class Stack:
     """`make run`'s launcher on private ports and a private data folder."""
 
-    def __init__(self, folder: Path, extra_env: dict[str, str] | None = None):
+    def __init__(self, folder: Path, extra_env: dict[str, str] | None = None, ready_timeout: float = 300):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.redis_port = free_port()
@@ -118,7 +118,7 @@ class Stack:
         self.process = ChildProcess("make run", [sys.executable, "scripts/run_local.py"], env=env, cwd=REPO,
                                     log_path=folder / "stack.log", stop_timeout=120).start()
         try:
-            self.ready = self.process.wait_until(lambda: ready_answer(self.url), "ready stack", timeout=300,
+            self.ready = self.process.wait_until(lambda: ready_answer(self.url), "ready stack", timeout=ready_timeout,
                                                  interval=0.5)
         except BaseException:
             self.process.stop()

@@ -16,7 +16,8 @@ measures, per image, on the same photographs at the sizes phones upload (JPEG, q
    Redis, gunicorn, and the worker with its forward pass replaced by a stand-in that costs nothing --
    bench/stand_in_worker.py, bench-only), single requests from --clients threads and bulk requests of
    --bulk-size: images/s, and the CPU milliseconds per image each process paid (API, worker, Redis, and
-   this client), read from the kernel's counters before and after.
+   this client), read from the kernel's counters before and after; then the same with Celery's task events
+   off (LOOKALIKE_TASK_EVENTS=false: four pub/sub messages per task fewer).
 
 CPU milliseconds per image (``time.process_time`` for the stages: what the host's cores pay, the figure
 that says how many cores feed a GPU), medians of --repeats passes over the images.
@@ -148,16 +149,17 @@ def index_once(url: str, jpegs: list[bytes], count: int, clients: int, bulk_size
 
 
 def through_the_stack(folder: Path, jpegs: list[bytes], count: int, clients: int, bulk_size: int,
-                      repeats: int) -> dict:
+                      repeats: int, extra_env: dict[str, str] | None = None) -> dict:
     """Index ``count`` images through the HTTP API of a stack whose worker's model is a stand-in: images/s and
     CPU ms per image by process, for single and for bulk requests (medians of ``repeats`` runs)."""
+    folder.mkdir(parents=True, exist_ok=True)
     redis = EmbeddedRedis(folder / "stack-redis", free_port()).start()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {name: value for name, value in os.environ.items() if not name.startswith("LOOKALIKE_")}
     env.update(LOOKALIKE_REDIS_URL=redis.url, LOOKALIKE_WEIGHTS="random", LOOKALIKE_SEED="0", LOOKALIKE_AUTH="false",
                LOOKALIKE_RATE_LIMIT="", LOOKALIKE_HOST="127.0.0.1", LOOKALIKE_PORT=str(port),
-               LOOKALIKE_WORKER_METRICS_PORT="0", TF_CPP_MIN_LOG_LEVEL="2")
+               LOOKALIKE_WORKER_METRICS_PORT="0", TF_CPP_MIN_LOG_LEVEL="2", **(extra_env or {}))
     api = ChildProcess("api", [sys.executable, "-m", "gunicorn", "--config", "python:api.gunicorn_conf",
                                "api.wsgi:app"], env=env, cwd=REPO, log_path=folder / "api.log")
     worker = ChildProcess("stand-in worker", [sys.executable, "bench/stand_in_worker.py"], env=env, cwd=REPO,
@@ -235,16 +237,20 @@ def main() -> None:
                     "over_floor": round(total / bare, 2)}
         finally:
             redis.stop()
-        stack = through_the_stack(Path(folder), phone_jpegs(2), args.images, args.clients, args.bulk_size,
-                                  args.repeats)
+        # The stack as deployed (Celery's task events on, for Flower), then without them, side by side.
+        stacks = {variant: through_the_stack(Path(folder) / variant, phone_jpegs(2), args.images, args.clients,
+                                             args.bulk_size, args.repeats, {"LOOKALIKE_TASK_EVENTS": events})
+                  for variant, events in (("stack_2mp_stand_in_model", "true"),
+                                          ("stack_2mp_stand_in_model_without_task_events", "false"))}
         floor_2mp = sizes["2MP"]["floor_decode_resize_ms"]
-        for mode in stack.values():
-            mode["service_over_floor_2mp"] = round(mode["service_cpu_ms_per_image"] / floor_2mp, 2)
+        for stack in stacks.values():
+            for mode in stack.values():
+                mode["service_over_floor_2mp"] = round(mode["service_cpu_ms_per_image"] / floor_2mp, 2)
 
     figures = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}",
         "what": "CPU ms per image (time.process_time), median of --repeats passes; one OpenCV thread",
-        "images_per_size": len(PHOTOS), "sizes": sizes, "stack_2mp_stand_in_model": stack,
+        "images_per_size": len(PHOTOS), "sizes": sizes, **stacks,
         "seconds": round(time.monotonic() - started, 1),
     }
     report(figures, args.json)

@@ -69,7 +69,7 @@ def make_celery(settings: Settings) -> Celery:
         broker_pool_limit=32,
         worker_hijack_root_logger=False,
         # Task events (a few small pub/sub messages per task) feed Flower's task views.
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
     )
     return app

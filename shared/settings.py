@@ -147,6 +147,10 @@ class Settings(BaseSettings):
     heartbeat_seconds: int = Field(10, ge=1, description="How often a worker process announces itself (for /readyz) "
                                    "and renews the leases of its running tasks; one silent for 3 heartbeats is dead, "
                                    "and its tasks are given to other workers.")
+    task_events: bool = Field(
+        True, description="Celery's task events (sent, received, started, succeeded: four pub/sub messages per "
+        "task), which Flower's task views show. Off where nothing watches them and every broker message counts "
+        "(a worker feeding a GPU): Flower then shows workers and queues, not tasks.")
     visibility_timeout_seconds: int = Field(
         300, ge=1, description="A task taken by a worker that has not acknowledged it this long after is delivered "
         "again, whatever became of that worker; must exceed the longest a task waits in a worker. Tasks of a "

@@ -194,3 +194,12 @@ def test_shrink_is_bilinear_above_half_size_and_by_area_below():
     assert np.array_equal(shrink(image, 512), cv2.resize(image, (512, 384), interpolation=cv2.INTER_LINEAR))
     assert np.array_equal(shrink(image, 200), cv2.resize(image, (200, 150), interpolation=cv2.INTER_AREA))
     assert shrink(image, 900) is image
+
+
+def test_celery_task_events_follow_their_setting():
+    from shared.queue import make_celery
+    from shared.settings import Settings
+
+    on, off = make_celery(Settings()), make_celery(Settings(task_events=False))
+    assert (on.conf.worker_send_task_events, on.conf.task_send_sent_event) == (True, True)  # Flower's task views
+    assert (off.conf.worker_send_task_events, off.conf.task_send_sent_event) == (False, False)

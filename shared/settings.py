@@ -135,6 +135,10 @@ class Settings(BaseSettings):
     mixed_precision: bool = Field(
         False, description="float16 compute (float32 weights and vectors); for GPUs with tensor cores."
     )
+    hash_processes: int = Field(
+        0, ge=0, le=64, description="Processes that compute PDQ hashes for a worker that holds the model (0: its "
+        "task threads do). PDQ holds Python's interpreter lock (about half of what a worker process holds it "
+        "for), which bounds what one worker process can feed a GPU: on a host with spare cores, give it 2-4.")
     warm_up: bool | None = Field(
         None, description="Before taking tasks, run one forward pass of each batch size the batcher uses, so no "
         "task waits while a shape compiles (JAX and PyTorch compile each on first use; on a GPU, TensorFlow picks "

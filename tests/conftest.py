@@ -143,8 +143,11 @@ class ManagedProcess(ChildProcess):
 
 @pytest.fixture(scope="session")
 def worker(service_env, store, tmp_path_factory):
-    """One real worker process (`python -m worker`), ready once its heartbeat is in Redis."""
-    process = ManagedProcess("worker", [sys.executable, "-m", "worker"], service_env, tmp_path_factory.mktemp("worker"))
+    """One real worker process (`python -m worker`), ready once its heartbeat is in Redis. Its PDQ hashes are
+    computed in a process of their own (LOOKALIKE_HASH_PROCESSES=1), so every test of hashes through the service
+    goes that way; the other workers the tests start hash in their task threads (the default)."""
+    process = ManagedProcess("worker", [sys.executable, "-m", "worker"],
+                             {**service_env, "LOOKALIKE_HASH_PROCESSES": "1"}, tmp_path_factory.mktemp("worker"))
     try:
         process.wait_until(lambda: store.live_workers(max_age_seconds=3), "heartbeat with a loaded model")
         yield process

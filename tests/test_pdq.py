@@ -1,6 +1,8 @@
 """PDQ hashes beside the CNN: stored at index time, matched by Hamming distance, chosen per request."""
 
 import json
+import os
+import signal
 
 import cv2
 import numpy as np
@@ -229,3 +231,72 @@ def test_bad_signal_requests_are_refused(api, photos, redis_client, form, status
     response = api.http.post(api.url(f"/v1/collections/{collection}/checks"), data=form, files=files)
     assert response.status_code == status and response.json()["error"]["code"] == code
     assert store_snapshot(redis_client) == before
+
+
+def test_hashes_from_hashing_processes_are_the_threads_hashes():
+    from worker.pdq import HashProcesses
+
+    images = natural_images()
+    pixels = [decoded(images[name]) for name in ("astronaut", "camera", "rocket")]
+    in_thread, in_processes = HashProcesses(0), HashProcesses(1)
+    try:
+        pending = [in_processes.start(image) for image in pixels]  # all submitted before any is awaited
+        assert [hashed() for hashed in pending] == [in_thread.start(image)() for image in pixels]
+        assert [process.pid for process in in_processes._pool._processes.values()] != [os.getpid()]
+    finally:
+        in_processes.shutdown()
+
+
+def test_a_killed_hashing_process_costs_no_hash():
+    from worker.pdq import HashProcesses
+
+    images = natural_images()
+    pixels = decoded(images["astronaut"])
+    hashes = HashProcesses(1)
+    try:
+        expected = hashes.start(pixels)()
+        [process] = hashes._pool._processes.values()
+        os.kill(process.pid, signal.SIGKILL)  # the kernel's OOM killer, an operator
+        process.join(timeout=30)
+        assert hashes.start(pixels)() == expected  # computed here meanwhile
+        assert hashes.start(pixels)() == expected  # and by new processes after
+        assert process.pid not in hashes._pool._processes
+    finally:
+        hashes.shutdown()
+
+
+HASHING_PARENT = """
+import sys
+from tests.conftest import natural_images
+from tests.test_pdq import decoded
+from worker.pdq import HashProcesses
+
+if __name__ == "__main__":
+    hashes = HashProcesses(1)
+    hashes.start(decoded(natural_images()["astronaut"]))()
+    [process] = hashes._pool._processes.values()
+    print(process.pid, flush=True)
+    sys.stdin.read()  # until killed
+"""
+
+
+def test_hashing_processes_exit_when_their_worker_is_killed(tmp_path):
+    import subprocess
+    import sys
+
+    import psutil
+
+    from tests.conftest import REPO
+
+    script = tmp_path / "parent.py"
+    script.write_text(HASHING_PARENT)
+    parent = subprocess.Popen([sys.executable, str(script)], cwd=REPO, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        child = psutil.Process(int(parent.stdout.readline()))
+        assert child.is_running()
+        parent.kill()  # SIGKILL: no chance to stop its pool
+        parent.wait(timeout=30)
+        child.wait(timeout=60)  # gone by itself (psutil.TimeoutExpired otherwise)
+    finally:
+        parent.kill()

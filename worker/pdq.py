@@ -7,6 +7,15 @@ with a quality (0-100); flat or featureless images give low quality and unreliab
 so hashes below the configured quality are kept in Redis but never matched.
 """
 
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
 import cv2
 import numpy as np
 import pdqhash
@@ -28,6 +37,79 @@ def compute_pdq(pixels_bgr: np.ndarray) -> PdqHash:
                                 interpolation=cv2.INTER_AREA)
     bits, quality = pdqhash.compute(cv2.cvtColor(pixels_bgr, cv2.COLOR_BGR2RGB))
     return PdqHash(np.packbits(bits.astype(np.uint8)).tobytes(), int(quality))
+
+
+log = logging.getLogger(__name__)
+
+
+class HashProcesses:
+    """PDQ hashes computed in processes of their own (``LOOKALIKE_HASH_PROCESSES``), or in the calling thread.
+
+    pdqhash's C++ runs holding Python's interpreter lock: about 2.4 ms of every 2 MP image here, close to half
+    of all the time a worker process's task threads hold it (py-spy, docs/benchmarks.md). What holds the lock
+    is what bounds the images/s one worker process -- one per GPU -- can feed its model, whatever the cores.
+    In a pool of processes only the hand-over holds it: the decoded image (at most 512 px a side) pickled
+    through a pipe. Processes are spawned, not forked: the worker has started TensorFlow and CUDA.
+    """
+
+    def __init__(self, processes: int):
+        self.processes = processes
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def start(self, pixels_bgr: np.ndarray) -> Callable[[], PdqHash]:
+        """Start hashing the image; returns what waits for (or, without processes, computes) its hash. Started
+        before the forward pass, the hash is computed while the image waits for its batch."""
+        if self.processes <= 0:
+            return lambda: compute_pdq(pixels_bgr)
+        pool = self._executor()
+        try:
+            future = pool.submit(compute_pdq, pixels_bgr)
+        except (BrokenProcessPool, RuntimeError):  # broken, or shut down by a thread that found it broken
+            self._replace_broken(pool)
+            return lambda: compute_pdq(pixels_bgr)
+
+        def result() -> PdqHash:
+            try:
+                return future.result()
+            except BrokenProcessPool:  # a hashing process died (killed, out of memory): this image here, new ones
+                self._replace_broken(pool)
+                return compute_pdq(pixels_bgr)
+
+        return result
+
+    def _executor(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_exit_with, initargs=(os.getpid(),))
+            return self._pool
+
+    def _replace_broken(self, broken: ProcessPoolExecutor) -> None:
+        """Let the next hash start new processes -- once per broken pool, never a newer, healthy one."""
+        with self._lock:
+            if self._pool is broken:
+                log.warning("a PDQ hashing process died; starting new ones")
+                broken.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
+
+    def shutdown(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
+
+
+def _exit_with(parent_pid: int) -> None:
+    """In a hashing process: exit once the worker that started it is gone. A worker killed outright (SIGKILL,
+    the OOM killer) cannot stop its pool, and its hashing processes, holding their queue's both ends, would
+    otherwise wait on it for ever."""
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-worker", daemon=True).start()
 
 
 # Multi-index hashing (Norouzi, Punjani and Fleet, "Fast search in Hamming space with multi-index

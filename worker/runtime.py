@@ -13,6 +13,7 @@ from shared.store import Store, utc_now
 from worker.delivery import HELD, LEASES, restore_orphans, return_stranded
 from worker.extractor import DIMENSION, FeatureExtractor
 from worker.keras_backend import accelerators
+from worker.pdq import HashProcesses
 from worker.placement import PlacementKeeper
 from worker.replica import HnswConfig, Replicas
 from worker.weights import resolve_weights
@@ -24,6 +25,7 @@ _init_lock = threading.Lock()
 _store: Store | None = None
 _replicas: Replicas | None = None
 _decode_budget: PixelBudget | None = None
+_hash_processes: HashProcesses | None = None
 
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -83,6 +85,15 @@ def get_decode_budget() -> PixelBudget:
         if _decode_budget is None:
             _decode_budget = PixelBudget(get_settings().decode_pixel_budget)
         return _decode_budget
+
+
+def get_hash_processes() -> HashProcesses:
+    """Where this process computes PDQ hashes (``LOOKALIKE_HASH_PROCESSES``; the pool starts on first use)."""
+    global _hash_processes
+    with _init_lock:
+        if _hash_processes is None:
+            _hash_processes = HashProcesses(get_settings().hash_processes)
+        return _hash_processes
 
 
 def get_replicas() -> Replicas:

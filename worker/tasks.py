@@ -33,7 +33,7 @@ from worker import metrics
 from worker.celery_app import app
 from worker.descriptors import Whitening
 from worker.outbound import fetch_image
-from worker.pdq import PdqHash, compute_pdq
+from worker.pdq import PdqHash
 from worker.ranking import ranked
 from worker.delivery import LEASES
 from worker.runtime import (
@@ -41,6 +41,7 @@ from worker.runtime import (
     WORKER_NAME,
     get_decode_budget,
     get_extractor,
+    get_hash_processes,
     get_replicas,
     get_store,
     liveness_seconds,
@@ -63,8 +64,9 @@ def index_image(task_id: str, collection: str, image_id: str, metadata: dict, ur
     def index() -> dict:
         extractor = get_extractor()
         pixels = decode_image(_image_bytes(task_id, url), get_decode_budget())
+        hashed = get_hash_processes().start(pixels)  # (in processes of its own: while the image waits for its batch)
         vector = extractor.extract([pixels])[0]
-        pdq = compute_pdq(pixels)
+        pdq = hashed()
         settings = get_settings()
         thumbnail = make_thumbnail(pixels, settings.thumbnail_size) if settings.thumbnail_size else None
         store = get_store()
@@ -466,12 +468,13 @@ def _probe(task_id: str, url: str | None, info: dict | None, by_vector: bool, si
     if by_hash:  # a hash a caller sent (its stored form): PDQ alone, the API refuses the CNN for it
         return Probe(None, PdqHash.decode(_load_upload_bytes(task_id)), signals, expand)
     pixels = decode_image(_image_bytes(task_id, url), get_decode_budget())
+    hashed = get_hash_processes().start(pixels) if PDQ in signals else None
     vector = None
     if CNN in signals:
         extractor = get_extractor()
         vector = extractor.extract([pixels], priority=QUERY_PRIORITY)[0]
         _check_descriptor(info, extractor.descriptor)  # image vectors only compare with their own kind
-    return Probe(vector, compute_pdq(pixels) if PDQ in signals else None, signals, expand)
+    return Probe(vector, hashed() if hashed is not None else None, signals, expand)
 
 
 def _ranked_matches(collection: str, info: dict | None, probe: Probe, settings: dict, k: int,

@@ -17,7 +17,10 @@ measures, per image, on the same photographs at the sizes phones upload (JPEG, q
    bench/stand_in_worker.py, bench-only), single requests from --clients threads and bulk requests of
    --bulk-size: images/s, and the CPU milliseconds per image each process paid (API, worker, Redis, and
    this client), read from the kernel's counters before and after; then the same with Celery's task events
-   off (LOOKALIKE_TASK_EVENTS=false: four pub/sub messages per task fewer).
+   off (LOOKALIKE_TASK_EVENTS=false: four pub/sub messages per task fewer), and with PDQ hashed in two
+   processes of the worker's (LOOKALIKE_HASH_PROCESSES=2);
+5. PDQ hashes/s of the 2 MP images hashed by two threads at once, in the threads and through two hashing
+   processes: pdqhash holds Python's interpreter lock, so threads alone get no faster than one.
 
 CPU milliseconds per image (``time.process_time`` for the stages: what the host's cores pay, the figure
 that says how many cores feed a GPU), medians of --repeats passes over the images.
@@ -148,6 +151,36 @@ def index_once(url: str, jpegs: list[bytes], count: int, clients: int, bulk_size
     return count / seconds, spent
 
 
+def pdq_by_two_threads(decoded: list[np.ndarray], repeats: int) -> dict:
+    """Hashes/s when two task threads hash at once: in the threads (pdqhash holds the interpreter lock: no
+    faster than one thread) and through two hashing processes (worker.pdq.HashProcesses), medians of ``repeats``
+    passes of 8 rounds over the images. On more cores the second figure keeps growing; the first cannot."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worker.pdq import HashProcesses
+
+    work = decoded * 8
+    figures = {}
+    for label, processes in (("one_thread", None), ("two_threads", 0), ("two_threads_two_processes", 2)):
+        hashes = HashProcesses(processes or 0)
+        try:
+            hashes.start(decoded[0])()  # (starts the processes)
+            rates = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                if processes is None:
+                    for pixels in work:
+                        hashes.start(pixels)()
+                else:
+                    with ThreadPoolExecutor(2) as pool:
+                        list(pool.map(lambda pixels, hashes=hashes: hashes.start(pixels)(), work))
+                rates.append(len(work) / (time.perf_counter() - started))
+            figures[label] = round(statistics.median(rates), 1)
+        finally:
+            hashes.shutdown()
+    return figures
+
+
 def through_the_stack(folder: Path, jpegs: list[bytes], count: int, clients: int, bulk_size: int,
                       repeats: int, extra_env: dict[str, str] | None = None) -> dict:
     """Index ``count`` images through the HTTP API of a stack whose worker's model is a stand-in: images/s and
@@ -230,6 +263,8 @@ def main() -> None:
                         writes, args.repeats),
                 }
                 bare = cpu_ms_per_image(floor, jpegs, args.repeats)
+                if megapixels == 2:
+                    pdq_parallel = pdq_by_two_threads(decoded, args.repeats)
                 total = round(sum(ms for stage, ms in stages.items() if not stage.endswith("_before")), 3)
                 sizes[f"{megapixels}MP"] = {
                     "jpeg_kb": round(statistics.median(len(jpeg) for jpeg in jpegs) / 1024, 1),
@@ -239,9 +274,12 @@ def main() -> None:
             redis.stop()
         # The stack as deployed (Celery's task events on, for Flower), then without them, side by side.
         stacks = {variant: through_the_stack(Path(folder) / variant, phone_jpegs(2), args.images, args.clients,
-                                             args.bulk_size, args.repeats, {"LOOKALIKE_TASK_EVENTS": events})
-                  for variant, events in (("stack_2mp_stand_in_model", "true"),
-                                          ("stack_2mp_stand_in_model_without_task_events", "false"))}
+                                             args.bulk_size, args.repeats, events)
+                  for variant, events in (("stack_2mp_stand_in_model", {}),
+                                          ("stack_2mp_stand_in_model_without_task_events",
+                                           {"LOOKALIKE_TASK_EVENTS": "false"}),
+                                          ("stack_2mp_stand_in_model_two_hash_processes",
+                                           {"LOOKALIKE_HASH_PROCESSES": "2"}))}
         floor_2mp = sizes["2MP"]["floor_decode_resize_ms"]
         for stack in stacks.values():
             for mode in stack.values():
@@ -250,7 +288,7 @@ def main() -> None:
     figures = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}",
         "what": "CPU ms per image (time.process_time), median of --repeats passes; one OpenCV thread",
-        "images_per_size": len(PHOTOS), "sizes": sizes, **stacks,
+        "images_per_size": len(PHOTOS), "sizes": sizes, "pdq_hashes_per_second_2mp": pdq_parallel, **stacks,
         "seconds": round(time.monotonic() - started, 1),
     }
     report(figures, args.json)

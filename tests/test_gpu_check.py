@@ -61,8 +61,8 @@ def test_small_run_on_cpu_with_jax(tmp_path):
     assert goals["end_to_end_over_forward"] == round(achieved / best["images_per_second"], 3)
     assert goals["end_to_end >= 0.9 x forward at the best batch"] == (achieved >= 0.9 * best["images_per_second"])
     # Other batcher settings measured the same way (on a CPU, one: a batch of one).
-    assert [(row["max_batch"], row["batch_wait_ms"]) for row in report["batcher_settings"]] == \
-        ([(1, 5.0)] if best["batch"] != 1 else [])
+    assert [(row["max_batch"], row["batch_wait_ms"], row["hash_processes"]) for row in report["batcher_settings"]] \
+        == ([(1, 5.0, 0)] if best["batch"] != 1 else [])
     assert all(row["bulk_images_per_second"] > 0 for row in report["batcher_settings"])
     single_ms = forward["single_image_ms"][best["precision"]]
     assert goals["query p50 <= forward + 10 ms"] == (service["query_p50_ms"] <= single_ms + 10)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import select
 import signal
 
 import cv2
@@ -240,9 +241,13 @@ def test_hashes_from_hashing_processes_are_the_threads_hashes():
     pixels = [decoded(images[name]) for name in ("astronaut", "camera", "rocket")]
     in_thread, in_processes = HashProcesses(0), HashProcesses(1)
     try:
+        in_processes.warm()
+        pool = in_processes._pool
+        [process] = pool._processes.values()
         pending = [in_processes.start(image) for image in pixels]  # all submitted before any is awaited
         assert [hashed() for hashed in pending] == [in_thread.start(image)() for image in pixels]
-        assert [process.pid for process in in_processes._pool._processes.values()] != [os.getpid()]
+        # hashed there, not here after a fallback: the same pool and process throughout
+        assert in_processes._pool is pool and list(pool._processes.values()) == [process] and process.is_alive()
     finally:
         in_processes.shutdown()
 
@@ -250,17 +255,53 @@ def test_hashes_from_hashing_processes_are_the_threads_hashes():
 def test_a_killed_hashing_process_costs_no_hash():
     from worker.pdq import HashProcesses
 
-    images = natural_images()
-    pixels = decoded(images["astronaut"])
+    pixels = decoded(natural_images()["astronaut"])
     hashes = HashProcesses(1)
     try:
         expected = hashes.start(pixels)()
-        [process] = hashes._pool._processes.values()
+        broken = hashes._pool
+        [process] = broken._processes.values()
         os.kill(process.pid, signal.SIGKILL)  # the kernel's OOM killer, an operator
         process.join(timeout=30)
         assert hashes.start(pixels)() == expected  # computed here meanwhile
         assert hashes.start(pixels)() == expected  # and by new processes after
-        assert process.pid not in hashes._pool._processes
+        assert hashes._pool is not broken and hashes.processes == 1
+    finally:
+        hashes.shutdown()
+
+
+def test_a_wedged_hashing_process_costs_a_timeout_not_a_task(monkeypatch):
+    import worker.pdq as pdq
+
+    monkeypatch.setattr(pdq, "HASH_TIMEOUT_SECONDS", 2)
+    pixels = decoded(natural_images()["astronaut"])
+    hashes = pdq.HashProcesses(1)
+    try:
+        expected = hashes.start(pixels)()
+        wedged = hashes._pool
+        [process] = wedged._processes.values()
+        os.kill(process.pid, signal.SIGSTOP)  # stuck (a debugger, the disk): alive, answering nothing
+        assert hashes.start(pixels)() == expected  # after the timeout, here
+        process.join(timeout=30)
+        assert process.exitcode == -signal.SIGKILL  # the wedged process was killed, not left behind
+        assert hashes.start(pixels)() == expected and hashes._pool is not wedged
+    finally:
+        hashes.shutdown()
+
+
+def test_processes_that_cannot_start_are_given_up_for_the_threads(monkeypatch, caplog):
+    import worker.pdq as pdq
+
+    monkeypatch.setattr(pdq, "BROKEN_POOLS_TO_GIVE_UP", 2)
+    monkeypatch.setattr(pdq, "_hashing_process", os.abort)  # every hashing process dies as it starts
+    pixels = decoded(natural_images()["astronaut"])
+    expected = pdq.compute_pdq(pixels)
+    hashes = pdq.HashProcesses(1)
+    try:
+        assert hashes.start(pixels)() == expected and hashes.processes == 1  # here; a new pool next time
+        assert hashes.start(pixels)() == expected
+        assert hashes.processes == 0 and hashes._pool is None and "hashing in the task threads" in caplog.text
+        assert hashes.start(pixels)() == expected and hashes._pool is None  # no more pools
     finally:
         hashes.shutdown()
 
@@ -290,9 +331,12 @@ def test_hashing_processes_exit_when_their_worker_is_killed(tmp_path):
 
     script = tmp_path / "parent.py"
     script.write_text(HASHING_PARENT)
-    parent = subprocess.Popen([sys.executable, str(script)], cwd=REPO, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    parent = subprocess.Popen([sys.executable, str(script)], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)
+    child = None
     try:
+        ready = select.select([parent.stdout], [], [], 120)[0]  # (a busy machine: its imports take seconds)
+        assert ready, "the parent never started its hashing process"
         child = psutil.Process(int(parent.stdout.readline()))
         assert child.is_running()
         parent.kill()  # SIGKILL: no chance to stop its pool
@@ -300,3 +344,8 @@ def test_hashing_processes_exit_when_their_worker_is_killed(tmp_path):
         child.wait(timeout=60)  # gone by itself (psutil.TimeoutExpired otherwise)
     finally:
         parent.kill()
+        parent.wait(timeout=30)
+        parent.stdin.close()
+        parent.stdout.close()
+        if child is not None and child.is_running():
+            child.kill()  # (what the test checks failed: leave nothing behind)

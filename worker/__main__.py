@@ -53,6 +53,7 @@ def main(argv: list[str]) -> int:
     if runtime.role_holds_model():
         try:
             get_extractor()
+            runtime.get_hash_processes().warm()  # (LOOKALIKE_HASH_PROCESSES: started before the first image)
         except (WeightsUnavailable, runtime.WarmUpFailed) as exc:
             print(f"lookalike worker: cannot start: {exc}", file=sys.stderr)
             return 2

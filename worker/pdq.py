@@ -7,13 +7,15 @@ with a quality (0-100); flat or featureless images give low quality and unreliab
 so hashes below the configured quality are kept in Redis but never matched.
 """
 
+import contextlib
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 import cv2
@@ -42,68 +44,106 @@ def compute_pdq(pixels_bgr: np.ndarray) -> PdqHash:
 log = logging.getLogger(__name__)
 
 
+# A hash takes milliseconds; one not back in this long comes from a wedged or lost hashing process.
+HASH_TIMEOUT_SECONDS = 30
+# Pools broken in a row (no hash between) after which this worker hashes in its threads: processes that cannot
+# start or keep dying (an import error, a memory limit) must not cost every task a new pool.
+BROKEN_POOLS_TO_GIVE_UP = 3
+
+
 class HashProcesses:
     """PDQ hashes computed in processes of their own (``LOOKALIKE_HASH_PROCESSES``), or in the calling thread.
 
     pdqhash's C++ runs holding Python's interpreter lock: about 2.4 ms of every 2 MP image here, close to half
     of all the time a worker process's task threads hold it (py-spy, docs/benchmarks.md). What holds the lock
     is what bounds the images/s one worker process -- one per GPU -- can feed its model, whatever the cores.
-    In a pool of processes only the hand-over holds it: the decoded image (at most 512 px a side) pickled
-    through a pipe. Processes are spawned, not forked: the worker has started TensorFlow and CUDA.
+    Through a pool of processes the worker's lock is held only to hand the image over (pickled by the pool's
+    feeder thread: nothing may change the array after :meth:`start`; the callers only read it) and to take the
+    answer back. Processes are spawned, not forked: the worker has started TensorFlow and CUDA. Whatever
+    goes wrong with them -- a process killed, wedged, unable to start -- the image is hashed in its thread.
     """
 
     def __init__(self, processes: int):
         self.processes = processes
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._broken_in_a_row = 0
 
     def start(self, pixels_bgr: np.ndarray) -> Callable[[], PdqHash]:
         """Start hashing the image; returns what waits for (or, without processes, computes) its hash. Started
         before the forward pass, the hash is computed while the image waits for its batch."""
-        if self.processes <= 0:
-            return lambda: compute_pdq(pixels_bgr)
         pool = self._executor()
+        if pool is None:
+            return lambda: compute_pdq(pixels_bgr)
         try:
             future = pool.submit(compute_pdq, pixels_bgr)
-        except (BrokenProcessPool, RuntimeError):  # broken, or shut down by a thread that found it broken
+        except BrokenProcessPool:
             self._replace_broken(pool)
+            return lambda: compute_pdq(pixels_bgr)
+        except (RuntimeError, OSError):  # shutting down, or no thread or process to be had: this one here
             return lambda: compute_pdq(pixels_bgr)
 
         def result() -> PdqHash:
             try:
-                return future.result()
-            except BrokenProcessPool:  # a hashing process died (killed, out of memory): this image here, new ones
+                hashed = future.result(timeout=HASH_TIMEOUT_SECONDS)
+            except (BrokenProcessPool, TimeoutError):  # a hashing process died or hangs: this image here
                 self._replace_broken(pool)
                 return compute_pdq(pixels_bgr)
+            except CancelledError:
+                return compute_pdq(pixels_bgr)
+            self._broken_in_a_row = 0
+            return hashed
 
         return result
 
-    def _executor(self) -> ProcessPoolExecutor:
+    def warm(self) -> None:
+        """Start the processes now (a worker about to take tasks), not on its first image."""
+        self.start(np.zeros((32, 32, 3), np.uint8))()
+
+    def _executor(self) -> ProcessPoolExecutor | None:
         with self._lock:
-            if self._pool is None:
+            if self._pool is None and self.processes > 0:
                 self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_exit_with, initargs=(os.getpid(),))
+                                                 initializer=_hashing_process, initargs=(os.getpid(),))
             return self._pool
 
     def _replace_broken(self, broken: ProcessPoolExecutor) -> None:
-        """Let the next hash start new processes -- once per broken pool, never a newer, healthy one."""
+        """Let the next hash start new processes -- once per broken pool, never a newer, healthy one -- or, after
+        BROKEN_POOLS_TO_GIVE_UP in a row, hash in the threads from now on."""
         with self._lock:
-            if self._pool is broken:
-                log.warning("a PDQ hashing process died; starting new ones")
-                broken.shutdown(wait=False, cancel_futures=True)
-                self._pool = None
+            if self._pool is not broken:
+                return
+            self._pool = None
+            self._broken_in_a_row += 1
+            if self._broken_in_a_row >= BROKEN_POOLS_TO_GIVE_UP:
+                log.error("PDQ hashing processes broke %d times in a row; hashing in the task threads from now on",
+                          self._broken_in_a_row)
+                self.processes = 0
+            else:
+                log.warning("a PDQ hashing process died or hung; starting new ones")
+        # (CPython 3.11 has no public way to stop a wedged pool's processes: they are killed by hand.)
+        for process in list((getattr(broken, "_processes", None) or {}).values()):
+            with contextlib.suppress(Exception):
+                process.kill()
+        broken.shutdown(wait=False)
 
     def shutdown(self) -> None:
         with self._lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True, cancel_futures=True)
-                self._pool = None
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
 
-def _exit_with(parent_pid: int) -> None:
-    """In a hashing process: exit once the worker that started it is gone. A worker killed outright (SIGKILL,
-    the OOM killer) cannot stop its pool, and its hashing processes, holding their queue's both ends, would
+def _hashing_process(parent_pid: int) -> None:
+    """A hashing process's set-up: one OpenCV thread (a worker runs several of these beside its own threads),
+    deaf to the terminal's and the service manager's signals (its worker's exit stops it: the pool's
+    sentinels, or the watch below), and gone once the worker that started it is -- a worker killed outright
+    (SIGKILL, the OOM killer) cannot stop its pool, whose processes hold both ends of their queue and would
     otherwise wait on it for ever."""
+    cv2.setNumThreads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(1)

@@ -530,11 +530,8 @@ class Store:
         """Let ``execution`` run the task: "claimed", "busy" (another live execution runs it), "finished"
         or "missing" (no record). A claim marks the task running and counts the attempt; the lease
         lapses ``lease_seconds`` after its last renewal (:meth:`renew_leases`), so a dead worker's
-        task can be claimed again."""
-        outcome = self._claim_task_script(
-            keys=[keys.task(task_id), keys.task_lease(task_id)],
-            args=[execution, int(lease_seconds * 1000), json.dumps(utc_now()), json.dumps(worker), self.task_ttl])
-        return outcome.decode()
+        task can be claimed again. (Workers claim with :meth:`claim_task_and_read`.)"""
+        return self.claim_task_and_read(task_id, execution, worker, lease_seconds, upload=False)[0]
 
     def claim_task_and_read(self, task_id: str, execution: str, worker: str, lease_seconds: float,
                             upload: bool = True) -> tuple[str, dict[str, Any] | None, bytes | None]:

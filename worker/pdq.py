@@ -97,8 +97,9 @@ class HashProcesses:
         return result
 
     def warm(self) -> None:
-        """Start the processes now (a worker about to take tasks), not on its first image."""
-        self.start(np.zeros((32, 32, 3), np.uint8))()
+        """Start the processes now (a worker about to take tasks), not on its first image; none: nothing to do."""
+        if self.processes > 0:
+            self.start(np.zeros((32, 32, 3), np.uint8))()
 
     def _executor(self) -> ProcessPoolExecutor | None:
         with self._lock:

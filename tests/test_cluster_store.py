@@ -288,8 +288,13 @@ def test_a_replica_follows_a_collection_on_the_cluster(cluster_store, name):
 
 # --- Tasks, uploads, batches ---------------------------------------------------------------------
 
-def submit(store: Store, count: int, *, uploads: bool = True) -> list[str]:
+def submit(store: Store, count: int, *, uploads: bool = True, every_node: bool = False) -> list[str]:
+    """``count`` index tasks submitted at once (``every_node``: at least ``count``, until their keys are on every
+    node: random ids leave one out now and then)."""
     task_ids = [uuid.uuid4().hex for _ in range(count)]
+    masters = len(store.redis.get_primaries())
+    while every_node and len({node_of(store, keys.task(task_id)) for task_id in task_ids}) < masters:
+        task_ids.append(uuid.uuid4().hex)
     store.submit([(task_id, "index", {"collection": "c", "image_id": f"i{n}"},
                    f"bytes of {task_id}".encode() if uploads and n % 3 else None)
                   for n, task_id in enumerate(task_ids)])
@@ -298,7 +303,7 @@ def submit(store: Store, count: int, *, uploads: bool = True) -> list[str]:
 
 def test_tasks_are_submitted_claimed_renewed_and_finished_on_the_cluster(cluster_store):
     store = cluster_store
-    task_ids = submit(store, 24)
+    task_ids = submit(store, 24, every_node=True)
     assert len({node_of(store, keys.task(task_id)) for task_id in task_ids}) == 3  # one submission, every node
     for n, task_id in enumerate(task_ids):
         record = store.get_task(task_id)
